@@ -1,0 +1,59 @@
+# Every target sets up what it needs: uv (from PyPI if missing), .venv from uv.lock, and Debian's
+# chromium for chart images when we are root and it is missing.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
+VENV := .venv
+PY := $(VENV)/bin/python
+# Keep Prefect's database, results and logs inside the project (git-ignored), so `make run`
+# artifacts show up in `prefect server start` started from here.
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export UV_PYTHON_DOWNLOADS ?= never
+
+.PHONY: help setup uv venv browser run test lint fmt clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+uv: ## Install uv from PyPI if it is missing
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 \
+		|| $(PYTHON) -m pip install --quiet uv
+
+$(VENV)/.synced: uv.lock pyproject.toml | uv
+	$(UV) sync --frozen --python $(PYTHON)
+	@touch $@
+
+venv: $(VENV)/.synced ## Create .venv from uv.lock
+
+browser: ## Make sure a headless Chromium exists for chart images (Debian's chromium)
+	@if command -v chromium >/dev/null 2>&1 || command -v google-chrome >/dev/null 2>&1 \
+		|| [ -x "$${BROWSER_PATH:-/nonexistent}" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's chromium for chart images"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "no Chromium found and cannot apt-get it: reports will publish without chart images"; \
+	fi
+
+setup: venv browser ## Everything run and test need
+
+run: setup ## Run the pipeline end to end, offline, against the bundled local Faker API
+	$(PY) -m flows.local_demo
+
+test: setup ## Run the test suite
+	$(PY) -m pytest
+
+lint: venv ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+fmt: venv ## Format and fix with ruff
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean: ## Remove outputs of local runs (lake, database, Prefect home), keep the folders
+	find data_lake db -mindepth 1 ! -name .gitkeep -delete
+	rm -rf .prefect

@@ -1,0 +1,168 @@
+"""Fault injection: which failure (if any) a persons request gets, decided deterministically.
+
+Each fault kind draws from its own ``random.Random`` seeded from ``fault_seed`` so that switching
+one fault on does not shift the decisions of another.
+"""
+
+from __future__ import annotations
+
+import collections
+import email.utils
+import math
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+DRIFTS: tuple[str, ...] = ("county_code", "missing-email", "wrong-type", "extra-field")
+RETRY_AFTER_FORMATS: tuple[str, ...] = ("seconds", "http-date", "none")
+TRUNCATE_MODES: tuple[str, ...] = ("json", "connection")
+
+
+def normalize_drift(name: str) -> str:
+    """Canonical drift name; accepts ``_``/``-`` spellings (``missing_email``, ``county-code``)."""
+    key = name.strip().lower().replace("_", "-")
+    for drift in DRIFTS:
+        if drift.replace("_", "-") == key:
+            return drift
+    raise ValueError(f"unknown drift {name!r}; expected one of {', '.join(DRIFTS)}")
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """Faults to inject on the persons endpoints; the default injects none."""
+
+    rate_limit: int | None = None  # max requests per rate_window seconds
+    rate_window: float = 60.0
+    retry_after: str = "seconds"  # seconds | http-date | none
+    error_rate: float = 0.0
+    error_statuses: tuple[int, ...] = (500,)
+    fail_first: int = 0  # first N requests per distinct query fail
+    latency_ms: float = 0.0
+    truncate_rate: float = 0.0
+    truncate_mode: str = "json"  # json | connection
+    reset_rate: float = 0.0
+    hang_rate: float = 0.0
+    hang_seconds: float = 30.0
+    short_rate: float = 0.0
+    drift: tuple[str, ...] = ()
+    down: bool = False
+    fault_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.retry_after not in RETRY_AFTER_FORMATS:
+            raise ValueError(f"retry_after must be one of {RETRY_AFTER_FORMATS}")
+        if self.truncate_mode not in TRUNCATE_MODES:
+            raise ValueError(f"truncate_mode must be one of {TRUNCATE_MODES}")
+        if not self.error_statuses:
+            raise ValueError("error_statuses must not be empty")
+        for name in ("error_rate", "truncate_rate", "reset_rate", "hang_rate", "short_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1")
+        object.__setattr__(self, "drift", tuple(normalize_drift(d) for d in self.drift))
+
+
+@dataclass
+class Decision:
+    """What to do with one persons request; fields are checked by the handler in order."""
+
+    down: bool = False
+    reset: bool = False
+    hang: bool = False
+    delay: float = 0.0  # hang plus latency, seconds
+    error_status: int | None = None
+    rate_limited: bool = False
+    retry_after: str | None = None  # header value when rate limited
+    truncate: bool = False
+    short_fraction: float | None = None  # keep this share of records when set
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class FaultInjector:
+    """Thread-safe state for rate limiting, fail-first counters and random fault draws."""
+
+    def __init__(self, config: FaultConfig) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._hits: collections.deque[float] = collections.deque()
+        self._attempts: collections.Counter[str] = collections.Counter()
+        kinds = ("error", "status", "truncate", "reset", "hang", "short", "short-size")
+        self._rng = {k: random.Random(f"{config.fault_seed}:{k}") for k in kinds}
+
+    def reset(self) -> None:
+        """Forget rate-limit history and fail-first counters."""
+        with self._lock:
+            self._hits.clear()
+            self._attempts.clear()
+
+    def _chance(self, kind: str, rate: float) -> bool:
+        """Draw from the kind's own stream, only when the fault is on (keeps streams aligned)."""
+        return rate > 0 and self._rng[kind].random() < rate
+
+    def _rate_limit(self, now: float) -> tuple[bool, dict[str, str]]:
+        """Sliding-window limiter; rejected requests do not count, as in Laravel's throttle."""
+        cfg = self.config
+        if cfg.rate_limit is None:
+            return False, {}
+        limit = str(cfg.rate_limit)
+        while self._hits and self._hits[0] <= now - cfg.rate_window:
+            self._hits.popleft()
+        if len(self._hits) < cfg.rate_limit:
+            self._hits.append(now)
+            remaining = str(cfg.rate_limit - len(self._hits))
+            return False, {"X-RateLimit-Limit": limit, "X-RateLimit-Remaining": remaining}
+        oldest = self._hits[0] if self._hits else now
+        wait = max(1, math.ceil(oldest + cfg.rate_window - now))
+        headers = {"X-RateLimit-Limit": limit, "X-RateLimit-Remaining": "0"}
+        if cfg.retry_after == "seconds":
+            headers["Retry-After"] = str(wait)
+        elif cfg.retry_after == "http-date":
+            headers["Retry-After"] = email.utils.formatdate(time.time() + wait, usegmt=True)
+        return True, headers
+
+    def decide(self, query_key: str) -> Decision:
+        """Decide the fate of one persons request identified by its normalized query."""
+        cfg = self.config
+        with self._lock:
+            d = Decision()
+            if cfg.down:
+                d.down = True
+                return d
+            d.rate_limited, d.headers = self._rate_limit(time.monotonic())
+            if d.rate_limited:
+                return d
+            if self._chance("reset", cfg.reset_rate):
+                d.reset = True
+                return d
+            d.hang = self._chance("hang", cfg.hang_rate)
+            d.delay = (cfg.hang_seconds if d.hang else 0.0) + cfg.latency_ms / 1000.0
+            self._attempts[query_key] += 1
+            failing_first = self._attempts[query_key] <= cfg.fail_first
+            if failing_first or self._chance("error", cfg.error_rate):
+                d.error_status = self._rng["status"].choice(cfg.error_statuses)
+                return d
+            d.truncate = self._chance("truncate", cfg.truncate_rate)
+            if self._chance("short", cfg.short_rate):
+                d.short_fraction = self._rng["short-size"].uniform(0.1, 0.9)
+            return d
+
+
+def apply_drift(records: list[dict[str, object]], drifts: tuple[str, ...]) -> None:
+    """Mutate records in place to show the configured schema drifts."""
+    if not drifts:
+        return
+    for rec in records:
+        address = rec["address"]
+        assert isinstance(address, dict)
+        if "county_code" in drifts:
+            # Rebuild so the misspelt key keeps its position, as old v1 responses had it.
+            rebuilt = {("county_code" if k == "country_code" else k): v for k, v in address.items()}
+            address.clear()
+            address.update(rebuilt)
+        if "missing-email" in drifts:
+            rec.pop("email", None)
+        if "wrong-type" in drifts:
+            rec["birthday"] = int(str(rec["birthday"]).replace("-", ""))
+            address["latitude"] = str(address["latitude"])
+        if "extra-field" in drifts:
+            rec["title"] = "Ms." if rec["gender"] == "female" else "Mr."

@@ -1,0 +1,70 @@
+"""Checks on what a user types (flags, parameters, env), run before any request or write."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+from urllib.parse import urlsplit
+
+MAX_PAGE_SIZE = 1000  # the API clamps larger requests to 1000 without saying so
+MAX_RECORDS = 10_000_000
+
+
+class InputError(ValueError):
+    """A user-supplied value is unusable; the message names the value."""
+
+
+def check_api_url(url: str) -> str:
+    """Return the URL without a trailing slash, or raise if it is not an http(s) URL with a host."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError(f"api_url {url!r} is not an http(s) URL with a host")
+    return url.strip().rstrip("/")
+
+
+def check_records(records: int) -> int:
+    """Records must be a positive count we can hold in a day's batch."""
+    if not 1 <= records <= MAX_RECORDS:
+        raise InputError(f"records={records} must be between 1 and {MAX_RECORDS:,}")
+    return records
+
+
+def check_page_size(page_size: int) -> int:
+    """Page size must be 1..1000: above 1000 the API would silently return fewer records."""
+    if not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise InputError(f"page_size={page_size} must be between 1 and {MAX_PAGE_SIZE}")
+    return page_size
+
+
+def parse_run_date(value: str | dt.date | None, today: dt.date | None = None) -> dt.date:
+    """Parse YYYY-MM-DD (default: today, UTC); a future date is refused, ages would be negative."""
+    today = today or dt.datetime.now(dt.UTC).date()
+    if value is None:
+        return today
+    if isinstance(value, dt.datetime):
+        value = value.date()
+    if isinstance(value, dt.date):
+        parsed = value
+    else:
+        try:
+            parsed = dt.date.fromisoformat(value.strip())
+        except ValueError:
+            raise InputError(f"run_date {value!r} is not a date in YYYY-MM-DD form") from None
+        if len(value.strip()) != 10:
+            raise InputError(f"run_date {value!r} is not a date in YYYY-MM-DD form")
+    if parsed > today:
+        raise InputError(f"run_date {parsed.isoformat()} is in the future (today is {today})")
+    return parsed
+
+
+def check_reachable(url: str, timeout: float = 5.0) -> None:
+    """Open (and close) a TCP connection to the API host, so a dead URL fails before any work."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or exc.__class__.__name__
+        raise InputError(f"api_url {url!r} is unreachable ({host}:{port}: {reason})") from None

@@ -1,0 +1,195 @@
+"""Each fault flag does what it says, and only on the persons endpoints."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import json
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from local_api import FaultConfig, LocalApiServer
+
+Start = Callable[..., LocalApiServer]
+
+
+Get = Callable[..., httpx.Response]
+
+
+@pytest.fixture
+def get(http: httpx.Client) -> Get:
+    """``get(srv, timeout=5, **params)``: one persons request through the shared client."""
+
+    def _get(srv: LocalApiServer, timeout: float = 5.0, **params: object) -> httpx.Response:
+        return http.get(f"{srv.base_url}/persons", params=params, timeout=timeout)
+
+    return _get
+
+
+def test_rate_limit_seconds(start_server: Start, get: Get) -> None:
+    srv = start_server(rate_limit=3, rate_window=60)
+    assert [get(srv).status_code for _ in range(3)] == [200, 200, 200]
+    limited = get(srv)
+    assert limited.status_code == 429
+    assert limited.json() == {"message": "Too Many Attempts."}
+    assert 1 <= int(limited.headers["Retry-After"]) <= 60
+    assert limited.headers["X-RateLimit-Remaining"] == "0"
+    assert srv.stats()["by_status"] == {"200": 3, "429": 1}
+
+
+def test_rate_limit_http_date(start_server: Start, get: Get) -> None:
+    srv = start_server(rate_limit=1, rate_window=30, retry_after="http-date")
+    get(srv)
+    limited = get(srv)
+    assert limited.status_code == 429
+    when = email.utils.parsedate_to_datetime(limited.headers["Retry-After"])
+    wait = (when - dt.datetime.now(dt.UTC)).total_seconds()
+    assert 0 <= wait <= 31
+
+
+def test_rate_limit_without_header(start_server: Start, get: Get) -> None:
+    srv = start_server(rate_limit=1, retry_after="none")
+    get(srv)
+    limited = get(srv)
+    assert limited.status_code == 429 and "Retry-After" not in limited.headers
+
+
+def test_rate_limit_window_slides(start_server: Start, get: Get) -> None:
+    srv = start_server(rate_limit=1, rate_window=0.2)
+    assert get(srv).status_code == 200
+    assert get(srv).status_code == 429
+    deadline = time.monotonic() + 5
+    while (status := get(srv).status_code) == 429 and time.monotonic() < deadline:
+        pass
+    assert status == 200
+
+
+def test_error_rate_statuses_and_body(start_server: Start, get: Get) -> None:
+    srv = start_server(error_rate=1.0, error_statuses=(502, 503))
+    responses = [get(srv) for _ in range(20)]
+    assert {r.status_code for r in responses} == {502, 503}
+    assert all(r.json() == {"message": "Server Error"} for r in responses)
+
+
+def test_error_rate_deterministic_with_fault_seed(start_server: Start, get: Get) -> None:
+    runs = []
+    for _ in range(2):
+        srv = start_server(error_rate=0.5, fault_seed=7)
+        runs.append([get(srv).status_code for _ in range(20)])
+    assert runs[0] == runs[1]
+    assert set(runs[0]) == {200, 500}
+
+
+def test_fail_first_per_query(start_server: Start, get: Get) -> None:
+    srv = start_server(fail_first=2)
+    assert [get(srv, _seed=1).status_code for _ in range(3)] == [500, 500, 200]
+    assert get(srv, _seed=2).status_code == 500  # a different query has its own counter
+    assert srv.stats()["by_status"] == {"200": 1, "500": 3}
+
+
+def test_truncate_json(start_server: Start, get: Get) -> None:
+    srv = start_server(truncate_rate=1.0, truncate_mode="json")
+    response = get(srv, _quantity=20, _seed=1)
+    assert response.status_code == 200
+    assert int(response.headers["content-length"]) == len(response.content)
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(response.content)
+
+
+def test_truncate_connection(start_server: Start, get: Get) -> None:
+    srv = start_server(truncate_rate=1.0, truncate_mode="connection")
+    with pytest.raises(httpx.RemoteProtocolError):
+        get(srv, _quantity=20)
+
+
+def test_reset(start_server: Start, get: Get) -> None:
+    srv = start_server(reset_rate=1.0)
+    with pytest.raises(httpx.TransportError):
+        get(srv)
+    assert srv.stats()["faults"] == {"reset": 1}
+
+
+def test_hang_triggers_client_timeout(start_server: Start, get: Get) -> None:
+    srv = start_server(hang_rate=1.0, hang_seconds=10)
+    start = time.perf_counter()
+    with pytest.raises(httpx.ReadTimeout):
+        get(srv, timeout=0.2)
+    assert time.perf_counter() - start < 2
+
+
+def test_latency(start_server: Start, get: Get) -> None:
+    srv = start_server(latency_ms=150)
+    start = time.perf_counter()
+    assert get(srv).status_code == 200
+    assert time.perf_counter() - start >= 0.15
+
+
+def test_short_pages(start_server: Start, get: Get) -> None:
+    srv = start_server(short_rate=1.0)
+    for seed in (1, 2, 3):
+        body = get(srv, _quantity=100, _seed=seed).json()
+        assert body["total"] == len(body["data"]) < 100
+
+
+@pytest.mark.parametrize(
+    ("drift", "check"),
+    [
+        (
+            "county_code",
+            lambda r: "county_code" in r["address"] and "country_code" not in r["address"],
+        ),
+        ("missing-email", lambda r: "email" not in r),
+        (
+            "wrong-type",
+            lambda r: isinstance(r["birthday"], int) and isinstance(r["address"]["latitude"], str),
+        ),
+        ("extra-field", lambda r: len(r) == 11 and "email" in r),
+    ],
+)
+def test_drift(start_server: Start, get: Get, drift: str, check: Callable[[dict], bool]) -> None:
+    srv = start_server(drift=(drift,))
+    data = get(srv, _quantity=10, _seed=1).json()["data"]
+    assert all(check(r) for r in data)
+
+
+def test_drifts_combine_and_accept_spellings(start_server: Start, get: Get) -> None:
+    srv = start_server(drift=("county-code", "missing_email"))
+    rec = get(srv, _quantity=1).json()["data"][0]
+    assert "county_code" in rec["address"] and "email" not in rec
+    assert list(rec["address"]).index("county_code") == 7  # same position as country_code
+
+
+def test_down_spares_health_and_stats(start_server: Start, get: Get) -> None:
+    srv = start_server(down=True, reset_rate=1.0)
+    response = get(srv)
+    assert response.status_code == 503
+    assert response.json() == {"message": "Service Unavailable"}
+    assert httpx.get(f"{srv.url}/health").status_code == 200
+    assert httpx.get(f"{srv.url}/__stats").json()["by_status"] == {"503": 1}
+
+
+def test_faults_combine(start_server: Start, get: Get) -> None:
+    srv = start_server(fail_first=1, drift=("extra-field",), latency_ms=10)
+    assert get(srv, _seed=5).status_code == 500
+    assert "title" in get(srv, _seed=5).json()["data"][0]
+
+
+def test_stop_is_prompt_with_hung_request(start_server: Start, get: Get) -> None:
+    srv = start_server(hang_rate=1.0, hang_seconds=30)
+    with pytest.raises(httpx.ReadTimeout):
+        get(srv, timeout=0.1)
+    start = time.perf_counter()
+    srv.stop()
+    assert time.perf_counter() - start < 2
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"retry_after": "minutes"}, {"truncate_mode": "gzip"}, {"error_rate": 1.5}, {"drift": ("x",)}],
+)
+def test_fault_config_validation(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        FaultConfig(**kwargs)
