@@ -14,7 +14,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-DRIFTS: tuple[str, ...] = ("county_code", "missing-email", "wrong-type", "extra-field")
+DRIFTS: tuple[str, ...] = (
+    "county_code",
+    "missing-email",
+    "wrong-type",
+    "extra-field",
+    "bad-values",
+)
 RETRY_AFTER_FORMATS: tuple[str, ...] = ("seconds", "http-date", "none")
 TRUNCATE_MODES: tuple[str, ...] = ("json", "connection")
 
@@ -166,3 +172,11 @@ def apply_drift(records: list[dict[str, object]], drifts: tuple[str, ...]) -> No
             address["latitude"] = str(address["latitude"])
         if "extra-field" in drifts:
             rec["title"] = "Ms." if rec["gender"] == "female" else "Mr."
+    if "bad-values" in drifts:
+        # Same shape, wrong content: what only validation can catch. Every tenth record loses
+        # the "@" of its email and gets a lower-case country code.
+        for rec in records[::10]:
+            rec["email"] = str(rec["email"]).replace("@", "-at-")
+            address = rec["address"]
+            assert isinstance(address, dict)
+            address["country_code"] = str(address["country_code"]).lower()

@@ -10,18 +10,34 @@ import datetime as dt
 import time
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import pyarrow as pa
 from prefect import task
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from tasks.charts import build_charts, render_pngs
 from tasks.fetch import FetchConfig, FetchedRange, fetch_range
+from tasks.generalize import generalize
+from tasks.load import connect, load_batch, migrate
 from tasks.mask import mask_pii
 from tasks.plan import PageRange
+from tasks.publish import (
+    germany_share_sentence,
+    over_60_sentence,
+    publish_reports,
+    top_countries_sentence,
+)
+from tasks.reports import gmail_by_age_group, report_history, report_results
 from tasks.secrets import resolve_hash_key
 from tasks.settings import get_settings
+from tasks.validate import ValidationSummary, validate_analytical, validate_masked
 
+# Nothing here needs Prefect's result persistence or caching, and the first two tasks hold raw
+# records: keep every result in memory only (and never hash batches for cache keys).
 _RAW = {"persist_result": False, "cache_policy": NO_CACHE}
+VALIDATION_ARTIFACT_KEY = "validation-results"
 
 
 @dataclass
@@ -66,3 +82,57 @@ def mask_page_range(fetched: tuple[FetchedRange, float], run_date: dt.date) -> M
         seconds_fetch=seconds_fetch,
         seconds_mask=time.perf_counter() - started,
     )
+
+
+@task(name="validate_masked", **_RAW)
+def validate_masked_batch(table: pa.Table, expected_rows: int) -> ValidationSummary:
+    """Run the masked-raw suite (the summary holds counts only)."""
+    return validate_masked(table, expected_rows)
+
+
+@task(name="generalize_persons", **_RAW)
+def generalize_persons(masked: pa.Table, run_date: dt.date) -> pa.Table:
+    """Masked batch -> analytical batch (age group, email domain, country)."""
+    return generalize(masked, run_date)
+
+
+@task(name="validate_analytical", **_RAW)
+def validate_analytical_batch(table: pa.Table, expected_rows: int) -> ValidationSummary:
+    """Run the analytical suite (the summary holds counts only)."""
+    return validate_analytical(table, expected_rows)
+
+
+@task(name="publish_validation", **_RAW)
+def publish_validation(summaries: list[ValidationSummary], run_date: dt.date) -> None:
+    """Publish every expectation's outcome as a table artifact: counts, never values."""
+    rows = [row for summary in summaries for row in summary.to_rows()]
+    create_table_artifact(
+        table=rows,
+        key=VALIDATION_ARTIFACT_KEY,
+        description=f"Great Expectations results for run date {run_date} (counts only).",
+    )
+
+
+@task(name="load_persons", **_RAW)
+def load_persons(db_path: Path, analytical: pa.Table, run_date: dt.date, flow_run_id: str) -> int:
+    """Replace the run date's batch in DuckDB (one transaction) and store its report rows."""
+    with connect(db_path) as con:
+        migrate(con)
+        return load_batch(con, analytical, run_date, flow_run_id)
+
+
+@task(name="publish_reports", **_RAW)
+def publish_user_metrics(db_path: Path, run_date: dt.date, records: int) -> list[str]:
+    """Publish the three report tables and the markdown report with charts; return the answers."""
+    with connect(db_path) as con:
+        reports = report_results(con, run_date)
+        by_age = gmail_by_age_group(con, run_date)
+        history = report_history(con)
+    figures = build_charts(reports["top-gmail-countries"], by_age, history)
+    images = render_pngs(figures)  # one browser session for every chart; never raises
+    publish_reports(run_date, records, reports, images)
+    return [
+        germany_share_sentence(reports["germany-gmail-share"]),
+        top_countries_sentence(reports["top-gmail-countries"]),
+        over_60_sentence(reports["gmail-users-over-60"]),
+    ]

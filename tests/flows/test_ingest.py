@@ -5,67 +5,21 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-import httpx
 import pyarrow.parquet as pq
 import pytest
 
 from flows.user_metrics import main, user_metrics_pipeline
 from tasks.fetch import close_clients
-from tasks.plan import plan_pages, run_seed_for
 from tasks.schemas import MASK, RAW_SCHEMA
+from tests.helpers import file_bytes, leaked, parquet_cells, raw_values, served_records
 
 RUN_DATE = dt.date(2026, 11, 20)
-PII_FIELDS = ("firstname", "lastname", "email", "phone", "birthday")
-ADDRESS_PII = ("street", "streetName", "buildingNumber", "city", "zipcode", "latitude", "longitude")
 
 
 @pytest.fixture(autouse=True)
 def _fresh_clients():
     yield
     close_clients()
-
-
-def served_records(base_url: str, records: int, page_size: int, seed: int | None = None) -> list:
-    """The exact records the flow was served: same page seeds, asked for again."""
-    out = []
-    for page in plan_pages(records, page_size, run_seed_for(RUN_DATE, seed)):
-        params = {
-            "_quantity": page.quantity,
-            "_seed": page.seed,
-            "_locale": "en_US",
-            "_birthday_start": "1900-01-01",
-            "_birthday_end": RUN_DATE.isoformat(),
-        }
-        out += httpx.get(f"{base_url}/persons", params=params).json()["data"]
-    return out
-
-
-def raw_values(records: list[dict]) -> set[str]:
-    """Every identifying value of the served batch, as text, minus what is allowed to stay."""
-    values = set()
-    for rec in records:
-        values.update(str(rec[f]) for f in PII_FIELDS)
-        values.add(rec["email"].split("@")[0])
-        values.update(str(rec["address"][f]) for f in ADDRESS_PII)
-        values.add(rec["website"])
-    kept = {r["address"]["country"] for r in records} | {r["gender"] for r in records}
-    kept.add(RUN_DATE.isoformat())  # someone born on the run date shares it; the date is kept
-    return {v for v in values if v not in kept and len(v) >= 4}
-
-
-def lake_text(root: Path) -> tuple[set[str], bytes]:
-    """All cell values (decoded) and all raw bytes of every file under `root`."""
-    cells: set[str] = set()
-    blob = b""
-    for path in root.rglob("*"):
-        if path.is_file():
-            blob += path.read_bytes()
-            if path.suffix == ".parquet":
-                table = pq.read_table(path)
-                for column in table.columns:
-                    cells.update(str(v) for v in column.to_pylist())
-                cells.update(str(v) for v in (table.schema.metadata or {}).values())
-    return cells, blob
 
 
 def test_flow_writes_exactly_the_records_masked(api, pipeline_env, prefect_storage):
@@ -104,17 +58,12 @@ def test_no_raw_value_reaches_the_lake_or_prefect_results(api, pipeline_env, pre
     summary = user_metrics_pipeline(
         api_url=api.base_url, records=3000, page_size=1000, run_date=RUN_DATE, seed=77
     )
-    served = served_records(api.base_url, 3000, 1000, seed=77)
-    secrets = raw_values(served)
+    served = served_records(api.base_url, 3000, 1000, RUN_DATE, seed=77)
+    secrets = raw_values(served, RUN_DATE)
     assert len(secrets) > 10_000
-    cells, blob = lake_text(pipeline_env / "lake")
-    assert not secrets & cells, sorted(secrets & cells)[:5]
-    results_cells, results_blob = lake_text(prefect_storage)
-    assert not secrets & results_cells
-    # Byte scans: long values only, short ones (zipcodes) match compressed bytes by chance.
-    for value in (v for v in secrets if len(v) >= 8):
-        token = value.encode()
-        assert token not in blob and token not in results_blob, "raw value persisted"
+    lake = pipeline_env / "lake"
+    assert not leaked(secrets, parquet_cells(lake), file_bytes(lake))
+    assert not leaked(secrets, set(), file_bytes(prefect_storage))
     assert summary["records_fetched"] == 3000
 
 

@@ -155,6 +155,15 @@ def test_drift(start_server: Start, get: Get, drift: str, check: Callable[[dict]
     assert all(check(r) for r in data)
 
 
+def test_bad_values_keep_the_shape(start_server: Start, get: Get) -> None:
+    srv = start_server(drift=("bad-values",))
+    data = get(srv, _quantity=20, _seed=1).json()["data"]
+    bad = [r for r in data if "@" not in r["email"]]
+    assert len(bad) == 2
+    assert all(r["address"]["country_code"].islower() for r in bad)
+    assert all(len(r) == 10 for r in data)
+
+
 def test_drifts_combine_and_accept_spellings(start_server: Start, get: Get) -> None:
     srv = start_server(drift=("county-code", "missing_email"))
     rec = get(srv, _quantity=1).json()["data"][0]

@@ -1,0 +1,3 @@
+select count(*) as rows_loaded
+from persons_anonymized
+where run_date = $run_date

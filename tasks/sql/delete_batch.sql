@@ -1,0 +1,2 @@
+delete from persons_anonymized
+where run_date = $run_date

@@ -1,0 +1,27 @@
+-- Report 2: top 3 countries by Gmail users. dense_rank so ties share a rank and every country
+-- tied for 3rd place is shown: more than 3 rows can come back.
+with gmail_users_by_country as (
+    select
+        country,
+        count(*) as gmail_users
+    from persons_anonymized
+    where run_date = $run_date
+      and email_domain = 'gmail.com'
+    group by country
+),
+
+ranked as (
+    select
+        dense_rank() over (order by gmail_users desc) as rank,
+        country,
+        gmail_users
+    from gmail_users_by_country
+)
+
+select
+    rank::integer as rank,
+    country,
+    gmail_users
+from ranked
+where rank <= 3
+order by rank, country

@@ -1,0 +1,188 @@
+"""The whole flow, fetch to reports, under the Prefect test harness against the local API."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import math
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter
+from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
+
+from flows.user_metrics import user_metrics_pipeline
+from tasks.fetch import close_clients
+from tasks.publish import REPORT_COLUMNS
+from tasks.validate import ValidationError
+from tests.helpers import (
+    duckdb_cells,
+    expected_reports,
+    file_bytes,
+    leaked,
+    parquet_cells,
+    raw_values,
+    served_records,
+)
+
+RUN_DATE = dt.date(2026, 10, 31)
+REPORT_KEYS = (*REPORT_COLUMNS, "user-metrics-report")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_clients():
+    yield
+    close_clients()
+
+
+def artifacts_of(flow_run_id: str) -> dict[str, object]:
+    """The artifacts one flow run created, by key."""
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[*REPORT_KEYS])),
+            flow_run_filter=FlowRunFilter(id={"any_": [flow_run_id]}),
+        )
+    return {a.key: a for a in found}
+
+
+def table_of(artifact) -> list[dict]:
+    return json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+
+
+def same_rows(actual: list[dict], expected: list[dict]) -> bool:
+    def norm(v):
+        return None if isinstance(v, float) and math.isnan(v) else v
+
+    return [{k: norm(v) for k, v in r.items()} for r in actual] == expected
+
+
+def db_rows(db_path, sql: str, params=()) -> list[tuple]:
+    with duckdb.connect(str(db_path), read_only=True) as con:
+        return con.execute(sql, params).fetchall()
+
+
+def test_reports_equal_an_independent_computation(api, pipeline_env, prefect_storage):
+    summary = user_metrics_pipeline(
+        api_url=api.base_url, records=3000, page_size=1000, run_date=RUN_DATE, seed=31
+    )
+    served = served_records(api.base_url, 3000, 1000, RUN_DATE, seed=31)
+    expected = expected_reports(served, RUN_DATE)
+    db = pipeline_env / "db/faker.duckdb"
+
+    assert summary["records_loaded"] == 3000
+    assert db_rows(
+        db, "select count(*) from persons_anonymized where run_date = ?", [RUN_DATE]
+    ) == [(3000,)]
+    artifacts = artifacts_of(summary["flow_run_id"])
+    assert set(artifacts) == set(REPORT_KEYS)
+    for key, columns in REPORT_COLUMNS.items():
+        rows = table_of(artifacts[key])
+        assert all(tuple(row) == columns for row in rows), key
+        assert same_rows(rows, expected[key]), (key, rows, expected[key])
+    markdown = artifacts["user-metrics-report"].data
+    assert "data:image/png;base64," in markdown
+    png = markdown.split("data:image/png;base64,", 1)[1].split(")", 1)[0]
+    assert base64.b64decode(png).startswith(b"\x89PNG")
+    assert len(markdown.encode()) < 1_000_000
+
+    (run,) = db_rows(
+        db,
+        "select status, records_requested, records_fetched, records_loaded, pages, source_schema,"
+        " hash_key_id, seconds_total from pipeline_runs where flow_run_id = ?",
+        [summary["flow_run_id"]],
+    )
+    assert run[:5] == ("completed", 3000, 3000, 3000, 3)
+    assert "address.country_code:string" in run[5] and len(run[6]) == 12 and run[7] > 0
+
+
+def test_rerun_leaves_exactly_one_batch_per_date(api, pipeline_env, prefect_storage):
+    db = pipeline_env / "db/faker.duckdb"
+    other = RUN_DATE - dt.timedelta(days=1)
+    user_metrics_pipeline(api_url=api.base_url, records=400, run_date=other)
+    for records in (500, 300, 300):
+        user_metrics_pipeline(api_url=api.base_url, records=records, run_date=RUN_DATE)
+    counts = db_rows(
+        db,
+        "select run_date, count(*), count(distinct flow_run_id) from persons_anonymized"
+        " group by run_date order by run_date",
+    )
+    assert counts == [(other, 400, 1), (RUN_DATE, 300, 1)]
+    stored = db_rows(
+        db, "select count(*) from report_gmail_users_over_60 where run_date = ?", [RUN_DATE]
+    )
+    assert stored == [(1,)]
+    assert db_rows(db, "select count(*), count(distinct status) from pipeline_runs") == [(4, 1)]
+
+
+def _seed_where(api, records: int, predicate) -> int:
+    for seed in range(1, 500):
+        if predicate(served_records(api.base_url, records, 1000, RUN_DATE, seed=seed)):
+            return seed
+    raise AssertionError("no seed found")
+
+
+def test_no_german_users_and_tied_ranks(api, pipeline_env, prefect_storage):
+    def shape(recs):
+        expected = expected_reports(recs, RUN_DATE)
+        no_germany = expected["germany-gmail-share"][0]["german_users"] == 0
+        ranks = [r["rank"] for r in expected["top-gmail-countries"]]
+        return no_germany and len(ranks) > 3 and len(set(ranks)) < len(ranks)
+
+    seed = _seed_where(api, 120, shape)
+    summary = user_metrics_pipeline(api_url=api.base_url, records=120, run_date=RUN_DATE, seed=seed)
+    expected = expected_reports(served_records(api.base_url, 120, 1000, RUN_DATE, seed), RUN_DATE)
+    artifacts = artifacts_of(summary["flow_run_id"])
+    share = table_of(artifacts["germany-gmail-share"])
+    assert share == [{"german_users": 0, "german_gmail_users": 0, "gmail_share_pct": None}]
+    top = table_of(artifacts["top-gmail-countries"])
+    assert same_rows(top, expected["top-gmail-countries"]) and len(top) > 3
+    assert "no users in Germany" in artifacts["user-metrics-report"].data
+
+
+def test_bad_batch_fails_validation_loads_nothing_and_is_quarantined(
+    start_api, pipeline_env, prefect_storage
+):
+    good = start_api()
+    db = pipeline_env / "db/faker.duckdb"
+    lake_file = pipeline_env / "lake/raw/2026/10/31/persons.parquet"
+    user_metrics_pipeline(api_url=good.base_url, records=200, run_date=RUN_DATE)
+    before = db_rows(db, "select count(*), min(flow_run_id) from persons_anonymized")
+    lake_before = lake_file.read_bytes()
+
+    bad = start_api(drift=("bad-values",))
+    state = user_metrics_pipeline(
+        api_url=bad.base_url, records=300, run_date=RUN_DATE, return_state=True
+    )
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, ValidationError)
+    assert "(email)" in str(error) and "country_code" in str(error)
+    assert "-at-" not in str(error)  # counts and names only, never the failing values
+
+    quarantined = pipeline_env / "lake/quarantine/2026/10/31/persons.parquet"
+    assert pq.read_table(quarantined).num_rows == 300
+    assert db_rows(db, "select count(*), min(flow_run_id) from persons_anonymized") == before
+    assert lake_file.read_bytes() == lake_before  # the previous good batch is untouched
+    (failed,) = db_rows(
+        db, "select status, error, records_loaded from pipeline_runs where status = 'failed'"
+    )
+    assert failed[0] == "failed" and "ValidationError" in failed[1] and failed[2] is None
+
+
+def test_no_raw_value_anywhere(api, pipeline_env, prefect_storage, capfd):
+    user_metrics_pipeline(api_url=api.base_url, records=2000, run_date=RUN_DATE, seed=8)
+    secrets = raw_values(served_records(api.base_url, 2000, 1000, RUN_DATE, seed=8), RUN_DATE)
+    assert len(secrets) > 5000
+    lake = pipeline_env / "lake"
+    db = pipeline_env / "db/faker.duckdb"
+    prefect_db = PREFECT_API_DATABASE_CONNECTION_URL.value().split("///", 1)[-1]
+    out, err = capfd.readouterr()
+    assert not leaked(secrets, parquet_cells(lake), file_bytes(lake)), "lake"
+    assert not leaked(secrets, duckdb_cells(db)), "duckdb"
+    assert not leaked(secrets, set(), file_bytes(prefect_storage)), "prefect results"
+    assert not leaked(secrets, set(), Path(prefect_db).read_bytes()), "prefect database"
+    assert not leaked(secrets, set(), (out + err).encode()), "logs"

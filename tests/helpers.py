@@ -1,0 +1,120 @@
+"""Test helpers: what the local API served, independent answers, and leak scans."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from pathlib import Path
+
+import duckdb
+import httpx
+import pyarrow.parquet as pq
+
+from tasks.plan import plan_pages, run_seed_for
+
+PII_FIELDS = ("firstname", "lastname", "email", "phone", "birthday")
+ADDRESS_PII = ("street", "streetName", "buildingNumber", "city", "zipcode", "latitude", "longitude")
+
+
+def served_records(
+    base_url: str, records: int, page_size: int, run_date: dt.date, seed: int | None = None
+) -> list[dict]:
+    """The exact records a run was served: the same page seeds, asked for again."""
+    out: list[dict] = []
+    for page in plan_pages(records, page_size, run_seed_for(run_date, seed)):
+        params = {
+            "_quantity": page.quantity,
+            "_seed": page.seed,
+            "_locale": "en_US",
+            "_birthday_start": "1900-01-01",
+            "_birthday_end": run_date.isoformat(),
+        }
+        out += httpx.get(f"{base_url}/persons", params=params).json()["data"]
+    return out
+
+
+def raw_values(records: list[dict], run_date: dt.date) -> set[str]:
+    """Every identifying value of a served batch, as text, minus values that legitimately stay."""
+    values = set()
+    for rec in records:
+        values.update(str(rec[f]) for f in PII_FIELDS)
+        values.add(rec["email"].split("@")[0])
+        values.update(str(rec["address"][f]) for f in ADDRESS_PII)
+        values.add(rec["website"])
+    kept = {r["address"]["country"] for r in records} | {r["gender"] for r in records}
+    kept |= {r["email"].rsplit("@", 1)[-1] for r in records}
+    kept.add(run_date.isoformat())  # someone born on the run date shares it; the date is kept
+    # A surname such as "Marshall" is also part of a kept country ("Marshall Islands").
+    kept_text = "\n".join(kept)
+    return {v for v in values if len(v) >= 4 and v not in kept_text}
+
+
+def age_at(birthday: str, run_date: dt.date) -> int:
+    """Whole years at run_date, written the obvious way (independent of the SQL)."""
+    born = dt.date.fromisoformat(birthday)
+    return run_date.year - born.year - ((run_date.month, run_date.day) < (born.month, born.day))
+
+
+def expected_reports(records: list[dict], run_date: dt.date) -> dict[str, list[dict]]:
+    """The three answers computed in plain Python from the served records."""
+    gmail = [r for r in records if r["email"].rsplit("@", 1)[-1].lower() == "gmail.com"]
+    german = [r for r in records if r["address"]["country_code"] == "DE"]
+    german_gmail = [r for r in german if r in gmail]
+    share = round(100 * len(german_gmail) / len(german), 2) if german else None
+    per_country = Counter(r["address"]["country"] for r in gmail)
+    levels = sorted(set(per_country.values()), reverse=True)[:3]
+    top = sorted(
+        (
+            {"rank": levels.index(n) + 1, "country": c, "gmail_users": n}
+            for c, n in per_country.items()
+            if n in levels
+        ),
+        key=lambda row: (row["rank"], row["country"]),
+    )
+    over_60 = sum(age_at(r["birthday"], run_date) >= 60 for r in gmail)
+    return {
+        "germany-gmail-share": [
+            {
+                "german_users": len(german),
+                "german_gmail_users": len(german_gmail),
+                "gmail_share_pct": share,
+            }
+        ],
+        "top-gmail-countries": top,
+        "gmail-users-over-60": [{"gmail_users_over_60": over_60}],
+    }
+
+
+def parquet_cells(root: Path) -> set[str]:
+    """Every cell and metadata value of every Parquet file under root, as text."""
+    cells: set[str] = set()
+    for path in root.rglob("*.parquet"):
+        table = pq.read_table(path)
+        for column in table.columns:
+            cells.update(str(v) for v in column.to_pylist())
+        cells.update(str(v) for v in (table.schema.metadata or {}).values())
+    return cells
+
+
+def duckdb_cells(db_path: Path) -> set[str]:
+    """Every cell of every table in a DuckDB file, as text."""
+    cells: set[str] = set()
+    with duckdb.connect(str(db_path), read_only=True) as con:
+        tables = [t for (t,) in con.execute("select table_name from duckdb_tables()").fetchall()]
+        for table in tables:
+            for row in con.execute(f'select * from "{table}"').fetchall():
+                cells.update(str(v) for v in row)
+    return cells
+
+
+def file_bytes(root: Path) -> bytes:
+    """All bytes of all files under root (for scanning uncompressed stores: SQLite, pickles)."""
+    return b"".join(p.read_bytes() for p in root.rglob("*") if p.is_file())
+
+
+def leaked(secrets: set[str], cells: set[str], blob: bytes = b"") -> list[str]:
+    """Secrets found as whole cells, or (if 8+ characters) anywhere in the bytes."""
+    hits = secrets & cells
+    # Short values (zipcodes) would match compressed or binary bytes by chance; long ones cannot.
+    hits |= {v for v in secrets if len(v) >= 8 and v.encode() in blob}
+    return sorted(hits)
