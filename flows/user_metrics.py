@@ -14,20 +14,31 @@ from typing import Any
 
 import pyarrow as pa
 from prefect import flow, get_run_logger, unmapped
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
 from prefect.futures import PrefectFuture
+from prefect.logging import get_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import ValidationError
 
+from flows.cli import parse_args, print_backfill, print_summary
+from tasks.drift import compare_signatures, drift_markdown, enforce_policy
 from tasks.lake import AtomicParquetWriter, raw_writer
-from tasks.load import connect, finish_run, migrate, start_run
-from tasks.params import InputError, check_reachable
+from tasks.load import completed_dates, migrate, open_db
+from tasks.params import InputError, check_reachable, date_range, settings_error_line
 from tasks.plan import group_ranges, plan_pages
 from tasks.publish import ARTIFACT_KEYS
 from tasks.run_config import RunConfig, resolve_run_config
+from tasks.runs import failure_markdown, kept_outputs, one_line, record_end, record_start
 from tasks.secrets import key_id
 from tasks.settings import get_settings
 from tasks.steps import (
+    DRIFT_ARTIFACT_KEY,
+    FAILURE_ARTIFACT_KEY,
     VALIDATION_ARTIFACT_KEY,
     MaskedRange,
     fetch_page_range,
@@ -40,9 +51,11 @@ from tasks.steps import (
     validate_analytical_batch,
     validate_masked_batch,
 )
-from tasks.validate import ValidationError, quarantine
+from tasks.validate import ValidationError as BatchValidationError
+from tasks.validate import quarantine
 
 FLOW_NAME = "user-metrics-pipeline"
+BACKFILL_FLOW_NAME = "user-metrics-backfill"
 ARTIFACTS = (*ARTIFACT_KEYS, VALIDATION_ARTIFACT_KEY)
 
 
@@ -107,11 +120,31 @@ def _validate(cfg: RunConfig, batch: pa.Table, metrics: dict[str, Any]) -> pa.Ta
     if failed or analytical is None:
         path = quarantine(batch, cfg.lake_dir, cfg.run_date)
         get_run_logger().error("batch failed validation; quarantined at %s", path)
-        raise ValidationError(failed[0])
+        raise BatchValidationError(failed[0])
     return analytical
 
 
-def _run(cfg: RunConfig, run_id: str, metrics: dict[str, Any]) -> dict[str, Any]:
+def _check_drift(
+    cfg: RunConfig, previous: str | None, metrics: dict[str, Any], policy: str
+) -> None:
+    """Compare the source's shape with the last successful run's; report, then apply the policy."""
+    change = compare_signatures(previous, metrics["source_schema"])
+    if change is None:
+        return
+    metrics["schema_change"] = change.describe()
+    accepted = policy == "ignore" or (policy == "additive" and change.additive)
+    get_run_logger().warning("source schema changed: %s", change.describe())
+    create_markdown_artifact(
+        markdown=drift_markdown(change, policy, accepted),
+        key=DRIFT_ARTIFACT_KEY,
+        description=f"Source schema drift detected on run date {cfg.run_date}.",
+    )
+    enforce_policy(change, policy)
+
+
+def _run(
+    cfg: RunConfig, run_id: str, previous_schema: str | None, metrics: dict[str, Any]
+) -> dict[str, Any]:
     """Fetch -> mask -> validate -> lake -> DuckDB -> reports, recording metrics as it goes."""
     logger = get_run_logger()
     pages = plan_pages(cfg.records, cfg.page_size, cfg.run_seed)
@@ -125,34 +158,63 @@ def _run(cfg: RunConfig, run_id: str, metrics: dict[str, Any]) -> dict[str, Any]
         len(ranges),
         cfg.api_url,
     )
+    metrics["stage"] = "fetch"
     fetched = fetch_page_range.map(unmapped(cfg.fetch), ranges)
     masked = mask_page_range.map(fetched, unmapped(cfg.run_date))
     lake_metadata = {"pii_hash_key_id": metrics["hash_key_id"], "run_date": str(cfg.run_date)}
     with raw_writer(cfg.lake_dir, cfg.run_date, lake_metadata) as writer:
         batch = _ingest(cfg, list(fetched), list(masked), writer, metrics, len(pages))
+        metrics["stage"] = "schema-drift"
+        _check_drift(cfg, previous_schema, metrics, get_settings().schema_drift_policy)
+        metrics["stage"] = "validate"
         analytical = _validate(cfg, batch, metrics)
+        metrics["stage"] = "lake"
         started = time.perf_counter()
         lake_file = writer.commit()
         metrics["seconds_lake"] += time.perf_counter() - started
     del batch  # the masked batch is on disk now; keep memory for the load
+    metrics["stage"] = "load"
     started = time.perf_counter()
     metrics["records_loaded"] = load_persons(cfg.duckdb_path, analytical, cfg.run_date, run_id)
     metrics["seconds_load"] = time.perf_counter() - started
+    metrics["stage"] = "reports"
     started = time.perf_counter()
     answers = publish_user_metrics(cfg.duckdb_path, cfg.run_date, cfg.records)
     metrics["seconds_reports"] = time.perf_counter() - started
     return {"lake_file": str(lake_file), "answers": answers}
 
 
-def _record_start(cfg: RunConfig, run_id: str) -> None:
-    with connect(cfg.duckdb_path) as con:
-        migrate(con)
-        start_run(con, run_id, cfg.run_date, cfg.records)
+def _report_failure(
+    cfg: RunConfig | None, run_id: str, exc: BaseException, metrics: dict[str, Any]
+) -> None:
+    """Record the failed run (pipeline_runs + a `run-failure` artifact), never masking `exc`."""
+    settings = get_settings()
+    stage = metrics.get("stage", "start")
+    kept: dict[str, Any] = {}
+    try:
+        if cfg is not None and stage != "start":
+            record_end(
+                cfg,
+                run_id,
+                "failed",
+                {**metrics, "error": one_line(exc), "failed_stage": stage},
+                settings.duckdb_lock_timeout_seconds,
+            )
+        if cfg is not None:
+            kept = kept_outputs(cfg, settings.duckdb_lock_timeout_seconds)
+    finally:
+        create_markdown_artifact(
+            markdown=failure_markdown(cfg.run_date if cfg else None, stage, one_line(exc), kept),
+            key=FAILURE_ARTIFACT_KEY,
+            description="Why the last run failed and what it left in place.",
+        )
 
 
-def _record_end(cfg: RunConfig, run_id: str, status: str, **metrics: Any) -> None:
-    with connect(cfg.duckdb_path) as con:
-        finish_run(con, run_id, status, **metrics)
+def _log_failure(flow: Any, flow_run: Any, state: Any) -> None:
+    """on_failure hook: one line for whoever watches the worker's log."""
+    get_logger("flows.user_metrics").error(
+        "flow run %s failed: %s (see the run-failure artifact)", flow_run.name, state.message
+    )
 
 
 @flow(
@@ -160,6 +222,7 @@ def _record_end(cfg: RunConfig, run_id: str, status: str, **metrics: Any) -> Non
     # Fetch concurrency is bounded by the HTTP layer's gate; threads just keep tasks flowing.
     task_runner=ThreadPoolTaskRunner(max_workers=16),
     persist_result=False,
+    on_failure=[_log_failure],
 )
 def user_metrics_pipeline(
     api_url: str | None = None,
@@ -171,27 +234,31 @@ def user_metrics_pipeline(
 ) -> dict[str, Any]:
     """Fetch persons, mask, validate, store them in the lake and DuckDB, and publish the reports."""
     started = time.perf_counter()
-    cfg = resolve_run_config(
-        get_settings(),
-        api_url=api_url,
-        records=records,
-        page_size=page_size,
-        run_date=run_date,
-        seed=seed,
-        locale=locale,
-    )
-    check_reachable(cfg.api_url)
-    metrics: dict[str, Any] = {"hash_key_id": key_id(hash_key())}  # no key: fails here
+    settings = get_settings()
     run_id = str(flow_run.id or uuid.uuid4())
-    _record_start(cfg, run_id)
+    metrics: dict[str, Any] = {}
+    cfg: RunConfig | None = None
     try:
-        outcome = _run(cfg, run_id, metrics)
+        cfg = resolve_run_config(
+            settings,
+            api_url=api_url,
+            records=records,
+            page_size=page_size,
+            run_date=run_date,
+            seed=seed,
+            locale=locale,
+        )
+        check_reachable(cfg.api_url)
+        metrics["hash_key_id"] = key_id(hash_key())  # a missing key fails here, before any write
+        previous_schema = record_start(cfg, run_id, settings.duckdb_lock_timeout_seconds)
+        metrics["stage"] = "plan"
+        outcome = _run(cfg, run_id, previous_schema, metrics)
     except BaseException as exc:
         metrics["seconds_total"] = time.perf_counter() - started
-        _record_end(cfg, run_id, "failed", error=_one_line(exc), **_columns(metrics))
+        _report_failure(cfg, run_id, exc, metrics)
         raise
     metrics["seconds_total"] = time.perf_counter() - started
-    _record_end(cfg, run_id, "completed", **_columns(metrics))
+    record_end(cfg, run_id, "completed", metrics, settings.duckdb_lock_timeout_seconds)
     get_run_logger().info(
         "loaded %d records for %s; lake file %s; %.1fs",
         metrics["records_loaded"],
@@ -200,7 +267,7 @@ def user_metrics_pipeline(
         metrics["seconds_total"],
     )
     return {
-        **metrics,
+        **{k: v for k, v in metrics.items() if k != "stage"},
         **outcome,
         "flow_run_id": run_id,
         "run_date": cfg.run_date.isoformat(),
@@ -209,87 +276,93 @@ def user_metrics_pipeline(
     }
 
 
-_RUN_COLUMNS = (
-    "records_fetched",
-    "records_loaded",
-    "pages",
-    "retries",
-    "seconds_fetch",
-    "seconds_mask",
-    "seconds_lake",
-    "seconds_generalize",
-    "seconds_validate",
-    "seconds_load",
-    "seconds_reports",
-    "seconds_total",
-    "source_schema",
-    "hash_key_id",
-)
+@flow(name=BACKFILL_FLOW_NAME, persist_result=False, on_failure=[_log_failure])
+def user_metrics_backfill(
+    start_date: dt.date,
+    end_date: dt.date,
+    force: bool = False,
+    api_url: str | None = None,
+    records: int | None = None,
+    page_size: int | None = None,
+    seed: int | None = None,
+    locale: str | None = None,
+) -> dict[str, str]:
+    """Run the pipeline for each date in a range, one batch per date, skipping loaded dates."""
+    settings = get_settings()
+    days = date_range(start_date, end_date, settings.backfill_max_days)
+    # Check every override once, before the first date runs.
+    resolve_run_config(settings, api_url=api_url, records=records, page_size=page_size, seed=seed)
+    loaded: set[dt.date] = set()
+    if settings.duckdb_path.exists() and not force:
+        with open_db(settings.duckdb_path, settings.duckdb_lock_timeout_seconds) as con:
+            migrate(con)
+            loaded = completed_dates(con, days[0], days[-1])
+    logger = get_run_logger()
+    outcome: dict[str, str] = {}
+    for day in days:
+        if day in loaded:
+            outcome[day.isoformat()] = "skipped"
+            logger.info("%s already loaded: skipped (force=True reloads it)", day)
+            continue
+        state = user_metrics_pipeline(
+            api_url=api_url,
+            records=records,
+            page_size=page_size,
+            run_date=day,
+            seed=seed,
+            locale=locale,
+            return_state=True,
+        )
+        outcome[day.isoformat()] = "loaded" if state.is_completed() else "failed"
+    failed = [d for d, o in outcome.items() if o == "failed"]
+    if failed:
+        raise RuntimeError(f"backfill failed for {len(failed)} date(s): {', '.join(failed)}")
+    return outcome
 
 
-def _columns(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in metrics.items() if k in _RUN_COLUMNS}
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
-
-
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m flows.user_metrics", description=user_metrics_pipeline.__doc__
-    )
-    parser.add_argument("--api-url", help="Faker API base URL (default: FAKER_API_URL)")
-    parser.add_argument("--records", type=int, help="records to fetch (default: FAKER_RECORDS)")
-    parser.add_argument("--page-size", type=int, help="records per request, 1..1000")
-    parser.add_argument("--run-date", help="YYYY-MM-DD (default: today, UTC)")
-    parser.add_argument("--seed", type=int, help="run seed (default: derived from the run date)")
-    parser.add_argument("--locale", help="Faker locale (default: FAKER_LOCALE)")
-    return parser.parse_args(argv)
-
-
-def _print_summary(summary: dict[str, Any]) -> None:
-    print(f"Run date      {summary['run_date']}")
-    print(f"Lake file     {summary['lake_file']}")
-    print(f"DuckDB        {summary['duckdb_path']} ({summary['records_loaded']:,} rows loaded)")
-    print(
-        f"Records       {summary['records_fetched']:,} of {summary['records_requested']:,} "
-        f"in {summary['pages']} pages, {summary['retries']} retries"
-    )
-    print(f"Seconds       {summary['seconds_total']:.1f}")
-    print("Answers")
-    for answer in summary["answers"]:
-        print(f"  - {answer}")
-    print("Artifacts     " + ", ".join(ARTIFACTS))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: exit 0 on success, else a one-line error naming the cause."""
-    args = _parse_args(argv)
-    params = {
+def _preflight(args: argparse.Namespace) -> dict[str, Any]:
+    """Check every input before Prefect starts, any request is made or anything is written."""
+    settings = get_settings()
+    params: dict[str, Any] = {
         "api_url": args.api_url,
         "records": args.records,
         "page_size": args.page_size,
-        "run_date": args.run_date,
         "seed": args.seed,
         "locale": args.locale,
     }
+    if args.backfill:
+        days = date_range(args.start_date, args.end_date, settings.backfill_max_days)
+        cfg = resolve_run_config(settings, **params, run_date=days[0])
+        params.update(start_date=days[0], end_date=days[-1], force=args.force)
+    else:
+        cfg = resolve_run_config(settings, **params, run_date=args.run_date)
+        params["run_date"] = cfg.run_date
+    check_reachable(cfg.api_url)
+    hash_key()
+    return params
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point: exit 0 on success, 2 on bad input, 1 on a failed run; errors in one line."""
+    args = parse_args(argv, user_metrics_pipeline.__doc__)
     try:
-        # Bad input fails here, before Prefect starts, any request is made or anything is written.
-        cfg = resolve_run_config(get_settings(), **params)
-        check_reachable(cfg.api_url)
-        hash_key()
+        params = _preflight(args)
+    except ValidationError as exc:  # pydantic: a bad environment value
+        print(f"error: {settings_error_line(exc)}", file=sys.stderr)
+        return 2
     except (InputError, RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    params["run_date"] = cfg.run_date
-    state = user_metrics_pipeline(**params, return_state=True)
+    flow_fn = user_metrics_backfill if args.backfill else user_metrics_pipeline
+    state = flow_fn(**params, return_state=True)
     if not state.is_completed():
         exc = state.result(raise_on_failure=False)
         print(f"error: {exc if isinstance(exc, BaseException) else state.message}", file=sys.stderr)
         return 1
-    _print_summary(state.result())
+    if args.backfill:
+        print_backfill(state.result())
+    else:
+        print_summary(state.result(), ARTIFACTS)
     return 0
 
 

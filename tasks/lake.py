@@ -38,6 +38,10 @@ class AtomicParquetWriter:
         self.schema = schema.with_metadata({**(schema.metadata or {}), **(metadata or {})})
         self.rows = 0
         target.parent.mkdir(parents=True, exist_ok=True)
+        # Temp files left by a killed run are partial files: remove them. Only one run writes a
+        # given date at a time (deployment concurrency limit 1), so none of them is live.
+        for stale in target.parent.glob(f".{target.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
         # A dot-name so readers globbing *.parquet never pick up a half-written file.
         self._tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime
+import fcntl
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,6 +51,39 @@ def connect(db_path: Path) -> duckdb.DuckDBPyConnection:
     db_path = Path(db_path)
     db_path.parent.mkdir(parents=True, exist_ok=True)
     return duckdb.connect(str(db_path))
+
+
+class DatabaseBusyError(RuntimeError):
+    """Another run held the DuckDB file for longer than the lock timeout."""
+
+
+@contextmanager
+def open_db(db_path: Path, timeout: float = 600.0) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection held under an exclusive file lock, so concurrent runs wait their turn.
+
+    DuckDB allows one writing process per file and fails at once otherwise; the lock turns that
+    failure into a bounded wait. The OS drops the lock when a process dies, even by SIGKILL.
+    """
+    db_path = Path(db_path)
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(db_path.with_name(db_path.name + ".lock"), "a+") as lock:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise DatabaseBusyError(
+                        f"{db_path} is busy: another run held it for over {timeout:.0f}s "
+                        "(DUCKDB_LOCK_TIMEOUT_SECONDS)"
+                    ) from None
+                time.sleep(0.05)  # polling a lock: flock has no timed wait
+        try:
+            with connect(db_path) as con:
+                yield con
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _utc_now() -> datetime.datetime:
@@ -188,3 +223,24 @@ def load_batch(
     finally:
         con.unregister(_BATCH_VIEW)
     return loaded
+
+
+def last_source_schema(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The source signature of the last successful run, if any."""
+    row = con.execute(read_sql("last_source_schema")).fetchone()
+    return row[0] if row else None
+
+
+def completed_dates(
+    con: duckdb.DuckDBPyConnection, start_date: datetime.date, end_date: datetime.date
+) -> set[datetime.date]:
+    """Dates in [start_date, end_date] that already hold a batch from a completed run."""
+    rows = con.execute(
+        read_sql("completed_dates"), {"start_date": start_date, "end_date": end_date}
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
+def date_rows(con: duckdb.DuckDBPyConnection, run_date: datetime.date) -> int:
+    """How many rows the run date's batch has."""
+    return con.execute(read_sql("count_date_rows"), {"run_date": run_date}).fetchone()[0]

@@ -68,3 +68,30 @@ def check_reachable(url: str, timeout: float = 5.0) -> None:
     except OSError as exc:
         reason = exc.strerror or exc.__class__.__name__
         raise InputError(f"api_url {url!r} is unreachable ({host}:{port}: {reason})") from None
+
+
+def date_range(start: dt.date | str, end: dt.date | str, max_days: int) -> list[dt.date]:
+    """Every date from start to end inclusive; refuses backward, future or overlong ranges."""
+    first, last = parse_run_date(start), parse_run_date(end)
+    if last < first:
+        raise InputError(f"date range is backwards: end {last} is before start {first}")
+    days = (last - first).days + 1
+    if days > max_days:
+        raise InputError(
+            f"date range {first}..{last} covers {days} days, more than {max_days} "
+            "(BACKFILL_MAX_DAYS)"
+        )
+    return [first + dt.timedelta(days=i) for i in range(days)]
+
+
+def settings_error_line(exc: Exception) -> str:
+    """One line naming each bad setting by its environment variable (secrets never echoed)."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc).strip().splitlines()[0]
+    parts = []
+    for error in errors():
+        name = str(error["loc"][0]).upper() if error.get("loc") else "settings"
+        shown = "" if "KEY" in name else f" (got {error.get('input')!r})"
+        parts.append(f"{name}{shown}: {error['msg']}")
+    return "invalid setting " + "; ".join(parts)

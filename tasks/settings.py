@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -62,6 +63,20 @@ class Settings(BaseSettings):
     )
     data_lake_dir: Path = Field(Path("./data_lake"), description="Root of the Parquet lake.")
     duckdb_path: Path = Field(Path("./db/faker.duckdb"), description="DuckDB database file.")
+    duckdb_lock_timeout_seconds: float = Field(
+        600.0,
+        description="How long a run waits for another run's DuckDB writes (one writer per file).",
+        gt=0,
+    )
+    schema_drift_policy: Literal["additive", "fail", "ignore"] = Field(
+        "additive",
+        description="When the source's shape differs from the last successful run: `additive` "
+        "continues if fields were only added and fails otherwise, `fail` fails on any change, "
+        "`ignore` only reports it. Required fields missing or retyped always fail.",
+    )
+    backfill_max_days: int = Field(
+        366, description="Longest date range one backfill may cover.", ge=1
+    )
     pii_hash_key: SecretStr | None = Field(
         None, description="HMAC-SHA-256 key for person_key pseudonyms (>= 16 characters)."
     )

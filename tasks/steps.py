@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.charts import build_charts, render_pngs
 from tasks.fetch import FetchConfig, FetchedRange, fetch_range
 from tasks.generalize import generalize
-from tasks.load import connect, load_batch, migrate
+from tasks.load import load_batch, migrate, open_db
 from tasks.mask import mask_pii
 from tasks.plan import PageRange
 from tasks.publish import (
@@ -38,6 +38,8 @@ from tasks.validate import ValidationSummary, validate_analytical, validate_mask
 # records: keep every result in memory only (and never hash batches for cache keys).
 _RAW = {"persist_result": False, "cache_policy": NO_CACHE}
 VALIDATION_ARTIFACT_KEY = "validation-results"
+FAILURE_ARTIFACT_KEY = "run-failure"
+DRIFT_ARTIFACT_KEY = "schema-drift"
 
 
 @dataclass
@@ -116,7 +118,7 @@ def publish_validation(summaries: list[ValidationSummary], run_date: dt.date) ->
 @task(name="load_persons", **_RAW)
 def load_persons(db_path: Path, analytical: pa.Table, run_date: dt.date, flow_run_id: str) -> int:
     """Replace the run date's batch in DuckDB (one transaction) and store its report rows."""
-    with connect(db_path) as con:
+    with open_db(db_path, get_settings().duckdb_lock_timeout_seconds) as con:
         migrate(con)
         return load_batch(con, analytical, run_date, flow_run_id)
 
@@ -124,7 +126,7 @@ def load_persons(db_path: Path, analytical: pa.Table, run_date: dt.date, flow_ru
 @task(name="publish_reports", **_RAW)
 def publish_user_metrics(db_path: Path, run_date: dt.date, records: int) -> list[str]:
     """Publish the three report tables and the markdown report with charts; return the answers."""
-    with connect(db_path) as con:
+    with open_db(db_path, get_settings().duckdb_lock_timeout_seconds) as con:
         reports = report_results(con, run_date)
         by_age = gmail_by_age_group(con, run_date)
         history = report_history(con)

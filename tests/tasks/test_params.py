@@ -78,3 +78,30 @@ def test_settings_read_from_environment(monkeypatch):
     monkeypatch.setenv("FAKER_PAGE_SIZE", "5000")
     with pytest.raises(ValueError, match="faker_page_size"):
         Settings(_env_file=None)
+
+
+def test_date_range_inclusive_and_checked():
+    from tasks.params import date_range
+
+    days = date_range("2026-01-30", "2026-02-02", max_days=10)
+    assert [d.isoformat() for d in days] == ["2026-01-30", "2026-01-31", "2026-02-01", "2026-02-02"]
+    with pytest.raises(InputError, match="backwards: end 2026-01-01 is before start 2026-01-05"):
+        date_range("2026-01-05", "2026-01-01", max_days=10)
+    with pytest.raises(InputError, match="more than 3"):
+        date_range("2026-01-01", "2026-01-05", max_days=3)
+    with pytest.raises(InputError, match="YYYY-MM-DD"):
+        date_range("2026-01-01", "soon", max_days=3)
+
+
+def test_settings_errors_name_the_variable_in_one_line(monkeypatch):
+    from pydantic import ValidationError
+
+    from tasks.params import settings_error_line
+
+    monkeypatch.setenv("FAKER_PAGE_SIZE", "5000")
+    monkeypatch.setenv("FAKER_RECORDS", "zero")
+    with pytest.raises(ValidationError) as info:
+        Settings(_env_file=None)
+    line = settings_error_line(info.value)
+    assert "FAKER_PAGE_SIZE (got '5000')" in line and "FAKER_RECORDS (got 'zero')" in line
+    assert "\n" not in line

@@ -1,0 +1,52 @@
+"""Command-line parsing and printing for `python -m flows.user_metrics` (no Prefect here)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def parse_args(argv: list[str] | None, description: str | None) -> argparse.Namespace:
+    """Flags of the pipeline CLI; a single date or a backfill range."""
+    parser = argparse.ArgumentParser(prog="python -m flows.user_metrics", description=description)
+    parser.add_argument("--api-url", help="Faker API base URL (default: FAKER_API_URL)")
+    parser.add_argument("--records", type=int, help="records to fetch (default: FAKER_RECORDS)")
+    parser.add_argument("--page-size", type=int, help="records per request, 1..1000")
+    parser.add_argument("--seed", type=int, help="run seed (default: derived from the run date)")
+    parser.add_argument("--locale", help="Faker locale (default: FAKER_LOCALE)")
+    parser.add_argument("--run-date", help="YYYY-MM-DD (default: today, UTC)")
+    parser.add_argument("--start-date", help="backfill: first date, YYYY-MM-DD")
+    parser.add_argument("--end-date", help="backfill: last date, YYYY-MM-DD")
+    parser.add_argument("--force", action="store_true", help="backfill: reload loaded dates too")
+    args = parser.parse_args(argv)
+    backfill = args.start_date is not None or args.end_date is not None
+    if backfill and args.run_date:
+        parser.error("--run-date cannot be combined with --start-date/--end-date")
+    if backfill and (args.start_date is None or args.end_date is None):
+        parser.error("a backfill needs both --start-date and --end-date")
+    if args.force and not backfill:
+        parser.error("--force applies to a backfill (--start-date/--end-date)")
+    args.backfill = backfill
+    return args
+
+
+def print_summary(summary: dict[str, Any], artifacts: tuple[str, ...]) -> None:
+    """What a person wants after a run: where things went, the answers, the artifacts."""
+    print(f"Run date      {summary['run_date']}")
+    print(f"Lake file     {summary['lake_file']}")
+    print(f"DuckDB        {summary['duckdb_path']} ({summary['records_loaded']:,} rows loaded)")
+    print(
+        f"Records       {summary['records_fetched']:,} of {summary['records_requested']:,} "
+        f"in {summary['pages']} pages, {summary['retries']} retries"
+    )
+    print(f"Seconds       {summary['seconds_total']:.1f}")
+    print("Answers")
+    for answer in summary["answers"]:
+        print(f"  - {answer}")
+    print("Artifacts     " + ", ".join(artifacts))
+
+
+def print_backfill(outcome: dict[str, str]) -> None:
+    """One line per date of a backfill."""
+    for day, result in outcome.items():
+        print(f"{day}  {result}")

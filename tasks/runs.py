@@ -1,0 +1,100 @@
+"""Run bookkeeping: the pipeline_runs row of a flow run, and what a failed run reports."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from tasks.lake import partition_dir, raw_path
+from tasks.load import date_rows, finish_run, last_source_schema, migrate, open_db, start_run
+from tasks.run_config import RunConfig
+
+# Metrics the flow collects that have a pipeline_runs column of the same name.
+RUN_COLUMNS = (
+    "records_fetched",
+    "records_loaded",
+    "pages",
+    "retries",
+    "seconds_fetch",
+    "seconds_mask",
+    "seconds_lake",
+    "seconds_generalize",
+    "seconds_validate",
+    "seconds_load",
+    "seconds_reports",
+    "seconds_total",
+    "source_schema",
+    "schema_change",
+    "hash_key_id",
+    "failed_stage",
+    "error",
+)
+
+
+def one_line(exc: BaseException) -> str:
+    """`Type: first line of the message`, short enough for a log line or a table cell."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+
+
+def record_start(cfg: RunConfig, run_id: str, lock_timeout: float) -> str | None:
+    """Apply migrations, insert the run's `running` row; return the last good source schema."""
+    with open_db(cfg.duckdb_path, lock_timeout) as con:
+        migrate(con)
+        previous = last_source_schema(con)
+        start_run(con, run_id, cfg.run_date, cfg.records)
+    return previous
+
+
+def record_end(
+    cfg: RunConfig, run_id: str, status: str, metrics: dict[str, Any], lock_timeout: float
+) -> None:
+    """Set the run's final status and every metric that has a column."""
+    columns = {k: v for k, v in metrics.items() if k in RUN_COLUMNS}
+    with open_db(cfg.duckdb_path, lock_timeout) as con:
+        finish_run(con, run_id, status, **columns)
+
+
+def kept_outputs(cfg: RunConfig, lock_timeout: float) -> dict[str, Any]:
+    """What is on disk for the run date after a failure: the previous batch stays as it was."""
+    lake = raw_path(cfg.lake_dir, cfg.run_date)
+    quarantined = partition_dir(cfg.lake_dir, "quarantine", cfg.run_date) / "persons.parquet"
+    rows = None
+    if Path(cfg.duckdb_path).exists():
+        try:
+            with open_db(cfg.duckdb_path, lock_timeout) as con:
+                rows = date_rows(con, cfg.run_date)
+        except Exception:  # the database may be what failed; the report must still go out
+            rows = None
+    return {
+        "lake_file": str(lake) if lake.exists() else None,
+        "duckdb_rows": rows,
+        "quarantine_file": str(quarantined) if quarantined.exists() else None,
+    }
+
+
+def failure_markdown(run_date: dt.date | None, stage: str, error: str, kept: dict[str, Any]) -> str:
+    """The `run-failure` artifact: what failed, where, and what was kept (never data values)."""
+    lake = kept.get("lake_file")
+    rows = kept.get("duckdb_rows")
+    quarantine = kept.get("quarantine_file")
+    return "\n".join(
+        [
+            "# Run failed",
+            "",
+            f"- **Run date:** {run_date or 'not resolved (bad input)'}",
+            f"- **Stage:** `{stage}`",
+            f"- **Error:** `{error}`",
+            "",
+            "## What was kept",
+            "",
+            f"- Raw lake file for the date: {f'`{lake}` (untouched)' if lake else 'none'}",
+            "- DuckDB rows for the date: "
+            + (f"{rows:,} (previous batch, untouched)" if rows is not None else "unknown / none"),
+            f"- Quarantined batch: {f'`{quarantine}`' if quarantine else 'none'}",
+            "",
+            "Nothing of this run was loaded. Fix the cause and rerun the date: a rerun replaces "
+            "the date's batch in one transaction.",
+        ]
+    )
