@@ -26,7 +26,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import ValidationError
 
 from flows.cli import parse_args, print_backfill, print_summary
-from tasks.drift import compare_signatures, drift_markdown, enforce_policy
+from tasks.drift import accepts, compare_signatures, drift_markdown, enforce_policy
 from tasks.lake import AtomicParquetWriter, raw_writer
 from tasks.load import completed_dates, migrate, open_db
 from tasks.params import InputError, check_reachable, date_range, settings_error_line
@@ -132,10 +132,9 @@ def _check_drift(
     if change is None:
         return
     metrics["schema_change"] = change.describe()
-    accepted = policy == "ignore" or (policy == "additive" and change.additive)
     get_run_logger().warning("source schema changed: %s", change.describe())
     create_markdown_artifact(
-        markdown=drift_markdown(change, policy, accepted),
+        markdown=drift_markdown(change, policy, accepts(change, policy)),
         key=DRIFT_ARTIFACT_KEY,
         description=f"Source schema drift detected on run date {cfg.run_date}.",
     )

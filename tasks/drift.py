@@ -44,9 +44,14 @@ def compare_signatures(previous: str | None, current: str) -> SchemaChange | Non
     return SchemaChange(added=tuple(sorted(after - before)), removed=tuple(sorted(before - after)))
 
 
+def accepts(change: SchemaChange | None, policy: str) -> bool:
+    """Whether SCHEMA_DRIFT_POLICY lets a run with this change go on to loading."""
+    return change is None or policy == "ignore" or (policy == "additive" and change.additive)
+
+
 def enforce_policy(change: SchemaChange | None, policy: str) -> None:
     """Raise SchemaDriftError if the policy does not accept the change."""
-    if change is None or policy == "ignore" or (policy == "additive" and change.additive):
+    if accepts(change, policy):
         return
     raise SchemaDriftError(
         f"source schema changed since the last successful run ({change.describe()}); "
