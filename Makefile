@@ -13,7 +13,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export UV_PYTHON_DOWNLOADS ?= never
 
-.PHONY: help setup uv venv browser run test lint fmt clean
+.PHONY: help setup uv venv browser run test lint fmt clean serve trigger stop
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,6 +43,15 @@ setup: venv browser ## Everything run and test need
 run: setup ## Run the pipeline end to end, offline, against the bundled local Faker API
 	$(PY) -m flows.local_demo
 
+serve: setup ## Local Prefect service: server, local API, pool, deployments, worker (idempotent)
+	$(PY) -m flows.service serve
+
+trigger: venv ## Run the 'daily' deployment on the local service and wait for it (ARGS="--param records=2000")
+	$(PY) -m flows.service trigger $(ARGS)
+
+stop: ## Stop what `make serve` started, by its recorded process ids
+	$(PY) -m flows.service stop
+
 test: setup ## Run the test suite
 	$(PY) -m pytest
 
@@ -54,6 +63,6 @@ fmt: venv ## Format and fix with ruff
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-clean: ## Remove outputs of local runs (lake, database, Prefect home), keep the folders
+clean: stop ## Remove outputs of local runs (lake, database, Prefect home), keep the folders
 	find data_lake db -mindepth 1 ! -name .gitkeep -delete
 	rm -rf .prefect

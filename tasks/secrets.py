@@ -28,8 +28,11 @@ def _checked(raw: str, origin: str) -> bytes:
 
 def resolve_hash_key(settings: Settings) -> bytes:
     """The pseudonymization key: PII_HASH_KEY, else the Secret block, else the demo key file."""
-    if settings.pii_hash_key is not None:
-        return _checked(settings.pii_hash_key.get_secret_value(), "PII_HASH_KEY")
+    env_key = settings.pii_hash_key.get_secret_value() if settings.pii_hash_key else None
+    # An empty PII_HASH_KEY next to a named block (compose passes both) defers to the block;
+    # alone, it is a mistake worth a clear error rather than a silent fallback.
+    if env_key is not None and (env_key.strip() or not settings.pii_hash_key_block):
+        return _checked(env_key, "PII_HASH_KEY")
     if settings.pii_hash_key_block:
         from prefect.blocks.system import Secret
 

@@ -1,0 +1,41 @@
+# The project image: the flow, the worker entry point and the local Faker API.
+#   docker compose up --build        (see docker-compose.yml and the README, "Run as a service")
+FROM python:3.11-slim
+
+# Debian's chromium renders the Plotly charts (kaleido); no downloaded browser at run time.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends chromium \
+    && rm -rf /var/lib/apt/lists/*
+
+# uv from PyPI, like the Makefile, so the image needs no registry besides Debian's and PyPI.
+RUN pip install --no-cache-dir uv
+
+ENV PROJECT_DIR=/app \
+    UV_PROJECT_ENVIRONMENT=/opt/venv \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_LINK_MODE=copy \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    BROWSER_PATH=/usr/bin/chromium \
+    PREFECT_HOME=/home/app/.prefect \
+    PREFECT_SERVER_ANALYTICS_ENABLED=false
+WORKDIR /app
+
+# Dependencies first, exactly as locked, so code changes do not reinstall them.
+COPY pyproject.toml uv.lock ./
+RUN uv sync --frozen --no-dev --no-install-project
+
+COPY flows/ flows/
+COPY tasks/ tasks/
+COPY local_api/ local_api/
+COPY expectations/ expectations/
+COPY prefect.yaml ./
+
+# Non-root; it owns only the output folders (mounted as volumes by compose) and its home.
+RUN useradd --create-home --uid 10001 app \
+    && mkdir -p data_lake db \
+    && chown app:app data_lake db
+USER app
+
+# The compose file picks the command per service; a worker is the default.
+CMD ["python", "-m", "flows.service", "worker"]

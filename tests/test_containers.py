@@ -1,0 +1,187 @@
+"""What can be checked of the container and deployment files without a container engine."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET_NAMES = re.compile(r"(PASSWORD|SECRET|TOKEN|KEY|AUTH)", re.IGNORECASE)
+# A value that only refers to the environment: ${VAR}, ${VAR:-}, ${VAR:?message} and nothing else.
+ENV_REFERENCE = re.compile(r"^\$\{[A-Z_][A-Z0-9_]*(:?[-?][^}]*)?\}$")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    """docker-compose.yml, parsed."""
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> list[str]:
+    """Dockerfile instructions, continuation lines joined, comments dropped."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    return [
+        ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")
+    ]
+
+
+@pytest.fixture(scope="module")
+def prefect_yaml() -> dict[str, Any]:
+    """prefect.yaml, parsed."""
+    return yaml.safe_load((ROOT / "prefect.yaml").read_text())
+
+
+def _env(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def _assert_module_exists(argv: list[str]) -> None:
+    """`python -m pkg.mod ...` in a command must name a module of this project."""
+    assert argv[:2] == ["python", "-m"], argv
+    module = argv[2]
+    assert (ROOT / module.replace(".", "/")).with_suffix(".py").is_file() or (
+        ROOT / module.replace(".", "/") / "__main__.py"
+    ).is_file(), f"{module} is not in the project"
+
+
+def test_compose_has_the_services_with_healthchecks(compose):
+    services = compose["services"]
+    assert set(services) == {"postgres", "prefect-server", "local-api", "worker"}
+    for name in ("postgres", "prefect-server", "local-api"):
+        check = services[name]["healthcheck"]["test"]
+        assert check[0] in ("CMD", "CMD-SHELL") and len(check) > 1, name
+    assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
+    assert "/api/health" in " ".join(services["prefect-server"]["healthcheck"]["test"])
+    assert "/health" in " ".join(services["local-api"]["healthcheck"]["test"])
+
+
+def test_compose_services_wait_for_healthy_dependencies(compose):
+    services = compose["services"]
+    expected = {
+        "prefect-server": {"postgres"},
+        "worker": {"prefect-server", "local-api"},
+    }
+    for name, deps in expected.items():
+        depends = services[name]["depends_on"]
+        assert set(depends) == deps, name
+        assert all(d["condition"] == "service_healthy" for d in depends.values()), name
+    for service in services.values():
+        # Never a sleep to wait for another container.
+        assert "sleep" not in " ".join(map(str, service.get("command", [])))
+
+
+def test_compose_ports_bind_loopback_by_default(compose):
+    ports = {name: service.get("ports", []) for name, service in compose["services"].items()}
+    assert ports["prefect-server"] == ["${BIND_ADDRESS:-127.0.0.1}:4200:4200"]
+    assert ports["local-api"] == ["${BIND_ADDRESS:-127.0.0.1}:8000:8000"]
+    assert ports["postgres"] == [] and ports["worker"] == []
+
+
+def test_compose_server_uses_postgres_and_a_browser_reachable_api(compose):
+    env = _env(compose["services"]["prefect-server"])
+    url = env["PREFECT_API_DATABASE_CONNECTION_URL"]
+    assert url.startswith("postgresql+asyncpg://") and "@postgres:5432/" in url
+    assert "${POSTGRES_PASSWORD:?" in url
+    assert env["PREFECT_UI_API_URL"].endswith("localhost:4200/api}")
+    command = " ".join(compose["services"]["prefect-server"]["command"])
+    assert "exec prefect server start --host 0.0.0.0 --port 4200" in command
+
+
+def test_compose_commands_exist_in_the_project(compose):
+    services = compose["services"]
+    _assert_module_exists(services["local-api"]["command"])
+    _assert_module_exists(services["worker"]["command"])
+    assert services["worker"]["command"][-1] == "worker"
+    from flows.service import main
+
+    with pytest.raises(SystemExit):  # argparse knows the subcommand: --help exits 0
+        main(["worker", "--help"])
+    env = _env(services["worker"])
+    assert env["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+    assert env["FAKER_API_URL"].endswith("http://local-api:8000/api/v2}")
+    assert env["PROJECT_DIR"] == "/app"
+
+
+def test_compose_volumes_for_lake_and_database(compose):
+    volumes = compose["services"]["worker"]["volumes"]
+    assert "data_lake:/app/data_lake" in volumes and "db:/app/db" in volumes
+    assert {"data_lake", "db", "postgres"} <= set(compose["volumes"])
+
+
+def test_no_secret_values_in_compose(compose):
+    for name, service in compose["services"].items():
+        for key, value in _env(service).items():
+            if SECRET_NAMES.search(key):
+                assert ENV_REFERENCE.match(value), f"{name}.{key} holds a literal: {value!r}"
+    url = _env(compose["services"]["prefect-server"])["PREFECT_API_DATABASE_CONNECTION_URL"]
+    # With every ${...} reference removed, nothing of the user or password may remain.
+    userinfo = re.sub(r"\$\{[^}]*\}", "", url).split("://", 1)[1].split("@", 1)[0]
+    assert userinfo == ":", url
+
+
+def test_no_secret_values_in_dockerfile(dockerfile):
+    for line in dockerfile:
+        if line.startswith(("ENV", "ARG")):
+            for key in re.findall(r"([A-Z_][A-Z0-9_]*)=", line):
+                assert not SECRET_NAMES.search(key), line
+
+
+def test_dockerfile_builds_the_project_as_designed(dockerfile):
+    assert re.match(r"FROM python:3\.11-slim\b", dockerfile[0])
+    runs = " ".join(line for line in dockerfile if line.startswith("RUN"))
+    assert "apt-get install -y --no-install-recommends chromium" in runs
+    assert "pip install --no-cache-dir uv" in runs
+    assert "uv sync --frozen --no-dev" in runs
+    users = [line.split()[1] for line in dockerfile if line.startswith("USER")]
+    assert users and users[-1] not in ("root", "0")
+    assert any(line.startswith("ENV") and "PROJECT_DIR=/app" in line for line in dockerfile)
+    copied = [src for line in dockerfile if line.startswith("COPY") for src in line.split()[1:-1]]
+    for src in copied:
+        assert (ROOT / src).exists(), f"COPY of {src}, which is not in the project"
+    for needed in ("flows/", "tasks/", "local_api/", "expectations/", "prefect.yaml", "uv.lock"):
+        assert needed in copied, needed
+    cmd = next(line for line in reversed(dockerfile) if line.startswith("CMD"))
+    _assert_module_exists(yaml.safe_load(cmd.removeprefix("CMD")))
+
+
+def test_dockerignore_keeps_secrets_and_state_out():
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for entry in (".env", ".secrets", ".prefect", ".venv", ".git", "data_lake", "db"):
+        assert entry in ignored, entry
+
+
+def test_prefect_yaml_deployments(prefect_yaml):
+    deployments = {d["name"]: d for d in prefect_yaml["deployments"]}
+    assert {"daily", "backfill"} <= set(deployments)
+    for deployment in deployments.values():
+        path, func = deployment["entrypoint"].split(":")
+        assert path.startswith("flows/") and (ROOT / path).is_file()
+        assert re.search(rf"^def {func}\(", (ROOT / path).read_text(), re.MULTILINE)
+        assert deployment["work_pool"]["name"] == "faker-pool"
+        assert deployment["concurrency_limit"] == 1
+        assert set(deployment["parameters"]) <= {
+            "api_url",
+            "records",
+            "page_size",
+            "run_date",
+            "seed",
+            "locale",
+        }
+    [schedule] = deployments["daily"]["schedules"]
+    assert schedule["timezone"] == "UTC" and len(schedule["cron"].split()) == 5
+    assert not deployments["backfill"].get("schedules")
+
+
+def test_prefect_yaml_pull_step_enters_project_dir_from_env(prefect_yaml):
+    [step] = prefect_yaml["pull"]
+    assert step == {
+        "prefect.deployments.steps.set_working_directory": {"directory": "{{ $PROJECT_DIR }}"}
+    }
