@@ -28,7 +28,8 @@ def _checked(raw: str, origin: str) -> bytes:
 
 def resolve_hash_key(settings: Settings) -> bytes:
     """The pseudonymization key: PII_HASH_KEY, else the Secret block, else the demo key file."""
-    env_key = settings.pii_hash_key.get_secret_value() if settings.pii_hash_key else None
+    key = settings.pii_hash_key
+    env_key = key.get_secret_value() if key is not None else None
     # An empty PII_HASH_KEY next to a named block (compose passes both) defers to the block;
     # alone, it is a mistake worth a clear error rather than a silent fallback.
     if env_key is not None and (env_key.strip() or not settings.pii_hash_key_block):
