@@ -40,6 +40,12 @@ def print_summary(summary: dict[str, Any], artifacts: tuple[str, ...]) -> None:
         f"in {summary['pages']} pages, {summary['retries']} retries"
     )
     print(f"Seconds       {summary['seconds_total']:.1f}")
+    print(
+        f"Privacy       k_min {summary['k_min']} in the table, {summary['extract_k_min']} in the "
+        f"shareable extract (k = {summary['privacy_k']}); leak scan: "
+        f"{summary['leak_outputs_scanned']} outputs, {summary['leak_hits']} hits"
+    )
+    print(f"Extract       {summary['extract_file']}")
     print("Answers")
     for answer in summary["answers"]:
         print(f"  - {answer}")

@@ -27,10 +27,17 @@ from pydantic import ValidationError
 
 from flows.cli import parse_args, print_backfill, print_summary
 from tasks.drift import accepts, compare_signatures, drift_markdown, enforce_policy
-from tasks.lake import AtomicParquetWriter, raw_writer
+from tasks.lake import AtomicParquetWriter, partition_dir, raw_writer
 from tasks.load import completed_dates, migrate, open_db
+from tasks.logcapture import capture_logs
 from tasks.params import InputError, check_reachable, date_range, settings_error_line
 from tasks.plan import group_ranges, plan_pages
+from tasks.privacy_report import (
+    PRIVACY_REPORT_KEY,
+    privacy_markdown,
+    privacy_run_columns,
+    publish_privacy_report,
+)
 from tasks.publish import ARTIFACT_KEYS
 from tasks.run_config import RunConfig, resolve_run_config
 from tasks.runs import failure_markdown, kept_outputs, one_line, record_end, record_start
@@ -40,14 +47,17 @@ from tasks.steps import (
     DRIFT_ARTIFACT_KEY,
     FAILURE_ARTIFACT_KEY,
     VALIDATION_ARTIFACT_KEY,
+    Generalized,
     MaskedRange,
     fetch_page_range,
     generalize_persons,
     hash_key,
     load_persons,
     mask_page_range,
+    protect_privacy,
     publish_user_metrics,
     publish_validation,
+    scan_for_leaks,
     validate_analytical_batch,
     validate_masked_batch,
 )
@@ -56,7 +66,7 @@ from tasks.validate import quarantine
 
 FLOW_NAME = "user-metrics-pipeline"
 BACKFILL_FLOW_NAME = "user-metrics-backfill"
-ARTIFACTS = (*ARTIFACT_KEYS, VALIDATION_ARTIFACT_KEY)
+ARTIFACTS = (*ARTIFACT_KEYS, VALIDATION_ARTIFACT_KEY, PRIVACY_REPORT_KEY)
 
 
 def _ingest(
@@ -73,6 +83,7 @@ def _ingest(
         progress=0.0, description=f"Pages fetched and masked for run date {cfg.run_date}"
     )
     tables, signatures = [], set()
+    metrics["_sources"] = sources = []  # raw rows, memory only, for the leak scan
     metrics.update(pages=0, retries=0, seconds_fetch=0.0, seconds_mask=0.0, seconds_lake=0.0)
     for fetch, mask in zip(fetched, masked, strict=True):
         # A failed fetch leaves its mask task never run: surface the fetch's own error.
@@ -84,6 +95,7 @@ def _ingest(
         writer.write(part.table)
         metrics["seconds_lake"] += time.perf_counter() - started
         tables.append(part.table)
+        sources.append(part.source)
         signatures |= part.signatures
         metrics["pages"] += part.pages
         metrics["retries"] += part.retries
@@ -101,51 +113,61 @@ def _ingest(
     return pa.concat_tables(tables)
 
 
-def _validate(cfg: RunConfig, batch: pa.Table, metrics: dict[str, Any]) -> pa.Table:
+def _validate(cfg: RunConfig, batch: pa.Table, metrics: dict[str, Any], k: int) -> Generalized:
     """Both GX suites; on failure the masked batch goes to quarantine and the run stops here."""
     started = time.perf_counter()
     summaries = [validate_masked_batch(batch, cfg.records)]
-    analytical = None
+    generalized = None
     if summaries[0].success:
         # generalize refuses batches the raw suite rejects (e.g. null keys), so only run it after.
         t0 = time.perf_counter()
-        analytical = generalize_persons(batch, cfg.run_date)
+        generalized = generalize_persons(batch, cfg.run_date, k)
         metrics["seconds_generalize"] = time.perf_counter() - t0
-        summaries.append(validate_analytical_batch(analytical, cfg.records))
-    publish_validation(summaries, cfg.run_date)
+        metrics["domains_collapsed"] = generalized.domains_collapsed
+        metrics["records_domain_collapsed"] = generalized.records_collapsed
+        summaries.append(validate_analytical_batch(generalized.table, cfg.records))
+    metrics["_gx_rows"] = publish_validation(summaries, cfg.run_date)
     metrics["seconds_validate"] = (
         time.perf_counter() - started - metrics.get("seconds_generalize", 0.0)
     )
     failed = [s for s in summaries if not s.success]
-    if failed or analytical is None:
+    if failed or generalized is None:
         path = quarantine(batch, cfg.lake_dir, cfg.run_date)
         get_run_logger().error("batch failed validation; quarantined at %s", path)
         raise BatchValidationError(failed[0])
-    return analytical
+    return generalized
 
 
 def _check_drift(
     cfg: RunConfig, previous: str | None, metrics: dict[str, Any], policy: str
-) -> None:
+) -> str | None:
     """Compare the source's shape with the last successful run's; report, then apply the policy."""
     change = compare_signatures(previous, metrics["source_schema"])
     if change is None:
-        return
+        return None
     metrics["schema_change"] = change.describe()
     get_run_logger().warning("source schema changed: %s", change.describe())
+    markdown = drift_markdown(change, policy, accepts(change, policy))
     create_markdown_artifact(
-        markdown=drift_markdown(change, policy, accepts(change, policy)),
+        markdown=markdown,
         key=DRIFT_ARTIFACT_KEY,
         description=f"Source schema drift detected on run date {cfg.run_date}.",
     )
     enforce_policy(change, policy)
+    return markdown
 
 
 def _run(
-    cfg: RunConfig, run_id: str, previous_schema: str | None, metrics: dict[str, Any]
+    cfg: RunConfig,
+    run_id: str,
+    previous_schema: str | None,
+    metrics: dict[str, Any],
+    log_lines: list[str],
 ) -> dict[str, Any]:
-    """Fetch -> mask -> validate -> lake -> DuckDB -> reports, recording metrics as it goes."""
+    """Fetch -> mask -> validate -> lake -> DuckDB -> privacy -> reports -> leak scan."""
     logger = get_run_logger()
+    settings = get_settings()
+    k = settings.privacy_k
     pages = plan_pages(cfg.records, cfg.page_size, cfg.run_seed)
     ranges = group_ranges(pages, cfg.max_fetch_tasks)
     logger.info(
@@ -164,9 +186,9 @@ def _run(
     with raw_writer(cfg.lake_dir, cfg.run_date, lake_metadata) as writer:
         batch = _ingest(cfg, list(fetched), list(masked), writer, metrics, len(pages))
         metrics["stage"] = "schema-drift"
-        _check_drift(cfg, previous_schema, metrics, get_settings().schema_drift_policy)
+        drift_text = _check_drift(cfg, previous_schema, metrics, settings.schema_drift_policy)
         metrics["stage"] = "validate"
-        analytical = _validate(cfg, batch, metrics)
+        analytical = _validate(cfg, batch, metrics, k).table
         metrics["stage"] = "lake"
         started = time.perf_counter()
         lake_file = writer.commit()
@@ -176,11 +198,73 @@ def _run(
     started = time.perf_counter()
     metrics["records_loaded"] = load_persons(cfg.duckdb_path, analytical, cfg.run_date, run_id)
     metrics["seconds_load"] = time.perf_counter() - started
+    metrics["stage"] = "privacy"
+    started = time.perf_counter()
+    protected = protect_privacy(
+        cfg.duckdb_path,
+        cfg.lake_dir,
+        analytical,
+        cfg.run_date,
+        run_id,
+        k,
+        settings.quasi_identifiers,
+    )
+    metrics.update(
+        privacy_run_columns(protected.metrics, protected.extract, metrics["domains_collapsed"])
+    )
+    metrics["seconds_privacy"] = time.perf_counter() - started
     metrics["stage"] = "reports"
     started = time.perf_counter()
-    answers = publish_user_metrics(cfg.duckdb_path, cfg.run_date, cfg.records)
+    published = publish_user_metrics(cfg.duckdb_path, cfg.run_date, cfg.records, k)
     metrics["seconds_reports"] = time.perf_counter() - started
-    return {"lake_file": str(lake_file), "answers": answers}
+    metrics["stage"] = "leak-scan"
+    started = time.perf_counter()
+    quarantined = partition_dir(cfg.lake_dir, "quarantine", cfg.run_date) / "persons.parquet"
+    texts = {
+        f"artifact {key}": text
+        for key, text in {**published.contents, DRIFT_ARTIFACT_KEY: drift_text}.items()
+        if isinstance(text, str)
+    }
+    rows = {
+        f"artifact {key}": value
+        for key, value in published.contents.items()
+        if isinstance(value, list)
+    }
+    rows[f"artifact {VALIDATION_ARTIFACT_KEY} (GX results)"] = metrics.pop("_gx_rows")
+    scan = scan_for_leaks(
+        metrics.pop("_sources"),
+        cfg.run_date,
+        [lake_file, protected.extract_file, quarantined],
+        cfg.duckdb_path,
+        texts,
+        rows,
+        log_lines,
+    )
+    markdown = privacy_markdown(
+        protected.metrics,
+        protected.extract,
+        metrics["domains_collapsed"],
+        scan,
+        run_date=cfg.run_date,
+        records_collapsed=metrics.get("records_domain_collapsed"),
+    )
+    metrics.update(scan.as_run_columns())
+    metrics["seconds_leak_scan"] = time.perf_counter() - started
+    publish_privacy_report(markdown, cfg.run_date)
+    logger.info(
+        "privacy: k_min %d (table) / %d (extract, k=%d); leak scan %d outputs, %d hits",
+        protected.metrics.k_min,
+        protected.extract.k_min,
+        k,
+        len(scan.outputs_scanned),
+        scan.hit_count,
+    )
+    scan.raise_if_leaked()
+    return {
+        "lake_file": str(lake_file),
+        "extract_file": str(protected.extract_file),
+        "answers": published.answers,
+    }
 
 
 def _report_failure(
@@ -251,9 +335,11 @@ def user_metrics_pipeline(
         metrics["hash_key_id"] = key_id(hash_key())  # a missing key fails here, before any write
         previous_schema = record_start(cfg, run_id, settings.duckdb_lock_timeout_seconds)
         metrics["stage"] = "plan"
-        outcome = _run(cfg, run_id, previous_schema, metrics)
+        with capture_logs() as log_lines:
+            outcome = _run(cfg, run_id, previous_schema, metrics, log_lines)
     except BaseException as exc:
         metrics["seconds_total"] = time.perf_counter() - started
+        metrics.pop("_sources", None)  # drop the raw rows as soon as the run is over
         _report_failure(cfg, run_id, exc, metrics)
         raise
     metrics["seconds_total"] = time.perf_counter() - started
@@ -266,7 +352,7 @@ def user_metrics_pipeline(
         metrics["seconds_total"],
     )
     return {
-        **{k: v for k, v in metrics.items() if k != "stage"},
+        **{k: v for k, v in metrics.items() if not k.startswith("_") and k != "stage"},
         **outcome,
         "flow_run_id": run_id,
         "run_date": cfg.run_date.isoformat(),

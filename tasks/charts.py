@@ -83,17 +83,29 @@ def _layout(fig: go.Figure, title: str, x_title: str, y_title: str) -> go.Figure
     return fig
 
 
+def _label(value: Any) -> str:
+    # A count hidden by small-cell suppression arrives as its label (e.g. "<5").
+    if isinstance(value, str):
+        return value
+    return "0" if pd.isna(value) else f"{int(value):,}"
+
+
+def _heights(values: Any) -> list[int | None]:
+    # Hidden counts get no bar: a bar of any height would reveal or misstate them.
+    return [None if isinstance(v, str) else int(v) for v in values]
+
+
 def top_countries_chart(df: pd.DataFrame) -> go.Figure:
     """Bar chart of Gmail users per country for the top-ranked countries (ties share a rank)."""
     data = df.sort_values(["rank", "gmail_users", "country"], ascending=[True, False, True])
     countries = [str(c) for c in data["country"]]
-    users = [int(u) for u in data["gmail_users"]]
+    users = _heights(data["gmail_users"])
     ranks = [int(r) for r in data["rank"]]
     fig = go.Figure(
         go.Bar(
             x=countries,
             y=users,
-            text=[f"#{r}: {u:,}" for r, u in zip(ranks, users, strict=True)],
+            text=[f"#{r}: {_label(u)}" for r, u in zip(ranks, data["gmail_users"], strict=True)],
             textposition="outside",
             marker_color=_BAR_COLOR,
             cliponaxis=False,
@@ -109,15 +121,15 @@ def top_countries_chart(df: pd.DataFrame) -> go.Figure:
 
 def age_group_chart(df: pd.DataFrame) -> go.Figure:
     """Bar chart of Gmail users per 10-year age group, every group shown in label order."""
-    counts = {str(g): int(n) for g, n in zip(df["age_group"], df["gmail_users"], strict=True)}
+    counts = dict(zip(map(str, df["age_group"]), df["gmail_users"], strict=True))
     # Empty groups are shown as 0 so the x axis is the same from run to run.
     labels = list(AGE_GROUPS) + [g for g in counts if g not in AGE_GROUPS]
-    users = [counts.get(g, 0) for g in labels]
+    values = [counts.get(g, 0) for g in labels]
     fig = go.Figure(
         go.Bar(
             x=labels,
-            y=users,
-            text=[f"{u:,}" for u in users],
+            y=_heights(values),
+            text=[_label(v) for v in values],
             textposition="outside",
             marker_color=_BAR_COLOR,
             cliponaxis=False,
@@ -136,8 +148,12 @@ def history_chart(df: pd.DataFrame) -> go.Figure | None:
     data = data.drop_duplicates("run_date", keep="last").sort_values("run_date")
     if len(data) < 2:
         return None
-    shares = [None if pd.isna(s) else float(s) for s in data["gmail_share_pct"]]
-    german = [0 if pd.isna(n) else int(n) for n in data["german_users"]]
+    # Small-cell suppression may have replaced a share with a label: no point, a gap.
+    shares = [
+        None if pd.isna(s) else float(s)
+        for s in pd.to_numeric(data["gmail_share_pct"], errors="coerce")
+    ]
+    german = [_label(n) for n in data["german_users"]]
     fig = go.Figure(
         go.Scatter(
             x=[d.date().isoformat() for d in data["run_date"]],
@@ -145,7 +161,7 @@ def history_chart(df: pd.DataFrame) -> go.Figure | None:
             mode="lines+markers+text",
             # The share alone hides how many German users it rests on.
             text=[
-                None if s is None else f"{s:.1f} % of {n:,}"
+                None if s is None else f"{s:.1f} % of {n}"
                 for s, n in zip(shares, german, strict=True)
             ],
             textposition="top center",

@@ -136,6 +136,11 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[int]:
     return newly_applied
 
 
+def run_columns(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """The metric columns finish_run accepts (pipeline_runs grows with migrations)."""
+    return set(_table_columns(con, "pipeline_runs")) - _RUN_KEY_COLUMNS
+
+
 def _table_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
     rows = con.execute(read_sql("table_columns"), {"table_name": table}).fetchall()
     return [row[0] for row in rows]
@@ -163,7 +168,7 @@ def finish_run(
     con: duckdb.DuckDBPyConnection, flow_run_id: str, status: str, **metrics: Any
 ) -> None:
     """Set a run's status, finished_at and any given pipeline_runs metric columns."""
-    allowed = set(_table_columns(con, "pipeline_runs")) - _RUN_KEY_COLUMNS
+    allowed = run_columns(con)
     unknown = sorted(set(metrics) - allowed)
     if unknown:
         raise ValueError(f"unknown pipeline_runs columns: {unknown}; allowed: {sorted(allowed)}")

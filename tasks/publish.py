@@ -111,6 +111,15 @@ def _int(value: Any) -> int:
     return int(safe) if safe is not None else 0
 
 
+def _hidden(value: Any) -> bool:
+    # Small-cell suppression replaces a count with a label such as "<5".
+    return isinstance(value, str)
+
+
+def _count(value: Any) -> str:
+    return str(value) if _hidden(value) else f"{_int(value):,}"
+
+
 def _cell(value: Any) -> str:
     value = json_safe(value)
     if value is None:
@@ -143,16 +152,24 @@ def markdown_table(records: list[dict[str, Any]], columns: tuple[str, ...]) -> s
 
 
 def germany_share_sentence(df: pd.DataFrame) -> str:
-    """The Germany Gmail share as a sentence, including the case of no German users."""
+    """The Germany Gmail share as a sentence, including no German users and hidden small cells."""
+    none = "There are no users in Germany in this batch, so there is no Gmail share."
     if df.empty:
-        return "There are no users in Germany in this batch, so there is no Gmail share."
+        return none
     row = df.iloc[0]
-    german, gmail = _int(row["german_users"]), _int(row["german_gmail_users"])
+    german, gmail = row["german_users"], row["german_gmail_users"]
+    if _hidden(german) or _hidden(gmail):
+        return (
+            f"{_count(gmail)} of {_count(german)} users in Germany use Gmail "
+            "(the share is not shown: a count is below the small-cell threshold)."
+        )
     share = json_safe(row["gmail_share_pct"])
-    if german == 0 or share is None:
-        return "There are no users in Germany in this batch, so there is no Gmail share."
-    people = "user" if german == 1 else "users"
-    return f"{gmail:,} of {german:,} {people} in Germany ({float(share):.1f} %) use Gmail."
+    if _int(german) == 0 or share is None:
+        return none
+    people = "user" if _int(german) == 1 else "users"
+    return (
+        f"{_int(gmail):,} of {_int(german):,} {people} in Germany ({float(share):.1f} %) use Gmail."
+    )
 
 
 def top_countries_sentence(df: pd.DataFrame) -> str:
@@ -162,20 +179,20 @@ def top_countries_sentence(df: pd.DataFrame) -> str:
     parts = []
     for rank, group in df.sort_values(["rank", "country"]).groupby("rank", sort=True):
         countries = [str(c).translate(_MD_ESCAPES) for c in group["country"]]
-        users = _int(group["gmail_users"].iloc[0])
-        noun = "Gmail user" if users == 1 else "Gmail users"
+        users = group["gmail_users"].iloc[0]
+        noun = "Gmail user" if not _hidden(users) and _int(users) == 1 else "Gmail users"
         each = " each" if len(countries) > 1 else ""
-        parts.append(f"{_int(rank)}. {', '.join(countries)} ({users:,} {noun}{each})")
+        parts.append(f"{_int(rank)}. {', '.join(countries)} ({_count(users)} {noun}{each})")
     tie = " Countries with equal counts share a rank." if df["rank"].duplicated().any() else ""
     return "Top countries by Gmail users: " + "; ".join(parts) + "." + tie
 
 
 def over_60_sentence(df: pd.DataFrame) -> str:
     """The number of Gmail users aged 60 or over as a sentence."""
-    count = _int(df["gmail_users_over_60"].iloc[0]) if not df.empty else 0
-    if count == 1:
+    count = df["gmail_users_over_60"].iloc[0] if not df.empty else 0
+    if not _hidden(count) and _int(count) == 1:
         return "1 Gmail user is aged 60 or over."
-    return f"{count:,} Gmail users are aged 60 or over."
+    return f"{_count(count)} Gmail users are aged 60 or over."
 
 
 # --- markdown -------------------------------------------------------------------------------------
@@ -196,6 +213,7 @@ def _compose(
     reports: Mapping[str, pd.DataFrame],
     images: Mapping[str, bytes | None],
     omitted: set[str],
+    note: str | None = None,
 ) -> str:
     sentences = {
         GERMANY_GMAIL_SHARE: germany_share_sentence,
@@ -221,6 +239,8 @@ def _compose(
     for name, png in images.items():
         if name not in _ALT_TEXT:
             lines += [_image_block(name, png, omitted), ""]
+    if note:
+        lines += ["---", "", f"_{note}_", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -229,15 +249,16 @@ def report_markdown(
     records: int,
     reports: Mapping[str, pd.DataFrame],
     images: Mapping[str, bytes | None],
+    note: str | None = None,
 ) -> str:
     """The markdown report: answers in words, tables and embedded PNG charts, under 1 MB."""
     omitted: set[str] = set()
-    markdown = _compose(run_date, records, reports, images, omitted)
+    markdown = _compose(run_date, records, reports, images, omitted, note)
     # Drop the largest images first until the report fits; text and tables always stay.
     by_size = sorted((n for n, p in images.items() if p), key=lambda n: -len(images[n] or b""))
     while len(markdown.encode("utf-8")) >= MAX_MARKDOWN_BYTES and by_size:
         omitted.add(by_size.pop(0))
-        markdown = _compose(run_date, records, reports, images, omitted)
+        markdown = _compose(run_date, records, reports, images, omitted, note)
     size = len(markdown.encode("utf-8"))
     if size >= MAX_MARKDOWN_BYTES:
         raise ValueError(f"report markdown is {size:,} bytes even without charts")
@@ -252,8 +273,9 @@ def publish_reports(
     records: int,
     reports: Mapping[str, pd.DataFrame],
     images: Mapping[str, bytes | None],
-) -> list[str]:
-    """Create the three table artifacts and the markdown report artifact; return their keys."""
+    note: str | None = None,
+) -> dict[str, Any]:
+    """Create the three table artifacts and the markdown report; return what each one holds."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     descriptions = {
@@ -261,12 +283,14 @@ def publish_reports(
         TOP_GMAIL_COUNTRIES: f"Top 3 countries by Gmail users (dense rank), run {run_date}.",
         GMAIL_USERS_OVER_60: f"Gmail users aged 60 or over, run {run_date}.",
     }
-    markdown = report_markdown(run_date, records, reports, images)
+    markdown = report_markdown(run_date, records, reports, images, note)
+    contents: dict[str, Any] = {}
     for key in REPORT_COLUMNS:
         # _sync=True: this function is sync, but Prefect would hand back an unawaited coroutine
         # when it is called from an async flow or task.
+        contents[key] = report_records(key, reports[key])
         create_table_artifact(
-            table=report_records(key, reports[key]),
+            table=contents[key],
             key=key,
             description=descriptions[key],
             _sync=True,  # type: ignore[call-arg]
@@ -277,4 +301,5 @@ def publish_reports(
         description=f"User metrics report with charts, run {run_date}, {records:,} records.",
         _sync=True,  # type: ignore[call-arg]
     )
-    return list(ARTIFACT_KEYS)
+    contents[USER_METRICS_REPORT] = markdown
+    return contents

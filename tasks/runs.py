@@ -7,29 +7,16 @@ from pathlib import Path
 from typing import Any
 
 from tasks.lake import partition_dir, raw_path
-from tasks.load import date_rows, finish_run, last_source_schema, migrate, open_db, start_run
-from tasks.run_config import RunConfig
-
-# Metrics the flow collects that have a pipeline_runs column of the same name.
-RUN_COLUMNS = (
-    "records_fetched",
-    "records_loaded",
-    "pages",
-    "retries",
-    "seconds_fetch",
-    "seconds_mask",
-    "seconds_lake",
-    "seconds_generalize",
-    "seconds_validate",
-    "seconds_load",
-    "seconds_reports",
-    "seconds_total",
-    "source_schema",
-    "schema_change",
-    "hash_key_id",
-    "failed_stage",
-    "error",
+from tasks.load import (
+    date_rows,
+    finish_run,
+    last_source_schema,
+    migrate,
+    open_db,
+    run_columns,
+    start_run,
 )
+from tasks.run_config import RunConfig
 
 
 def one_line(exc: BaseException) -> str:
@@ -50,10 +37,10 @@ def record_start(cfg: RunConfig, run_id: str, lock_timeout: float) -> str | None
 def record_end(
     cfg: RunConfig, run_id: str, status: str, metrics: dict[str, Any], lock_timeout: float
 ) -> None:
-    """Set the run's final status and every metric that has a column."""
-    columns = {k: v for k, v in metrics.items() if k in RUN_COLUMNS}
+    """Set the run's final status and every metric that has a pipeline_runs column."""
     with open_db(cfg.duckdb_path, lock_timeout) as con:
-        finish_run(con, run_id, status, **columns)
+        columns = run_columns(con)
+        finish_run(con, run_id, status, **{k: v for k, v in metrics.items() if k in columns})
 
 
 def kept_outputs(cfg: RunConfig, lock_timeout: float) -> dict[str, Any]:

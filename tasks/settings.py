@@ -77,6 +77,17 @@ class Settings(BaseSettings):
     backfill_max_days: int = Field(
         366, description="Longest date range one backfill may cover.", ge=1
     )
+    privacy_k: int = Field(
+        5,
+        description="k of k-anonymity: smallest acceptable class in the shareable extract; "
+        "published counts below it show as `<k`; rarer email domains become `other`.",
+        ge=2,
+        le=1000,
+    )
+    privacy_quasi_identifiers: str = Field(
+        "age_group,gender,country,email_domain",
+        description="Comma-separated quasi-identifiers for the re-identification risk figures.",
+    )
     pii_hash_key: SecretStr | None = Field(
         None, description="HMAC-SHA-256 key for person_key pseudonyms (>= 16 characters)."
     )
@@ -87,6 +98,25 @@ class Settings(BaseSettings):
         None,
         description="File holding the HMAC key; used by the local demo (`make run`), git-ignored.",
     )
+
+    @field_validator("privacy_quasi_identifiers")
+    @classmethod
+    def _known_columns(cls, value: str) -> str:
+        from tasks.schemas import ANALYTICAL_SCHEMA
+
+        names = [n.strip() for n in value.split(",") if n.strip()]
+        unknown = sorted(set(names) - set(ANALYTICAL_SCHEMA.names) - {"person_key", "run_date"})
+        if not names or unknown or {"person_key", "run_date"} & set(names):
+            raise ValueError(
+                f"quasi-identifiers must be analytical columns such as age_group, gender, "
+                f"country, country_code, email_domain (got {value!r})"
+            )
+        return ",".join(names)
+
+    @property
+    def quasi_identifiers(self) -> tuple[str, ...]:
+        """PRIVACY_QUASI_IDENTIFIERS as a tuple."""
+        return tuple(self.privacy_quasi_identifiers.split(","))
 
     @field_validator("faker_api_url")
     @classmethod

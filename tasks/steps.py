@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 from prefect import task
@@ -20,9 +21,23 @@ from prefect.cache_policies import NO_CACHE
 from tasks.charts import build_charts, render_pngs
 from tasks.fetch import FetchConfig, FetchedRange, fetch_range
 from tasks.generalize import generalize
+from tasks.leak_scan import LeakScanner, LeakScanReport
 from tasks.load import load_batch, migrate, open_db
 from tasks.mask import mask_pii
 from tasks.plan import PageRange
+from tasks.privacy import (
+    KEEP_DOMAINS,
+    RiskMetrics,
+    ShareableExtract,
+    collapse_rare_domains,
+    load_shareable,
+    rare_domains,
+    risk_metrics,
+    shareable_extract,
+    small_cell_note,
+    suppress_small_counts,
+    write_shareable,
+)
 from tasks.publish import (
     germany_share_sentence,
     over_60_sentence,
@@ -47,6 +62,8 @@ class MaskedRange:
     """A masked range with what it cost, handed from the mask task to the lake writer."""
 
     table: pa.Table
+    # The raw source rows, kept in memory until the run's leak scan (never persisted or logged).
+    source: pa.Table
     pages: int
     attempts: int
     retries: int
@@ -71,12 +88,13 @@ def fetch_page_range(config: FetchConfig, page_range: PageRange) -> tuple[Fetche
 
 @task(name="mask_pii", **_RAW)
 def mask_page_range(fetched: tuple[FetchedRange, float], run_date: dt.date) -> MaskedRange:
-    """Mask a fetched range; the raw table is dropped as soon as this returns."""
+    """Mask a fetched range; the raw rows travel on, in memory only, for the leak scan."""
     raw, seconds_fetch = fetched
     started = time.perf_counter()
     table = mask_pii(raw.table, run_date, hash_key())
     return MaskedRange(
         table=table,
+        source=raw.table,
         pages=raw.pages,
         attempts=raw.attempts,
         retries=raw.retries,
@@ -92,10 +110,22 @@ def validate_masked_batch(table: pa.Table, expected_rows: int) -> ValidationSumm
     return validate_masked(table, expected_rows)
 
 
+@dataclass
+class Generalized:
+    """The analytical batch and how many rare email domains became `other`."""
+
+    table: pa.Table
+    domains_collapsed: int
+    records_collapsed: int
+
+
 @task(name="generalize_persons", **_RAW)
-def generalize_persons(masked: pa.Table, run_date: dt.date) -> pa.Table:
-    """Masked batch -> analytical batch (age group, email domain, country)."""
-    return generalize(masked, run_date)
+def generalize_persons(masked: pa.Table, run_date: dt.date, k: int) -> Generalized:
+    """Masked batch -> analytical batch (age group, domain, country); rare domains -> `other`."""
+    table = generalize(masked, run_date)
+    _, records_collapsed = rare_domains(table, k, KEEP_DOMAINS)
+    table, domains_collapsed = collapse_rare_domains(table, k)
+    return Generalized(table, domains_collapsed, records_collapsed)
 
 
 @task(name="validate_analytical", **_RAW)
@@ -105,14 +135,17 @@ def validate_analytical_batch(table: pa.Table, expected_rows: int) -> Validation
 
 
 @task(name="publish_validation", **_RAW)
-def publish_validation(summaries: list[ValidationSummary], run_date: dt.date) -> None:
-    """Publish every expectation's outcome as a table artifact: counts, never values."""
+def publish_validation(
+    summaries: list[ValidationSummary], run_date: dt.date
+) -> list[dict[str, Any]]:
+    """Publish every expectation's outcome as a table artifact (counts, never values)."""
     rows = [row for summary in summaries for row in summary.to_rows()]
     create_table_artifact(
         table=rows,
         key=VALIDATION_ARTIFACT_KEY,
         description=f"Great Expectations results for run date {run_date} (counts only).",
     )
+    return rows
 
 
 @task(name="load_persons", **_RAW)
@@ -123,18 +156,103 @@ def load_persons(db_path: Path, analytical: pa.Table, run_date: dt.date, flow_ru
         return load_batch(con, analytical, run_date, flow_run_id)
 
 
+# Count columns of each published report, and the figures derived from them (hidden alongside).
+_COUNTS = {
+    "germany-gmail-share": (
+        ("german_users", "german_gmail_users"),
+        {"gmail_share_pct": ("german_users", "german_gmail_users")},
+    ),
+    "top-gmail-countries": (("gmail_users",), None),
+    "gmail-users-over-60": (("gmail_users_over_60",), None),
+}
+
+
+@dataclass
+class Published:
+    """What a publishing task put into artifacts, kept for the leak scan and the CLI."""
+
+    answers: list[str]
+    contents: dict[str, Any]
+
+
 @task(name="publish_reports", **_RAW)
-def publish_user_metrics(db_path: Path, run_date: dt.date, records: int) -> list[str]:
-    """Publish the three report tables and the markdown report with charts; return the answers."""
+def publish_user_metrics(db_path: Path, run_date: dt.date, records: int, k: int) -> Published:
+    """Publish the report tables and the markdown report with charts, small counts as `<k`."""
     with open_db(db_path, get_settings().duckdb_lock_timeout_seconds) as con:
-        reports = report_results(con, run_date)
+        stored = report_results(con, run_date)
         by_age = gmail_by_age_group(con, run_date)
         history = report_history(con)
+    # Exact values stay in DuckDB; what people see hides counts of fewer than k people.
+    reports = {
+        key: suppress_small_counts(df, *_COUNTS[key][:1], k, derived=_COUNTS[key][1])
+        for key, df in stored.items()
+    }
+    by_age = suppress_small_counts(by_age, ("gmail_users",), k)
+    history = suppress_small_counts(
+        history,
+        ("german_users", "german_gmail_users"),
+        k,
+        derived={"gmail_share_pct": ("german_users", "german_gmail_users")},
+    )
     figures = build_charts(reports["top-gmail-countries"], by_age, history)
     images = render_pngs(figures)  # one browser session for every chart; never raises
-    publish_reports(run_date, records, reports, images)
-    return [
+    contents = publish_reports(run_date, records, reports, images, note=small_cell_note(k))
+    answers = [
         germany_share_sentence(reports["germany-gmail-share"]),
         top_countries_sentence(reports["top-gmail-countries"]),
         over_60_sentence(reports["gmail-users-over-60"]),
     ]
+    return Published(answers=answers, contents=contents)
+
+
+@dataclass
+class Protected:
+    """Risk figures of the analytical batch and the k-anonymous extract written for the date."""
+
+    metrics: RiskMetrics
+    extract: ShareableExtract
+    extract_file: Path
+
+
+@task(name="protect_privacy", **_RAW)
+def protect_privacy(
+    db_path: Path,
+    lake_dir: Path,
+    analytical: pa.Table,
+    run_date: dt.date,
+    flow_run_id: str,
+    k: int,
+    quasi_identifiers: tuple[str, ...],
+) -> Protected:
+    """Measure re-identification risk; build, load and export the k-anonymous extract."""
+    metrics = risk_metrics(analytical, quasi_identifiers, k)
+    extract = shareable_extract(analytical, k)
+    with open_db(db_path, get_settings().duckdb_lock_timeout_seconds) as con:
+        load_shareable(con, extract.table, run_date, flow_run_id)
+    path = write_shareable(extract.table, lake_dir, run_date, {"run_date": str(run_date)})
+    return Protected(metrics=metrics, extract=extract, extract_file=path)
+
+
+@task(name="scan_for_leaks", **_RAW)
+def scan_for_leaks(
+    sources: list[pa.Table],
+    run_date: dt.date,
+    files: list[Path],
+    db_path: Path,
+    texts: dict[str, str],
+    rows: dict[str, list[dict[str, Any]]],
+    log_lines: list[str],
+) -> LeakScanReport:
+    """Look for any raw value of the batch in everything the run wrote; names fields only."""
+    scanner = LeakScanner(pa.concat_tables(sources), run_date)
+    for path in files:
+        if path.exists():
+            scanner.scan_parquet(path)
+    with open_db(db_path, get_settings().duckdb_lock_timeout_seconds) as con:
+        scanner.scan_duckdb(con, run_date=run_date)
+    for name, text in texts.items():
+        scanner.scan_text(name, text)
+    for name, table_rows in rows.items():
+        scanner.scan_rows(name, table_rows)
+    scanner.scan_lines("run log", list(log_lines))
+    return scanner.report

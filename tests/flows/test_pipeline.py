@@ -25,12 +25,13 @@ from tests.helpers import (
     file_bytes,
     leaked,
     parquet_cells,
+    published,
     raw_values,
     served_records,
 )
 
 RUN_DATE = dt.date(2026, 10, 31)
-REPORT_KEYS = (*REPORT_COLUMNS, "user-metrics-report")
+REPORT_KEYS = (*REPORT_COLUMNS, "user-metrics-report", "privacy-report")
 
 
 @pytest.fixture(autouse=True)
@@ -70,7 +71,8 @@ def test_reports_equal_an_independent_computation(api, pipeline_env, prefect_sto
         api_url=api.base_url, records=3000, page_size=1000, run_date=RUN_DATE, seed=31
     )
     served = served_records(api.base_url, 3000, 1000, RUN_DATE, seed=31)
-    expected = expected_reports(served, RUN_DATE)
+    exact = expected_reports(served, RUN_DATE)
+    expected = published(exact)
     db = pipeline_env / "db/faker.duckdb"
 
     assert summary["records_loaded"] == 3000
@@ -89,14 +91,30 @@ def test_reports_equal_an_independent_computation(api, pipeline_env, prefect_sto
     assert base64.b64decode(png).startswith(b"\x89PNG")
     assert len(markdown.encode()) < 1_000_000
 
+    # exact answers stay in DuckDB; only what is published hides small counts
+    stored = db_rows(
+        db,
+        "select rank, country, gmail_users from report_top_gmail_countries where run_date = ?"
+        " order by rank, country",
+        [RUN_DATE],
+    )
+    columns = ("rank", "country", "gmail_users")
+    assert [dict(zip(columns, r, strict=True)) for r in stored] == exact["top-gmail-countries"]
+    assert "small-cell suppression, k = 5" in markdown
+
     (run,) = db_rows(
         db,
         "select status, records_requested, records_fetched, records_loaded, pages, source_schema,"
-        " hash_key_id, seconds_total from pipeline_runs where flow_run_id = ?",
+        " hash_key_id, seconds_total, k_min, extract_k_min, leak_hits, leak_outputs_scanned"
+        " from pipeline_runs where flow_run_id = ?",
         [summary["flow_run_id"]],
     )
     assert run[:5] == ("completed", 3000, 3000, 3000, 3)
     assert "address.country_code:string" in run[5] and len(run[6]) == 12 and run[7] > 0
+    assert run[8] >= 1 and run[9] >= 5 and run[10] == 0 and run[11] >= 10
+    extract = pq.read_table(summary["extract_file"])
+    assert "person_key" not in extract.column_names and extract.num_rows <= 3000
+    assert "k_min" in artifacts["privacy-report"].data
 
 
 def test_rerun_leaves_exactly_one_batch_per_date(api, pipeline_env, prefect_storage):
@@ -134,7 +152,9 @@ def test_no_german_users_and_tied_ranks(api, pipeline_env, prefect_storage):
 
     seed = _seed_where(api, 120, shape)
     summary = user_metrics_pipeline(api_url=api.base_url, records=120, run_date=RUN_DATE, seed=seed)
-    expected = expected_reports(served_records(api.base_url, 120, 1000, RUN_DATE, seed), RUN_DATE)
+    expected = published(
+        expected_reports(served_records(api.base_url, 120, 1000, RUN_DATE, seed), RUN_DATE)
+    )
     artifacts = artifacts_of(summary["flow_run_id"])
     share = table_of(artifacts["germany-gmail-share"])
     assert share == [{"german_users": 0, "german_gmail_users": 0, "gmail_share_pct": None}]

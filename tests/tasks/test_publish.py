@@ -217,7 +217,7 @@ def test_publish_reports_creates_the_four_artifacts(
     def publish_flow() -> list[str]:
         return publish.publish_reports("2024-05-01", 30_000, reports, images)
 
-    keys = publish_flow()
+    keys = list(publish_flow())
     assert keys == list(publish.ARTIFACT_KEYS)
 
     with get_client(sync_client=True) as client:
@@ -260,7 +260,7 @@ def test_publish_reports_from_an_async_flow(prefect_api: None) -> None:
     async def async_publish_flow() -> list[str]:
         return publish.publish_reports("2024-05-02", 5, make_reports(), {})
 
-    keys = asyncio.run(async_publish_flow())
+    keys = list(asyncio.run(async_publish_flow()))
     assert keys == list(publish.ARTIFACT_KEYS)
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(

@@ -1,0 +1,545 @@
+"""Privacy you can measure: re-identification risk, rare-domain collapse, a k-anonymous extract.
+
+Everything here is vectorized (pyarrow compute and numpy over dictionary codes); Python only
+loops over distinct values, generalization candidates and quasi-identifiers, never over records.
+
+The shareable extract
+---------------------
+`shareable_extract` makes the analytical batch k-anonymous on its quasi-identifiers in two
+documented steps:
+
+1. Global generalization: every candidate of a small lattice is tried, one level per
+   quasi-identifier (`HIERARCHY_LEVELS`):
+
+   - age_group:    10-year groups -> 20-year groups ([0-20] ... [60-80], [80+]) -> `*`
+   - country:      country -> UN M49 sub-region -> continent -> `*` (tasks/regions.py)
+   - email_domain: domain (rare ones already `other`) -> gmail/hotmail/yahoo/other -> `*`
+   - gender:       as-is -> `*`
+
+2. Local suppression, per candidate: records in equivalence classes smaller than k get their
+   most specific remaining quasi-identifier (most distinct values at that level) set to `*`;
+   classes are recomputed and the next one is suppressed for records still below k, until every
+   class holds >= k records. Records that are still below k once every quasi-identifier is `*`
+   (fewer than k of them in the all-`*` class) are removed and counted: a class of fewer than k
+   rows would break k-anonymity, however little it says.
+
+The chosen candidate shows the fewest `*` cells in the extract: cells suppressed locally plus
+cells of a column generalized to `*` wholesale (a whole column of `*` is n suppressed cells, so
+"generalize everything away" never wins for free). Ties go to fewer removed records, then to the
+lower (more informative) generalization levels.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tasks.lake import partition_dir, write_table
+from tasks.regions import map_codes
+from tasks.sqlfiles import read_sql
+
+DEFAULT_K = 5
+QUASI_IDENTIFIERS: tuple[str, ...] = ("age_group", "gender", "country", "email_domain")
+L_DIVERSITY_CLASSES: tuple[str, ...] = ("age_group", "gender", "country")
+KEEP_DOMAINS: frozenset[str] = frozenset({"gmail.com", "hotmail.com", "yahoo.com"})
+OTHER_DOMAIN = "other"
+SUPPRESSED = "*"
+
+# Extract column per quasi-identifier; geography is called region at every level.
+EXTRACT_COLUMN = {"country": "region", "country_code": "region"}
+SHAREABLE_COLUMNS: tuple[str, ...] = ("run_date", "gender", "age_group", "region", "email_domain")
+
+# Level names per quasi-identifier, most specific first; the last level is always `*`.
+HIERARCHY_LEVELS: dict[str, tuple[str, ...]] = {
+    "age_group": ("10-year groups", "20-year groups", SUPPRESSED),
+    "country": ("country", "sub-region (UN M49)", "continent", SUPPRESSED),
+    "country_code": ("country", "sub-region (UN M49)", "continent", SUPPRESSED),
+    "email_domain": ("domain (rare ones as other)", "gmail/hotmail/yahoo/other", SUPPRESSED),
+    "gender": ("as-is", SUPPRESSED),
+}
+_DEFAULT_LEVELS = ("as-is", SUPPRESSED)
+
+# 10-year label -> 20-year label; [90+] joins [80-90] because the open group has no upper bound.
+AGE_20_YEARS: dict[str, str] = {
+    "[0-10]": "[0-20]",
+    "[10-20]": "[0-20]",
+    "[20-30]": "[20-40]",
+    "[30-40]": "[20-40]",
+    "[40-50]": "[40-60]",
+    "[50-60]": "[40-60]",
+    "[60-70]": "[60-80]",
+    "[70-80]": "[60-80]",
+    "[80-90]": "[80+]",
+    "[90+]": "[80+]",
+}
+
+_SHAREABLE_VIEW = "shareable_batch"
+
+ArrayLike = pa.Array | pa.ChunkedArray
+
+
+# --- rare email domains ---------------------------------------------------------------------------
+
+
+def rare_domains(
+    analytical: pa.Table,
+    k: int,
+    keep: frozenset[str] = KEEP_DOMAINS,
+    column: str = "email_domain",
+) -> tuple[pa.Array, int]:
+    """The domains with fewer than k users (never `keep` or null), and how many records hold one."""
+    counts = pc.value_counts(analytical[column])
+    values, users = counts.field("values"), counts.field("counts")
+    rare = pc.and_(
+        pc.less(users, k),
+        pc.invert(pc.is_in(values, value_set=pa.array(sorted({*keep, OTHER_DOMAIN}), pa.string()))),
+    )
+    # Null is not a domain: it stays null so validation keeps seeing it.
+    rare = pc.and_kleene(rare, pc.is_valid(values))
+    domains = pc.filter(values, rare)
+    records = pc.sum(pc.filter(users, rare)).as_py() or 0
+    return domains, int(records)
+
+
+def collapse_rare_domains(
+    analytical: pa.Table,
+    k: int,
+    keep: frozenset[str] = KEEP_DOMAINS,
+    column: str = "email_domain",
+) -> tuple[pa.Table, int]:
+    """Domains with fewer than k users in the batch become `other`; return (table, domains)."""
+    domains, _ = rare_domains(analytical, k, keep, column)
+    if len(domains) == 0:
+        return analytical, 0
+    values = analytical[column]
+    collapsed = pc.if_else(
+        pc.fill_null(pc.is_in(values, value_set=domains), False),
+        pa.scalar(OTHER_DOMAIN, pa.string()),
+        values,
+    )
+    index = analytical.schema.get_field_index(column)
+    return analytical.set_column(index, analytical.schema.field(index), collapsed), len(domains)
+
+
+# --- risk -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RiskMetrics:
+    """Re-identification risk of a table on its quasi-identifiers (prosecutor model)."""
+
+    quasi_identifiers: tuple[str, ...]
+    k: int
+    records: int
+    classes: int
+    k_min: int  # smallest equivalence class; 0 for an empty table
+    records_below_k: int
+    share_below_k: float
+    prosecutor_risk_max: float  # 1 / k_min
+    prosecutor_risk_avg: float  # mean over records of 1 / class size (= classes / records)
+    l_diversity_min: int  # fewest distinct sensitive values in an l-class
+    l_diversity_avg: float  # mean over l-classes
+
+    def as_run_columns(self, prefix: str = "") -> dict[str, Any]:
+        """The figures as pipeline_runs columns (optionally prefixed, e.g. `extract_`)."""
+        return {
+            f"{prefix}k_min": self.k_min,
+            f"{prefix}equivalence_classes": self.classes,
+            f"{prefix}records_below_k": self.records_below_k,
+            f"{prefix}share_below_k": self.share_below_k,
+            f"{prefix}prosecutor_risk_max": self.prosecutor_risk_max,
+            f"{prefix}prosecutor_risk_avg": self.prosecutor_risk_avg,
+            f"{prefix}l_diversity_min": self.l_diversity_min,
+            f"{prefix}l_diversity_avg": self.l_diversity_avg,
+        }
+
+
+def _class_sizes(table: pa.Table, columns: Sequence[str]) -> np.ndarray:
+    grouped = table.select(list(columns)).group_by(list(columns)).aggregate([([], "count_all")])
+    return grouped["count_all"].to_numpy()
+
+
+def risk_metrics(
+    table: pa.Table,
+    quasi_identifiers: Sequence[str] = QUASI_IDENTIFIERS,
+    k: int = DEFAULT_K,
+    sensitive: str = "email_domain",
+    l_classes: Sequence[str] = L_DIVERSITY_CLASSES,
+) -> RiskMetrics:
+    """k_min, records below k, prosecutor risk and l-diversity of `sensitive` within l_classes."""
+    qis = tuple(quasi_identifiers)
+    if missing := sorted((set(qis) | set(l_classes) | {sensitive}) - set(table.column_names)):
+        raise ValueError(f"table lacks columns {missing}")
+    n = table.num_rows
+    if n == 0:
+        return RiskMetrics(qis, k, 0, 0, 0, 0, 0.0, 0.0, 0.0, 0, 0.0)
+    sizes = _class_sizes(table, qis)
+    below = int(sizes[sizes < k].sum())
+    k_min = int(sizes.min())
+    # Nulls are not a sensitive value an attacker learns, so only valid values count.
+    diverse = (
+        table.select([*l_classes, sensitive])
+        .group_by(list(l_classes))
+        .aggregate([(sensitive, "count_distinct", pc.CountOptions(mode="only_valid"))])
+    )[f"{sensitive}_count_distinct"].to_numpy()
+    return RiskMetrics(
+        quasi_identifiers=qis,
+        k=k,
+        records=n,
+        classes=len(sizes),
+        k_min=k_min,
+        records_below_k=below,
+        share_below_k=below / n,
+        prosecutor_risk_max=1.0 / k_min,
+        # Each class contributes size * (1 / size) = 1, so the mean over records is classes / n.
+        prosecutor_risk_avg=len(sizes) / n,
+        l_diversity_min=int(diverse.min()),
+        l_diversity_avg=float(diverse.mean()),
+    )
+
+
+# --- generalization hierarchies -------------------------------------------------------------------
+
+
+def _plain(values: ArrayLike) -> pa.Array:
+    values = pc.cast(values, pa.string())
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def _map_distinct(values: ArrayLike, fn: Callable[[str | None], str | None]) -> pa.Array:
+    # Map each distinct value once (a few thousand at most), then take per record.
+    encoded = pc.dictionary_encode(_plain(values), null_encoding="encode")
+    mapped = pa.array([fn(v) for v in encoded.dictionary.to_pylist()], pa.string())
+    return pc.take(mapped, encoded.indices)
+
+
+def levels_of(quasi_identifier: str) -> tuple[str, ...]:
+    """The generalization level names of a quasi-identifier, most specific first."""
+    return HIERARCHY_LEVELS.get(quasi_identifier, _DEFAULT_LEVELS)
+
+
+def generalized(table: pa.Table, quasi_identifier: str, level: int) -> pa.Array:
+    """The quasi-identifier's column at a generalization level (see HIERARCHY_LEVELS)."""
+    names = levels_of(quasi_identifier)
+    if not 0 <= level < len(names):
+        raise ValueError(f"{quasi_identifier} has levels 0..{len(names) - 1}, not {level}")
+    if names[level] == SUPPRESSED:
+        return pa.repeat(pa.scalar(SUPPRESSED, pa.string()), table.num_rows)
+    values = table[quasi_identifier]
+    if level == 0:
+        return _plain(values)
+    if quasi_identifier == "age_group":
+        return _map_distinct(values, lambda v: AGE_20_YEARS.get(v, v) if v is not None else None)
+    if quasi_identifier == "email_domain":
+        return _map_distinct(
+            values, lambda v: v if v is None or v in KEEP_DOMAINS else OTHER_DOMAIN
+        )
+    if quasi_identifier in ("country", "country_code"):
+        if "country_code" not in table.column_names:
+            raise ValueError("geography above country level needs the country_code column")
+        return map_codes(table["country_code"], ("sub_region", "continent")[level - 1])
+    raise ValueError(f"no level {level} for {quasi_identifier}")  # pragma: no cover
+
+
+# --- the shareable extract ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One generalization candidate of the lattice and what local suppression cost it."""
+
+    levels: tuple[int, ...]
+    steps: str
+    suppressed_cells: int  # cells set to `*` by local suppression (removed records included)
+    generalized_cells: int  # cells of columns generalized to `*` wholesale
+    records_removed: int
+
+    @property
+    def star_cells(self) -> int:
+        """Cells the extract shows as `*`: the figure the search minimises."""
+        return self.suppressed_cells + self.generalized_cells
+
+    def rank(self) -> tuple[int, int, int, tuple[int, ...]]:
+        """Sort key: fewest `*` cells, fewest removed records, lowest levels."""
+        return (self.star_cells, self.records_removed, sum(self.levels), self.levels)
+
+
+@dataclass(frozen=True)
+class ShareableExtract:
+    """The k-anonymous extract, how it was made, and its own risk figures."""
+
+    table: pa.Table
+    k: int
+    quasi_identifiers: tuple[str, ...]
+    steps: dict[str, str]  # quasi-identifier -> chosen level name
+    levels: tuple[int, ...]
+    suppressed_cells: int
+    suppressed_by_column: dict[str, int]
+    generalized_cells: int
+    records_removed: int
+    k_min: int
+    metrics: RiskMetrics
+    candidates: list[Candidate] = field(repr=False)
+    seconds: float = 0.0
+
+    @property
+    def steps_text(self) -> str:
+        """The chosen steps in one line, e.g. `age_group: 20-year groups; country: continent`."""
+        return "; ".join(f"{qi}: {name}" for qi, name in self.steps.items())
+
+    def as_run_columns(self) -> dict[str, Any]:
+        """The extract's figures as pipeline_runs columns."""
+        return {
+            "extract_k_min": self.k_min,
+            "extract_records": self.table.num_rows,
+            "extract_suppressed_cells": self.suppressed_cells,
+            "extract_records_removed": self.records_removed,
+            "extract_steps": self.steps_text,
+        }
+
+
+def _codes(values: pa.Array) -> tuple[np.ndarray, int]:
+    encoded = pc.dictionary_encode(values, null_encoding="encode")
+    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), len(encoded.dictionary)
+
+
+def _keys(codes: Sequence[np.ndarray], radices: Sequence[int]) -> np.ndarray:
+    # Mixed-radix number of the code tuple: one int64 per record identifies its class.
+    key = np.zeros(len(codes[0]) if codes else 0, np.int64)
+    for code, radix in zip(codes, radices, strict=True):
+        key = key * radix + code
+    return key
+
+
+def _sizes(key: np.ndarray) -> np.ndarray:
+    # Class size of every record: hash the keys (pyarrow), count per class, take back per record.
+    indices = pc.dictionary_encode(pa.array(key)).indices.to_numpy(zero_copy_only=False)
+    return np.bincount(indices)[indices]
+
+
+def _suppress(
+    codes: list[np.ndarray], cards: list[int], k: int
+) -> tuple[list[np.ndarray], np.ndarray, int]:
+    """Greedy local suppression: (rows suppressed per QI, rows removed, QIs suppressible)."""
+    radices = [card + 1 for card in cards]  # code `card` is the `*` of that column
+    rows = np.flatnonzero(_sizes(_keys(codes, radices)) < k)
+    suppressed = [np.empty(0, np.int64) for _ in codes]
+    sub = [code[rows] for code in codes]
+    # Most specific first; a column with a single value cannot merge classes by being hidden.
+    order = sorted((q for q, card in enumerate(cards) if card > 1), key=lambda q: -cards[q])
+    for q in order:
+        if rows.size == 0:
+            break
+        sub[q] = np.full(rows.size, cards[q], np.int64)
+        suppressed[q] = np.concatenate([suppressed[q], rows])
+        # Suppressed rows can only merge with each other (no unsuppressed row has `*` in q).
+        small = _sizes(_keys(sub, radices)) < k
+        rows, sub = rows[small], [code[small] for code in sub]
+    return suppressed, rows, len(order)
+
+
+def _steps_text(qis: Sequence[str], levels: Sequence[int]) -> str:
+    return "; ".join(f"{qi}: {levels_of(qi)[lv]}" for qi, lv in zip(qis, levels, strict=True))
+
+
+def shareable_extract(
+    analytical: pa.Table,
+    k: int = DEFAULT_K,
+    quasi_identifiers: Sequence[str] = QUASI_IDENTIFIERS,
+    keep_domains: frozenset[str] = KEEP_DOMAINS,
+) -> ShareableExtract:
+    """A k-anonymous extract without person_key: lattice generalization plus local suppression."""
+    started = time.perf_counter()
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    qis = tuple(quasi_identifiers)
+    if not qis:
+        raise ValueError("name at least one quasi-identifier")
+    if missing := sorted(set(qis) - set(analytical.column_names)):
+        raise ValueError(f"analytical batch lacks quasi-identifiers {missing}")
+    if "email_domain" in qis:
+        # The extract builds on the collapsed domains (idempotent if the caller collapsed them).
+        analytical, _ = collapse_rare_domains(analytical, k, keep_domains)
+    n = analytical.num_rows
+
+    # Labels and integer codes of every (quasi-identifier, level), computed once.
+    labels = {
+        (q, lv): generalized(analytical, q, lv) for q in qis for lv in range(len(levels_of(q)))
+    }
+    coded = {key: _codes(values) for key, values in labels.items()}
+
+    candidates: list[tuple[Candidate, list[np.ndarray], np.ndarray]] = []
+    for levels in itertools.product(*(range(len(levels_of(q))) for q in qis)):
+        codes = [coded[(q, lv)][0] for q, lv in zip(qis, levels, strict=True)]
+        cards = [coded[(q, lv)][1] for q, lv in zip(qis, levels, strict=True)]
+        suppressed, removed, suppressible = _suppress(codes, cards, k)
+        wholesale = sum(levels_of(q)[lv] == SUPPRESSED for q, lv in zip(qis, levels, strict=True))
+        # A removed record loses every cell: those of single-valued columns, which the greedy
+        # never hides, count as suppressed too.
+        removed_extra = removed.size * (len(qis) - wholesale - suppressible)
+        candidate = Candidate(
+            levels=tuple(levels),
+            steps=_steps_text(qis, levels),
+            suppressed_cells=sum(rows.size for rows in suppressed) + removed_extra,
+            generalized_cells=wholesale * n,
+            records_removed=int(removed.size),
+        )
+        candidates.append((candidate, suppressed, removed))
+
+    best, suppressed, removed = min(candidates, key=lambda item: item[0].rank())
+    table = _build_extract(analytical, qis, best.levels, labels, suppressed, removed)
+    output_qis = [EXTRACT_COLUMN.get(q, q) for q in qis]
+    metrics = risk_metrics(
+        table,
+        output_qis,
+        k,
+        sensitive=EXTRACT_COLUMN.get("email_domain", "email_domain"),
+        l_classes=[c for c in output_qis if c != "email_domain"] or output_qis,
+    )
+    return ShareableExtract(
+        table=table,
+        k=k,
+        quasi_identifiers=qis,
+        steps={q: levels_of(q)[lv] for q, lv in zip(qis, best.levels, strict=True)},
+        levels=best.levels,
+        suppressed_cells=best.suppressed_cells,
+        suppressed_by_column={
+            EXTRACT_COLUMN.get(q, q): int(rows.size)
+            for q, rows in zip(qis, suppressed, strict=True)
+        },
+        generalized_cells=best.generalized_cells,
+        records_removed=best.records_removed,
+        k_min=metrics.k_min,
+        metrics=metrics,
+        candidates=[c for c, _, _ in candidates],
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _build_extract(
+    analytical: pa.Table,
+    qis: Sequence[str],
+    levels: Sequence[int],
+    labels: Mapping[tuple[str, int], pa.Array],
+    suppressed: Sequence[np.ndarray],
+    removed: np.ndarray,
+) -> pa.Table:
+    n = analytical.num_rows
+    columns: dict[str, pa.Array] = {}
+    if "run_date" in analytical.column_names:
+        columns["run_date"] = analytical["run_date"].combine_chunks()
+    for q, lv, rows in zip(qis, levels, suppressed, strict=True):
+        mask = np.zeros(n, bool)
+        mask[rows] = True
+        columns[EXTRACT_COLUMN.get(q, q)] = pc.if_else(
+            pa.array(mask), pa.scalar(SUPPRESSED, pa.string()), labels[(q, lv)]
+        )
+    keep = np.ones(n, bool)
+    keep[removed] = False
+    # persons_shareable's column order first, then any other configured quasi-identifier.
+    names = [c for c in SHAREABLE_COLUMNS if c in columns]
+    names += [c for c in columns if c not in names]
+    table = pa.table({name: columns[name] for name in names}).filter(pa.array(keep))
+    # Sorted by value, so the row order carries nothing from the source or the analytical table
+    # (whose order would otherwise link each row back to a person_key).
+    order = [(c, "ascending", "at_end") for c in table.column_names]
+    return table.take(pc.sort_indices(table, sort_keys=order))
+
+
+def load_shareable(
+    con: duckdb.DuckDBPyConnection,
+    table: pa.Table,
+    run_date: dt.date,
+    flow_run_id: str | None = None,
+) -> int:
+    """Replace run_date's rows in persons_shareable in one transaction; return rows loaded."""
+    if "person_key" in table.column_names:
+        raise ValueError("the shareable extract must not carry person_key")
+    con.register(_SHAREABLE_VIEW, table)
+    try:
+        con.begin()
+        try:
+            con.execute(read_sql("delete_shareable"), {"run_date": run_date})
+            con.execute(
+                read_sql("insert_shareable"), {"run_date": run_date, "flow_run_id": flow_run_id}
+            )
+            loaded = con.execute(read_sql("count_shareable"), {"run_date": run_date}).fetchone()
+        except BaseException:
+            con.rollback()
+            raise
+        con.commit()
+    finally:
+        con.unregister(_SHAREABLE_VIEW)
+    return int(loaded[0]) if loaded else 0
+
+
+def shareable_path(lake_dir: Path, run_date: dt.date) -> Path:
+    """Where the run date's shareable extract lives in the lake."""
+    return partition_dir(Path(lake_dir), "shareable", run_date) / "persons.parquet"
+
+
+def write_shareable(
+    table: pa.Table, lake_dir: Path, run_date: dt.date, metadata: dict[str, str] | None = None
+) -> Path:
+    """Write the extract atomically to data_lake/shareable/YYYY/MM/DD/persons.parquet."""
+    if "person_key" in table.column_names:
+        raise ValueError("the shareable extract must not carry person_key")
+    return write_table(table, shareable_path(lake_dir, run_date), metadata)
+
+
+# --- small cells in published reports -------------------------------------------------------------
+
+
+def small_cell_label(k: int) -> str:
+    """How a count below k is shown, e.g. `<5`."""
+    return f"<{k}"
+
+
+def small_cell_note(k: int) -> str:
+    """The sentence a report carries when it applies small-cell suppression."""
+    return (
+        f"Counts from 1 to {k - 1} are shown as {small_cell_label(k)} (small-cell suppression, "
+        f"k = {k}), and so are figures derived from them; exact values stay in DuckDB."
+    )
+
+
+def suppress_small_counts(
+    df: pd.DataFrame,
+    columns: Sequence[str],
+    k: int,
+    derived: Mapping[str, Sequence[str]] | None = None,
+) -> pd.DataFrame:
+    """Counts 1..k-1 in `columns` become `<k`; a `derived` column is hidden where its source is.
+
+    Zero stays 0: it counts nobody, so no person can be singled out by it (the practice of
+    official statistics and ARX's cell suppression); hiding it too would make every empty cell
+    look like a risky one. `derived` maps e.g. a percentage to the counts it is computed from.
+    """
+    out = df.copy()
+    label = small_cell_label(k)
+
+    def small(column: str) -> pd.Series:
+        values = pd.to_numeric(df[column], errors="coerce")
+        return (values > 0) & (values < k)
+
+    hidden = {column: small(column) for column in columns}
+    for column, sources in (derived or {}).items():
+        mask = pd.Series(False, index=df.index)
+        for source in sources:
+            mask |= small(source)
+        hidden[column] = mask
+    for column, mask in hidden.items():
+        if mask.any():
+            out[column] = out[column].astype(object).where(~mask, label)
+    return out

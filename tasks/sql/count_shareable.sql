@@ -1,0 +1,3 @@
+select count(*) as rows_loaded
+from persons_shareable
+where run_date = $run_date

@@ -1,0 +1,2 @@
+delete from persons_shareable
+where run_date = $run_date

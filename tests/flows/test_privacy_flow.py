@@ -1,0 +1,87 @@
+"""Privacy stages in a real run: a planted leak fails the run; a clean run scans clean."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import duckdb
+import pytest
+
+import tasks.steps
+from flows.user_metrics import user_metrics_pipeline
+from tasks.fetch import close_clients
+from tasks.leak_scan import LeakError
+from tests.helpers import served_records
+
+RUN_DATE = dt.date(2026, 9, 30)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_clients():
+    yield
+    close_clients()
+
+
+def failed_run_row(db) -> tuple:
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(
+            "select status, leak_hits, leak_hit_fields, failed_stage from pipeline_runs"
+            " where status = 'failed'"
+        ).fetchone()
+
+
+def test_a_raw_value_in_the_log_fails_the_run(api, pipeline_env, prefect_storage, monkeypatch):
+    real_mask = tasks.steps.mask_pii
+
+    def leaky_mask(source, run_date, key):
+        # the kind of debug line someone might add one day
+        logging.getLogger("tasks.mask").warning("first email: %s", source.column("email")[0])
+        return real_mask(source, run_date, key)
+
+    monkeypatch.setattr(tasks.steps, "mask_pii", leaky_mask)
+    state = user_metrics_pipeline(
+        api_url=api.base_url, records=300, run_date=RUN_DATE, return_state=True
+    )
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, LeakError)
+    assert "run log" in str(error) and "email" in str(error)
+    assert "@" not in str(error)  # the leaked address itself is never repeated
+    status, hits, fields, stage = failed_run_row(pipeline_env / "db/faker.duckdb")
+    assert (status, stage) == ("failed", "leak-scan") and hits >= 1 and "email" in fields
+
+
+def test_a_raw_value_in_an_artifact_fails_the_run(api, pipeline_env, prefect_storage, monkeypatch):
+    name = served_records(api.base_url, 200, 1000, RUN_DATE, seed=3)[0]["lastname"]
+    monkeypatch.setattr(tasks.steps, "small_cell_note", lambda k: f"Reviewed by {name}.")
+    state = user_metrics_pipeline(
+        api_url=api.base_url, records=200, run_date=RUN_DATE, seed=3, return_state=True
+    )
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, LeakError)
+    assert "user-metrics-report" in str(error) and name not in str(error)
+    assert failed_run_row(pipeline_env / "db/faker.duckdb")[1] >= 1
+
+
+def test_clean_run_reaches_k_in_the_extract(api, pipeline_env, prefect_storage):
+    summary = user_metrics_pipeline(api_url=api.base_url, records=3000, run_date=RUN_DATE)
+    assert summary["leak_hits"] == 0 and summary["leak_outputs_scanned"] >= 10
+    assert summary["extract_k_min"] >= summary["privacy_k"] == 5
+    assert summary["k_min"] >= 1 and 0 <= summary["share_below_k"] <= 1
+    with duckdb.connect(str(pipeline_env / "db/faker.duckdb"), read_only=True) as con:
+        (smallest,) = con.execute(
+            "select min(n) from (select count(*) as n from persons_shareable"
+            " where run_date = ? group by all_columns_but_run_date)".replace(
+                "all_columns_but_run_date", "gender, age_group, region, email_domain"
+            ),
+            [RUN_DATE],
+        ).fetchone()
+        domains = {
+            d
+            for (d,) in con.execute(
+                "select distinct email_domain from persons_anonymized where run_date = ?",
+                [RUN_DATE],
+            ).fetchall()
+        }
+    assert smallest >= 5
+    assert {"gmail.com", "hotmail.com", "yahoo.com", "other"} <= domains
