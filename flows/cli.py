@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import sys
+from typing import Any, NoReturn
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one `error: ...` line (exit 2), like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
 
 
 def parse_args(argv: list[str] | None, description: str | None) -> argparse.Namespace:
     """Flags of the pipeline CLI; a single date or a backfill range."""
-    parser = argparse.ArgumentParser(prog="python -m flows.user_metrics", description=description)
+    parser = _OneLineParser(prog="python -m flows.user_metrics", description=description)
     parser.add_argument("--api-url", help="Faker API base URL (default: FAKER_API_URL)")
     parser.add_argument("--records", type=int, help="records to fetch (default: FAKER_RECORDS)")
     parser.add_argument("--page-size", type=int, help="records per request, 1..1000")

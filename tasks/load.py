@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime
 import fcntl
+import os
 import re
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -249,3 +251,27 @@ def completed_dates(
 def date_rows(con: duckdb.DuckDBPyConnection, run_date: datetime.date) -> int:
     """How many rows the run date's batch has."""
     return con.execute(read_sql("count_date_rows"), {"run_date": run_date}).fetchone()[0]
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def claim_run(con: duckdb.DuckDBPyConnection, flow_run_id: str) -> list[str]:
+    """Tag the run with this host and pid; mark this host's dead `running` runs `abandoned`."""
+    host, pid = socket.gethostname(), os.getpid()
+    abandoned = [
+        run_id
+        for run_id, run_pid in con.execute(read_sql("running_on_host"), {"host": host}).fetchall()
+        if run_id != flow_run_id and not _process_alive(run_pid)
+    ]
+    for run_id in abandoned:
+        con.execute(read_sql("mark_abandoned"), {"flow_run_id": run_id})
+    con.execute(read_sql("set_run_process"), {"host": host, "pid": pid, "flow_run_id": flow_run_id})
+    return abandoned

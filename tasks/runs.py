@@ -8,6 +8,7 @@ from typing import Any
 
 from tasks.lake import partition_dir, raw_path
 from tasks.load import (
+    claim_run,
     date_rows,
     finish_run,
     last_source_schema,
@@ -31,6 +32,7 @@ def record_start(cfg: RunConfig, run_id: str, lock_timeout: float) -> str | None
         migrate(con)
         previous = last_source_schema(con)
         start_run(con, run_id, cfg.run_date, cfg.records)
+        claim_run(con, run_id)
     return previous
 
 

@@ -1,0 +1,255 @@
+"""Bad input wherever a user types: one error line naming the value, before any request or write.
+
+An API that is unreachable when a run starts belongs here, not in the fault matrix: the CLI and
+the flow refuse it up front (exit 2 / InputError), so no run starts and nothing is recorded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+from pathlib import Path
+
+import pytest
+
+from flows.user_metrics import main, user_metrics_pipeline
+from local_api.server import LocalApiServer
+from tasks.params import InputError
+from tests.reliability.conftest import error_lines
+
+TODAY = dt.datetime.now(dt.UTC).date()
+FUTURE = TODAY + dt.timedelta(days=3)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """(exit code, stderr) of the CLI, including argparse's own exits."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 2
+    return code, capsys.readouterr().err
+
+
+def assert_refused(
+    code: int, err: str, names: list[str], api: LocalApiServer, paths: tuple[Path, Path]
+) -> None:
+    """Exit 2, exactly one `error:` line naming every given value, no request, nothing on disk."""
+    lake, db = paths
+    lines = error_lines(err)
+    assert code == 2, (code, err)
+    assert len(lines) == 1, f"expected one error line, got {lines}"
+    assert lines[0].startswith("error: ") or ": error: " in lines[0], lines[0]
+    for name in names:
+        assert name.lower() in lines[0].lower(), f"{name!r} not named in {lines[0]!r}"
+    assert api.stats()["total"] == 0, "a request was made"
+    assert not lake.exists() and not db.exists(), "something was written"
+
+
+CLI_CASES = {
+    "records zero": (["--records", "0"], ["records", "0"]),
+    "records negative": (["--records", "-5"], ["-5"]),
+    "records absurd": (["--records", "20000000"], ["20000000"]),
+    "records not a number": (["--records", "abc"], ["abc"]),
+    "page size zero": (["--page-size", "0"], ["page_size", "0"]),
+    "page size over 1000": (["--page-size", "1001"], ["1001"]),
+    "malformed date": (["--run-date", "2026-13-01"], ["2026-13-01"]),
+    "date in words": (["--run-date", "yesterday"], ["yesterday"]),
+    "date without zero padding": (["--run-date", "2026-1-5"], ["2026-1-5"]),
+    "future date": (["--run-date", FUTURE.isoformat()], [FUTURE.isoformat()]),
+    "seed zero": (["--seed", "0"], ["seed", "0"]),
+    "backward range": (
+        ["--start-date", "2026-06-03", "--end-date", "2026-06-01"],
+        ["2026-06-03", "2026-06-01"],
+    ),
+    "range into the future": (
+        ["--start-date", TODAY.isoformat(), "--end-date", FUTURE.isoformat()],
+        [FUTURE.isoformat()],
+    ),
+    "range with a malformed end": (
+        ["--start-date", "2026-06-01", "--end-date", "2026-06-31"],
+        ["2026-06-31"],
+    ),
+    "range longer than BACKFILL_MAX_DAYS": (
+        ["--start-date", "2020-01-01", "--end-date", "2026-01-01"],
+        ["2020-01-01"],
+    ),
+    "range and run date together": (
+        ["--start-date", "2026-06-01", "--end-date", "2026-06-02", "--run-date", "2026-06-01"],
+        ["--run-date"],
+    ),
+}
+
+
+@pytest.mark.parametrize("argv, names", CLI_CASES.values(), ids=CLI_CASES.keys())
+def test_cli_flag(
+    argv: list[str],
+    names: list[str],
+    api: LocalApiServer,
+    reliability_env,
+    paths: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, err = run_main(["--api-url", api.base_url, *argv], capsys)
+    assert_refused(code, err, names, api, paths)
+
+
+URL_CASES = {
+    "ftp URL": ("ftp://example.org/api/v2", ["ftp://example.org/api/v2"]),
+    "not a URL": ("not a url", ["not a url"]),
+    "no host": ("http:///api/v2", ["http:///api/v2"]),
+}
+
+
+@pytest.mark.parametrize("url, names", URL_CASES.values(), ids=URL_CASES.keys())
+def test_cli_url(
+    url: str,
+    names: list[str],
+    api: LocalApiServer,
+    reliability_env,
+    paths: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, err = run_main(["--api-url", url, "--records", "100"], capsys)
+    assert_refused(code, err, names, api, paths)
+
+
+def test_cli_unreachable_url(
+    api: LocalApiServer,
+    reliability_env,
+    paths: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    port = closed_port()
+    url = f"http://127.0.0.1:{port}/api/v2"
+    code, err = run_main(["--api-url", url, "--records", "100"], capsys)
+    assert_refused(code, err, [str(port), "unreachable"], api, paths)
+
+
+ENV_CASES = {
+    "FAKER_PAGE_SIZE=5000": ({"FAKER_PAGE_SIZE": "5000"}, ["FAKER_PAGE_SIZE", "5000"]),
+    "FAKER_RECORDS=0": ({"FAKER_RECORDS": "0"}, ["FAKER_RECORDS", "0"]),
+    "FAKER_RECORDS=abc": ({"FAKER_RECORDS": "abc"}, ["FAKER_RECORDS", "abc"]),
+    "FAKER_API_URL=ftp://x": ({"FAKER_API_URL": "ftp://x"}, ["FAKER_API_URL", "ftp://x"]),
+    "FAKER_SEED=0": ({"FAKER_SEED": "0"}, ["FAKER_SEED", "0"]),
+    "FETCH_CONCURRENCY=0": ({"FETCH_CONCURRENCY": "0"}, ["FETCH_CONCURRENCY", "0"]),
+    "RETRY_MAX_ATTEMPTS=0": ({"RETRY_MAX_ATTEMPTS": "0"}, ["RETRY_MAX_ATTEMPTS", "0"]),
+    "HTTP_READ_TIMEOUT_SECONDS=-1": (
+        {"HTTP_READ_TIMEOUT_SECONDS": "-1"},
+        ["HTTP_READ_TIMEOUT_SECONDS", "-1"],
+    ),
+    "DUCKDB_LOCK_TIMEOUT_SECONDS=0": (
+        {"DUCKDB_LOCK_TIMEOUT_SECONDS": "0"},
+        ["DUCKDB_LOCK_TIMEOUT_SECONDS", "0"],
+    ),
+    "SCHEMA_DRIFT_POLICY=sometimes": (
+        {"SCHEMA_DRIFT_POLICY": "sometimes"},
+        ["SCHEMA_DRIFT_POLICY", "sometimes"],
+    ),
+    "PII_HASH_KEY empty": ({"PII_HASH_KEY": ""}, ["PII_HASH_KEY", "empty"]),
+    "PII_HASH_KEY blank": ({"PII_HASH_KEY": "   "}, ["PII_HASH_KEY"]),
+    "PII_HASH_KEY too short": ({"PII_HASH_KEY": "short"}, ["PII_HASH_KEY", "short"]),
+}
+
+
+@pytest.mark.parametrize("env, names", ENV_CASES.values(), ids=ENV_CASES.keys())
+def test_env_value(
+    env: dict[str, str],
+    names: list[str],
+    api: LocalApiServer,
+    reliability_env,
+    paths: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    reliability_env(**env)
+    # FAKER_API_URL is the case under test there, so no --api-url overrides it.
+    argv = ["--records", "100"] if "FAKER_API_URL" in env else ["--api-url", api.base_url]
+    code, err = run_main(argv, capsys)
+    assert_refused(code, err, names, api, paths)
+
+
+PARAM_CASES = {
+    "records=0": ({"records": 0}, ["records=0"]),
+    "records absurd": ({"records": 20_000_000}, ["20000000"]),
+    "page_size=5000": ({"page_size": 5000}, ["page_size=5000"]),
+    "page_size=0": ({"page_size": 0}, ["page_size=0"]),
+    "future run_date": ({"run_date": FUTURE}, [FUTURE.isoformat()]),
+    "seed=0": ({"seed": 0}, ["seed=0"]),
+    "ftp api_url": ({"api_url": "ftp://x"}, ["ftp://x"]),
+}
+
+
+@pytest.mark.parametrize("params, names", PARAM_CASES.values(), ids=PARAM_CASES.keys())
+def test_flow_parameter(
+    params: dict,
+    names: list[str],
+    api: LocalApiServer,
+    reliability_env,
+    paths: tuple[Path, Path],
+    prefect_storage,
+) -> None:
+    lake, db = paths
+    kwargs = {"api_url": api.base_url, "records": 100, "run_date": dt.date(2026, 5, 1), **params}
+    state = user_metrics_pipeline(**kwargs, return_state=True)
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, InputError), repr(error)
+    for name in names:
+        assert name in str(error), (name, str(error))
+    assert "\n" not in str(error).strip()
+    assert api.stats()["total"] == 0
+    assert not lake.exists() and not db.exists()
+
+
+def test_flow_parameter_malformed_date_string(
+    api: LocalApiServer, reliability_env, paths: tuple[Path, Path], prefect_storage
+) -> None:
+    """A deployment run may pass a string: Prefect's parameter check must name it."""
+    lake, db = paths
+    state = user_metrics_pipeline(
+        api_url=api.base_url, records=100, run_date="2026-13-01", return_state=True
+    )
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert "2026-13-01" in str(error) or "run_date" in str(error), repr(error)
+    assert api.stats()["total"] == 0
+    assert not lake.exists() and not db.exists()
+
+
+def test_flow_unreachable_url(
+    api: LocalApiServer, reliability_env, paths: tuple[Path, Path], prefect_storage
+) -> None:
+    lake, db = paths
+    url = f"http://127.0.0.1:{closed_port()}/api/v2"
+    state = user_metrics_pipeline(
+        api_url=url, records=100, run_date=dt.date(2026, 5, 1), return_state=True
+    )
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, InputError) and url in str(error), repr(error)
+    assert not lake.exists() and not db.exists()
+
+
+def test_backfill_flow_backward_range(
+    api: LocalApiServer, reliability_env, paths: tuple[Path, Path], prefect_storage
+) -> None:
+    from flows.user_metrics import user_metrics_backfill
+
+    lake, db = paths
+    state = user_metrics_backfill(
+        start_date=dt.date(2026, 6, 3),
+        end_date=dt.date(2026, 6, 1),
+        api_url=api.base_url,
+        records=100,
+        return_state=True,
+    )
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, InputError), repr(error)
+    assert "2026-06-03" in str(error) and "2026-06-01" in str(error)
+    assert api.stats()["total"] == 0
+    assert not lake.exists() and not db.exists()
