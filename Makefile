@@ -13,7 +13,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export UV_PYTHON_DOWNLOADS ?= never
 
-.PHONY: help setup uv venv browser run test lint fmt clean serve trigger stop
+.PHONY: help setup uv venv browser run test lint fmt clean serve trigger stop bench
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -54,6 +54,9 @@ stop: ## Stop what `make serve` started, by its recorded process ids
 
 test: setup ## Run the test suite
 	$(PY) -m pytest
+
+bench: setup ## Benchmark 30,000 and 1,000,000 records on the local API (bench/results.md)
+	$(PY) -m bench.run
 
 lint: venv ## ruff lint and format check
 	$(VENV)/bin/ruff check .

@@ -22,10 +22,10 @@ from prefect.artifacts import (
 from prefect.futures import PrefectFuture
 from prefect.logging import get_logger
 from prefect.runtime import flow_run
-from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import ValidationError
 
 from flows.cli import parse_args, print_backfill, print_summary
+from flows.runners import runner_from_env
 from tasks.drift import accepts, compare_signatures, drift_markdown, enforce_policy
 from tasks.lake import AtomicParquetWriter, partition_dir, raw_writer
 from tasks.load import completed_dates, migrate, open_db
@@ -302,8 +302,10 @@ def _log_failure(flow: Any, flow_run: Any, state: Any) -> None:
 
 @flow(
     name=FLOW_NAME,
-    # Fetch concurrency is bounded by the HTTP layer's gate; threads just keep tasks flowing.
-    task_runner=ThreadPoolTaskRunner(max_workers=16),
+    # TASK_RUNNER=threads (default: 16 threads; fetch concurrency is bounded by the HTTP gate)
+    # or dask (DASK_ADDRESS, else a LocalCluster of DASK_WORKERS), read at import so that the CLI,
+    # a deployment's worker and the backfill's subflows all use the same choice.
+    task_runner=runner_from_env(),
     persist_result=False,
     on_failure=[_log_failure],
 )

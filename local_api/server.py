@@ -9,6 +9,7 @@ import socket
 import struct
 import sys
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -35,6 +36,22 @@ class Stats:
         self._lock = threading.Lock()
         self._status: collections.Counter[int] = collections.Counter()
         self._faults: collections.Counter[str] = collections.Counter()
+        # Persons requests being handled right now, and the most seen at once: lets tests and the
+        # benchmark check a client's concurrency bound from the server's side.
+        self._in_flight = 0
+        self._max_in_flight = 0
+
+    @contextlib.contextmanager
+    def in_flight(self) -> Iterator[None]:
+        """Count one persons request as in flight while the block runs."""
+        with self._lock:
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= 1
 
     def count(self, status: int | None = None, fault: str | None = None) -> None:
         """Record one response status and/or one injected fault."""
@@ -52,6 +69,7 @@ class Stats:
                 "total": total,
                 "by_status": {str(k): v for k, v in sorted(self._status.items())},
                 "faults": dict(sorted(self._faults.items())),
+                "max_in_flight": self._max_in_flight,
             }
 
     def reset(self) -> None:
@@ -59,6 +77,7 @@ class Stats:
         with self._lock:
             self._status.clear()
             self._faults.clear()
+            self._max_in_flight = self._in_flight
 
 
 class BodyCache:
@@ -158,7 +177,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/__stats":
             self._send(200, dump_json(app.stats()))
         elif path in PERSONS_PATHS:
-            self._persons(path, parse_qs(url.query, keep_blank_values=True))
+            with app.stats_counter.in_flight():
+                self._persons(path, parse_qs(url.query, keep_blank_values=True))
         else:
             self._track(path, 404)
             self._send(404, dump_json(NOT_FOUND))

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
+import orjson
 import pyarrow as pa
 
 from tasks.plan import Page, PageRange
@@ -193,8 +194,9 @@ def _attempt(client: httpx.Client, url: str, page: Page, config: FetchConfig) ->
             "(not retryable: check the URL and parameters)"
         )
     try:
-        payload = response.json()
-    except ValueError:
+        # orjson (already installed with Prefect) parses a page faster than the json module.
+        payload = orjson.loads(response.content)
+    except ValueError:  # orjson.JSONDecodeError is a ValueError
         raise _Retryable("truncated or non-JSON body") from None
     data = payload.get("data") if isinstance(payload, dict) else None
     if not isinstance(data, list):

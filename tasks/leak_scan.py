@@ -222,6 +222,7 @@ class LeakScanner:
         self.report = LeakScanReport()
         kept_values = self._kept_values(source, run_date, kept)
         kept_array = pa.array(sorted(kept_values), pa.string())
+        kept_lower = pc.unique(pc.utf8_lower(kept_array))
         kept_grams = pa.array(sorted(_ngrams(kept_values)), pa.string())
 
         self._kinds = list(SECRET_KINDS)
@@ -231,7 +232,10 @@ class LeakScanner:
         for kind, values in self._secret_columns(source).items():
             kind_id = self._kinds.index(kind)
             values = pc.unique(_strings(values)).drop_null()
-            values = pc.filter(values, pc.invert(pc.is_in(values, value_set=kept_array)))
+            # Lower-cased kinds (emails) are compared with lower-cased cells, so a local part
+            # such as "jordan" must not stand for the kept country "Jordan".
+            kept_set = kept_lower if kind in _LOWER_KINDS else kept_array
+            values = pc.filter(values, pc.invert(pc.is_in(values, value_set=kept_set)))
             long_enough = pc.greater_equal(pc.utf8_length(values), MIN_CELL_LENGTH)
             target = lowered if kind in _LOWER_KINDS else cells
             target.append((pc.filter(values, long_enough), kind_id))
@@ -416,7 +420,9 @@ class LeakScanner:
                 pa.types.is_string(kind_of)
                 or pa.types.is_large_string(kind_of)
                 or pa.types.is_floating(kind_of)
-                or pa.types.is_temporal(kind_of)
+                # Dates can be birthdays; timestamps are ours (started_at, ...) and their text
+                # can equal a coordinate's by chance.
+                or pa.types.is_date(kind_of)
             ):
                 encoded[column_name] = pc.dictionary_encode(_strings(column))
         hits = []
@@ -454,8 +460,17 @@ class LeakScanner:
     def scan_rows(self, name: str, rows: Sequence[Mapping[str, Any]]) -> list[Hit]:
         """Hits in table-artifact or GX-result rows (each value as text, per key)."""
         keys = list(dict.fromkeys(key for row in rows for key in row))
+        # Numbers in these rows are counts and figures of ours: as text they can equal a zipcode
+        # by chance (a count of 26534), while a leaked value would arrive as a string.
         columns = {
-            key: pa.array([_as_text(row.get(key)) for row in rows], pa.string()) for key in keys
+            key: pa.array(
+                [
+                    None if isinstance(v := row.get(key), int | float) else _as_text(v)
+                    for row in rows
+                ],
+                pa.string(),
+            )
+            for key in keys
         }
         return self.scan_table(name, pa.table(columns) if columns else pa.table({}))
 

@@ -49,6 +49,18 @@ class Settings(BaseSettings):
         "(the public API allows about 30).",
         ge=0,
     )
+    task_runner: Literal["threads", "dask"] = Field(
+        "threads",
+        description="Where tasks run: `threads` (one process) or `dask` (prefect-dask: a local "
+        "cluster of DASK_WORKERS processes, or the scheduler at DASK_ADDRESS). Read when the "
+        "flow module is imported.",
+    )
+    dask_address: str | None = Field(
+        None, description="Scheduler of an existing Dask cluster, e.g. tcp://scheduler:8786."
+    )
+    dask_workers: int = Field(
+        2, description="Worker processes of the local Dask cluster (no DASK_ADDRESS).", ge=1, le=256
+    )
     http_connect_timeout_seconds: float = Field(5.0, description="TCP connect timeout.", gt=0)
     http_read_timeout_seconds: float = Field(30.0, description="Read timeout per request.", gt=0)
     retry_max_attempts: int = Field(

@@ -123,9 +123,35 @@ def ensure_valid(summary: ValidationSummary) -> ValidationSummary:
     return summary
 
 
+# String columns with few distinct values (masks, gender, countries, age groups, domains) go to
+# GX as pandas categoricals: the same values at a byte per row instead of a string per row, which
+# keeps a million-row validation within memory bounds. Unique keys stay plain strings.
+_DICTIONARY_MAX_SHARE = 0.5
+
+
+def _gx_friendly(table: pa.Table) -> pa.Table:
+    """The table with GX's fast paths in mind; values are unchanged, only representations."""
+    for index, field_ in enumerate(table.schema):
+        column = table.column(index)
+        if pa.types.is_integer(field_.type) and field_.type != pa.int64():
+            # GX's pandas `between` is vectorized only for int64/float64 and otherwise calls
+            # Python once per row (seconds per million rows). A null makes it float64: also fast.
+            table = table.set_column(
+                index, field_.with_type(pa.int64()), pc.cast(column, pa.int64())
+            )
+        elif pa.types.is_string(field_.type) and table.num_rows:
+            encoded = column.dictionary_encode()
+            distinct = max((len(chunk.dictionary) for chunk in encoded.chunks), default=0)
+            if distinct <= _DICTIONARY_MAX_SHARE * table.num_rows:
+                table = table.set_column(index, field_.with_type(encoded.type), encoded)
+    return table
+
+
 def _validation_frame(table: pa.Table) -> pd.DataFrame:
     """The table as pandas plus the derived codes_per_country column."""
-    frame = table.to_pandas()
+    # Only the frame GX sees changes representation; the batch itself keeps its schema.
+    # Dates as datetime64, not a Python date object per row.
+    frame = _gx_friendly(table).to_pandas(date_as_object=False)
     if {"country", "country_code"} <= set(frame.columns):
         # nunique skips nulls; null countries or codes are caught by the not-null expectations.
         codes = frame.groupby("country", dropna=False)["country_code"].transform("nunique")

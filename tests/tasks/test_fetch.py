@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import random
 
@@ -205,3 +206,18 @@ def test_pooled_client_reuses_connections(api):
     # sequential requests on one pooled client ride a single kept-alive connection
     pool = _transport(cfg).client._transport._pool
     assert len(pool.connections) == 1
+
+
+def test_concurrency_bound_holds_at_the_server(start_api):
+    # 50 ms per request and twice as many threads as the gate allows: without the gate the server
+    # would see up to 8 requests at once.
+    server = start_api(latency_ms=50)
+    cfg = config(server, concurrency=3)
+    pages = plan_pages(16 * 5, 5, run_seed=3)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        done = list(pool.map(lambda page: fetch_page(cfg, page), pages))
+    assert [len(records) for records, _ in done] == [5] * 16
+    stats = server.stats()
+    assert stats["total"] == 16
+    # Equal to the bound, not just under it: the gate is the limit, not too few threads.
+    assert stats["max_in_flight"] == 3

@@ -262,3 +262,42 @@ def test_scan_of_30k_records_is_fast(tmp_path: Path) -> None:
     emails = pc.utf8_lower(source["email"])
     found = scanner.scan_table("emails", pa.table({"e": emails}))
     assert {h.kind: h.count for h in found}["email"] == 30_000
+
+
+def test_no_false_positives_from_kept_words_counts_or_timestamps() -> None:
+    """Seen at 1,000,000 records: a local part equal to a country, a zipcode equal to a count,
+    a longitude equal to a timestamp's text. None of those is a leak."""
+    import datetime as dt
+
+    from tasks.source_schema import to_source_table
+
+    rec = {
+        "firstname": "Maximilian",
+        "lastname": "Oberhausen",
+        "email": "jordan@example.org",
+        "phone": "+12025550123",
+        "birthday": "1970-01-01",
+        "gender": "male",
+        "address": {
+            "street": "1 Long Road",
+            "streetName": "Long Road",
+            "buildingNumber": "1",
+            "city": "Springfield",
+            "zipcode": "26534",
+            "country": "Jordan",
+            "country_code": "JO",
+            "latitude": 12.5,
+            "longitude": 2026.0,
+        },
+        "website": "http://example.org",
+        "image": "http://placeimg.com/640/480/people",
+    }
+    table, _ = to_source_table([rec], 0)
+    scanner = LeakScanner(table, RUN_DATE)
+    assert scanner.scan_table("countries", pa.table({"country": ["Jordan", "jordan"]})) == []
+    assert scanner.scan_rows("counts", [{"gmail_users_over_60": 26534}]) == []
+    assert scanner.scan_rows("text", [{"note": "26534"}]) != []  # a string still counts
+    stamps = pa.table({"started_at": pa.array([dt.datetime(2026, 1, 1)], pa.timestamp("us"))})
+    assert scanner.scan_table("timestamps", stamps) == []
+    birthdays = pa.table({"born": pa.array([dt.date(1970, 1, 1)], pa.date32())})
+    assert scanner.scan_table("dates", birthdays) != []  # dates are still scanned

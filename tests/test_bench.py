@@ -1,0 +1,72 @@
+"""The benchmark's output structure (no timing assertions: timings depend on the machine)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import run as bench
+
+
+def _run(records: int, stages: dict[str, float]) -> dict:
+    return bench.derive(
+        {
+            "records": records,
+            "records_loaded": records,
+            "pages": records // 1000,
+            "seconds_flow_wall": 2.0,
+            "startup": {
+                "seconds_imports": 1.0,
+                "seconds_gx": 2.0,
+                "seconds_prefect_first_run": 3.0,
+            },
+            "stages": stages,
+            "task_runs": 12,
+            "peak_rss_mib": 400.0,
+        }
+    )
+
+
+def test_table_lists_every_reported_stage_in_pipeline_order():
+    stages = {"total": 2.0, "validate": 0.3, "fetch": 0.5, "leak_scan": 0.1, "new_stage": 0.2}
+    runs = [_run(2000, stages), _run(4000, {**stages, "mask": 0.25})]
+    assert bench.stage_names(runs) == [
+        "fetch",
+        "mask",
+        "validate",
+        "leak_scan",
+        "new_stage",
+        "total",
+    ]
+    table = bench.markdown(
+        {"machine": {"cores": 2, "python": "3.11"}, "started_at": "t", "runs": runs}
+    )
+    assert "| | 2,000 records | 4,000 records |" in table
+    assert "| seconds leak_scan | 0.10 | 0.10 |" in table
+    assert "| seconds mask | - | 0.25 |" in table
+    assert "| task runs | 12 | 12 |" in table
+    assert runs[0]["records_per_second"] == pytest.approx(1000.0)
+    assert runs[0]["startup_seconds"] == pytest.approx(6.0)
+
+
+@pytest.mark.timeout(400)
+def test_smoke_run_writes_json_and_markdown(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    assert bench.main(["--sizes", "2000", "--skip-throughput", "--out-dir", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["machine"]["cores"] >= 1
+    (run,) = results["runs"]
+    assert run["records"] == run["records_loaded"] == 2000
+    assert {"fetch", "mask", "lake", "generalize", "validate", "load", "reports", "total"} <= set(
+        run["stages"]
+    )
+    assert set(run["startup"]) == {"seconds_imports", "seconds_gx", "seconds_prefect_first_run"}
+    # 2 pages: 2 fetch + 2 mask task runs, plus validate x2, generalize, publish x2 and load.
+    assert 6 <= run["task_runs"] <= 12
+    assert run["peak_rss_mib"] > 0
+    assert run["records_per_second"] > 0
+    table = (tmp_path / "results.md").read_text()
+    assert "| | 2,000 records |" in table
+    assert "peak RSS MiB (flow process)" in table
+    assert table in capsys.readouterr().out
