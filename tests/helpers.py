@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pyarrow.parquet as pq
 
 from tasks.plan import plan_pages, run_seed_for
 
+_DECIMAL = re.compile(r"-?\d+\.\d+")
 PII_FIELDS = ("firstname", "lastname", "email", "phone", "birthday")
 ADDRESS_PII = ("street", "streetName", "buildingNumber", "city", "zipcode", "latitude", "longitude")
 
@@ -142,5 +144,7 @@ def leaked(secrets: set[str], cells: set[str], blob: bytes = b"") -> list[str]:
     """Secrets found as whole cells, or (if 8+ characters) anywhere in the bytes."""
     hits = secrets & cells
     # Short values (zipcodes) would match compressed or binary bytes by chance; long ones cannot.
-    hits |= {v for v in secrets if len(v) >= 8 and v.encode() in blob}
+    # Nor can a bare decimal such as a coordinate be told apart, in a byte stream, from the
+    # durations and figures Prefect stores ("9.109301" s): whole cells above still cover those.
+    hits |= {v for v in secrets if len(v) >= 8 and not _DECIMAL.fullmatch(v) and v.encode() in blob}
     return sorted(hits)
