@@ -50,7 +50,7 @@ trigger: venv ## Run the 'daily' deployment on the local service and wait for it
 	$(PY) -m flows.service trigger $(ARGS)
 
 stop: ## Stop what `make serve` started, by its recorded process ids
-	$(PY) -m flows.service stop
+	@if [ -x $(PY) ]; then $(PY) -m flows.service stop; else echo "nothing to stop (no .venv)"; fi
 
 test: setup ## Run the test suite
 	$(PY) -m pytest
