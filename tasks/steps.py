@@ -13,6 +13,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pyarrow as pa
 from prefect import task
 from prefect.artifacts import create_table_artifact
@@ -156,15 +157,21 @@ def load_persons(db_path: Path, analytical: pa.Table, run_date: dt.date, flow_ru
         return load_batch(con, analytical, run_date, flow_run_id)
 
 
-# Count columns of each published report, and the figures derived from them (hidden alongside).
-_COUNTS = {
-    "germany-gmail-share": (
-        ("german_users", "german_gmail_users"),
-        {"gmail_share_pct": ("german_users", "german_gmail_users")},
-    ),
+# Count columns of each published table, and the figures derived from them (hidden alongside).
+_GERMAN_COUNTS = ("german_users", "german_gmail_users")
+_COUNTS: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...]] | None]] = {
+    "germany-gmail-share": (_GERMAN_COUNTS, {"gmail_share_pct": _GERMAN_COUNTS}),
     "top-gmail-countries": (("gmail_users",), None),
     "gmail-users-over-60": (("gmail_users_over_60",), None),
+    "gmail-by-age-group": (("gmail_users",), None),
+    "history": (_GERMAN_COUNTS, {"gmail_share_pct": _GERMAN_COUNTS}),
 }
+
+
+def _published(key: str, df: pd.DataFrame, k: int) -> pd.DataFrame:
+    """A table as people see it: counts of 1..k-1 (and figures derived from them) as `<k`."""
+    counts, derived = _COUNTS[key]
+    return suppress_small_counts(df, counts, k, derived=derived)
 
 
 @dataclass
@@ -183,18 +190,12 @@ def publish_user_metrics(db_path: Path, run_date: dt.date, records: int, k: int)
         by_age = gmail_by_age_group(con, run_date)
         history = report_history(con)
     # Exact values stay in DuckDB; what people see hides counts of fewer than k people.
-    reports = {
-        key: suppress_small_counts(df, *_COUNTS[key][:1], k, derived=_COUNTS[key][1])
-        for key, df in stored.items()
-    }
-    by_age = suppress_small_counts(by_age, ("gmail_users",), k)
-    history = suppress_small_counts(
-        history,
-        ("german_users", "german_gmail_users"),
-        k,
-        derived={"gmail_share_pct": ("german_users", "german_gmail_users")},
+    reports = {key: _published(key, df, k) for key, df in stored.items()}
+    figures = build_charts(
+        reports["top-gmail-countries"],
+        _published("gmail-by-age-group", by_age, k),
+        _published("history", history, k),
     )
-    figures = build_charts(reports["top-gmail-countries"], by_age, history)
     images = render_pngs(figures)  # one browser session for every chart; never raises
     contents = publish_reports(run_date, records, reports, images, note=small_cell_note(k))
     answers = [
