@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter
 
 from tasks import publish
 from tasks.charts import CHART_AGE_GROUPS, CHART_HISTORY, CHART_TOP_COUNTRIES
@@ -217,12 +217,15 @@ def test_publish_reports_creates_the_four_artifacts(
     def publish_flow() -> list[str]:
         return publish.publish_reports("2024-05-01", 30_000, reports, images)
 
-    keys = list(publish_flow())
+    state = publish_flow(return_state=True)
+    keys = list(state.result())
     assert keys == list(publish.ARTIFACT_KEYS)
 
+    # The harness is shared by the whole session: read this flow run's artifacts only.
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys))
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)),
+            flow_run_filter=FlowRunFilter(id={"any_": [state.state_details.flow_run_id]}),
         )
     latest = {}
     for artifact in sorted(artifacts, key=lambda a: a.created):
@@ -260,10 +263,12 @@ def test_publish_reports_from_an_async_flow(prefect_api: None) -> None:
     async def async_publish_flow() -> list[str]:
         return publish.publish_reports("2024-05-02", 5, make_reports(), {})
 
-    keys = list(asyncio.run(async_publish_flow()))
+    state = asyncio.run(async_publish_flow(return_state=True))
+    keys = list(state.result())
     assert keys == list(publish.ARTIFACT_KEYS)
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["user-metrics-report"]))
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["user-metrics-report"])),
+            flow_run_filter=FlowRunFilter(id={"any_": [state.state_details.flow_run_id]}),
         )
     assert any("2024-05-02" in (a.data or "") for a in artifacts)
