@@ -16,7 +16,7 @@ from prefect.futures import PrefectFuture
 from prefect.logging import get_logger
 
 from tasks.drift import accepts, compare_signatures, drift_markdown, enforce_policy
-from tasks.lake import AtomicParquetWriter, partition_dir, raw_writer
+from tasks.lake import AtomicParquetWriter, quarantine_path, raw_writer
 from tasks.plan import group_ranges, plan_pages
 from tasks.privacy_report import (
     privacy_markdown,
@@ -197,7 +197,7 @@ def run_stages(
     metrics["seconds_reports"] = time.perf_counter() - started
     metrics["stage"] = "leak-scan"
     started = time.perf_counter()
-    quarantined = partition_dir(cfg.lake_dir, "quarantine", cfg.run_date) / "persons.parquet"
+    quarantined = quarantine_path(cfg.lake_dir, cfg.run_date)
     texts = {
         f"artifact {key}": text
         for key, text in {**published.contents, DRIFT_ARTIFACT_KEY: drift_text}.items()

@@ -24,6 +24,11 @@ def raw_path(lake_dir: Path, run_date: dt.date) -> Path:
     return partition_dir(lake_dir, "raw", run_date) / "persons.parquet"
 
 
+def quarantine_path(lake_dir: Path, run_date: dt.date, name: str = "persons.parquet") -> Path:
+    """Where a run date's batch goes when it fails validation."""
+    return partition_dir(lake_dir, "quarantine", run_date) / name
+
+
 class AtomicParquetWriter:
     """Streams tables into a temp file beside the target and renames it into place on success.
 

@@ -6,7 +6,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from tasks.lake import partition_dir, raw_path
+from tasks.lake import quarantine_path, raw_path
 from tasks.load import (
     claim_run,
     date_rows,
@@ -48,7 +48,7 @@ def record_end(
 def kept_outputs(cfg: RunConfig, lock_timeout: float) -> dict[str, Any]:
     """What is on disk for the run date after a failure: the previous batch stays as it was."""
     lake = raw_path(cfg.lake_dir, cfg.run_date)
-    quarantined = partition_dir(cfg.lake_dir, "quarantine", cfg.run_date) / "persons.parquet"
+    quarantined = quarantine_path(cfg.lake_dir, cfg.run_date)
     rows = None
     if Path(cfg.duckdb_path).exists():
         try:

@@ -7,8 +7,6 @@ Plain functions, no Prefect: the flow wraps them in tasks. GX is imported lazily
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
@@ -16,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from tasks import gx_suites
 from tasks.gx_suites import EXPECTATIONS_DIR, SuiteLoadError, load_suite_file
+from tasks.lake import quarantine_path, write_table
 from tasks.schemas import MASK, MASKED_COLUMNS
 
 if TYPE_CHECKING:
@@ -253,18 +251,5 @@ def quarantine(
     """Write a failing batch atomically to lake_dir/quarantine/YYYY/MM/DD/<name>, re-masked."""
     if not name or Path(name).name != name:
         raise ValueError(f"quarantine file name must be a plain file name, got {name!r}")
-    target_dir = (
-        Path(lake_dir) / "quarantine" / f"{run_date:%Y}" / f"{run_date:%m}" / f"{run_date:%d}"
-    )
-    target_dir.mkdir(parents=True, exist_ok=True)
-    target = target_dir / name
-    # Same directory as the target so os.replace is an atomic rename, never a cross-device copy.
-    fd, tmp_name = tempfile.mkstemp(dir=target_dir, prefix=f".{name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(_remask(table), tmp_name)
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return target
+    # The shared atomic writer: a temp file beside the target, renamed into place.
+    return write_table(_remask(table), quarantine_path(lake_dir, run_date, name))
