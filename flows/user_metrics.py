@@ -29,12 +29,24 @@ from tasks.publish import ARTIFACT_KEYS
 from tasks.run_config import RunConfig, resolve_run_config
 from tasks.runs import record_end, record_start
 from tasks.secrets import key_id
-from tasks.settings import get_settings
+from tasks.settings import Settings, get_settings
 from tasks.steps import VALIDATION_ARTIFACT_KEY, hash_key
 
 FLOW_NAME = "user-metrics-pipeline"
 BACKFILL_FLOW_NAME = "user-metrics-backfill"
 ARTIFACTS = (*ARTIFACT_KEYS, VALIDATION_ARTIFACT_KEY, PRIVACY_REPORT_KEY)
+
+
+def _checked_config(settings: Settings, **overrides: Any) -> RunConfig:
+    """The run's config once every input is checked: values, API reachable, HMAC key present.
+
+    Shared by the CLI (before Prefect starts) and the flow (for deployment runs), so both refuse
+    bad input before any request or write.
+    """
+    cfg = resolve_run_config(settings, **overrides)
+    check_reachable(cfg.api_url)
+    hash_key()
+    return cfg
 
 
 @flow(
@@ -61,7 +73,7 @@ def user_metrics_pipeline(
     metrics: dict[str, Any] = {}
     cfg: RunConfig | None = None
     try:
-        cfg = resolve_run_config(
+        cfg = _checked_config(
             settings,
             api_url=api_url,
             records=records,
@@ -70,8 +82,7 @@ def user_metrics_pipeline(
             seed=seed,
             locale=locale,
         )
-        check_reachable(cfg.api_url)
-        metrics["hash_key_id"] = key_id(hash_key())  # a missing key fails here, before any write
+        metrics["hash_key_id"] = key_id(hash_key())
         previous_schema = record_start(cfg, run_id, settings.duckdb_lock_timeout_seconds)
         metrics["stage"] = "plan"
         with capture_logs() as log_lines:
@@ -156,13 +167,10 @@ def _preflight(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.backfill:
         days = date_range(args.start_date, args.end_date, settings.backfill_max_days)
-        cfg = resolve_run_config(settings, **params, run_date=days[0])
+        _checked_config(settings, **params, run_date=days[0])
         params.update(start_date=days[0], end_date=days[-1], force=args.force)
     else:
-        cfg = resolve_run_config(settings, **params, run_date=args.run_date)
-        params["run_date"] = cfg.run_date
-    check_reachable(cfg.api_url)
-    hash_key()
+        params["run_date"] = _checked_config(settings, **params, run_date=args.run_date).run_date
     return params
 
 
