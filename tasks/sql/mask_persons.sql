@@ -1,43 +1,33 @@
--- Masks one batch of raw source rows (the Arrow table registered as `source`) into the raw-lake
--- shape. Nothing identifying survives except the keyed pseudonym; the birthday is reduced to the
--- age at the run date, which is all the analytical layer needs.
+-- The computed columns of one masked batch, in input order (tasks.mask adds the constant and
+-- pass-through columns in Arrow, where they cost nothing). Source: the Arrow table registered as
+-- `source`, with `identity` prepared by tasks.mask (null where only DuckDB's own lower/trim give
+-- the exact identity). Nothing identifying survives except the keyed pseudonym; the birthday is
+-- reduced to the age at the run date, which is all the analytical layer needs.
 -- $ipad / $opad: the HMAC key XOR-ed with the RFC 2104 pads, so person_key equals
 -- hmac.new(key, msg, sha256).hexdigest() computed in bulk.
 with typed as (
     select
-        *,
+        email,
         try_cast(birthday as date) as birth_date,
-        -- unit separator between parts so ("ab", "c") and ("a", "bc") never collide
-        coalesce(lower(trim(email)), '') || chr(31) || coalesce(firstname, '') || chr(31)
-            || coalesce(lastname, '') || chr(31) || coalesce(birthday, '') as identity
+        -- unit separator between parts so ("ab", "c") and ("a", "bc") never collide; concat reads
+        -- a null part as ''
+        coalesce(
+            identity,
+            concat(lower(trim(email)), chr(31), firstname, chr(31), lastname, chr(31), birthday)
+        ) as identity
     from source
 )
 select
     sha256($opad || unhex(sha256($ipad || encode(identity)))) as person_key,
-    $run_date::date as run_date,
-    page,
-    '****' as firstname,
-    '****' as lastname,
     case
         when email is null then null
-        when contains(email, '@') then '****@' || regexp_extract(email, '@([^@]*)$', 1)
+        -- the last part: everything after the last "@", as the regex it replaced, at half the cost
+        when contains(email, '@') then '****@' || split_part(email, '@', -1)
         else '****'
     end as email,
-    '****' as phone,
     -- whole years at the run date; a birthday not yet reached this year does not count yet
-    -- (born 29 Feb: the birthday counts from 1 Mar in non-leap years)
-    (date_diff('year', birth_date, $run_date::date)
-        - (strftime(birth_date, '%m%d') > strftime($run_date::date, '%m%d'))::int)::smallint as age,
-    gender,
-    '****' as street,
-    '****' as street_name,
-    '****' as building_number,
-    '****' as city,
-    '****' as zipcode,
-    country,
-    country_code,
-    '****' as latitude,
-    '****' as longitude,
-    '****' as website,
-    '****' as image
+    -- (born 29 Feb: the birthday counts from 1 Mar in non-leap years). Year difference and
+    -- month * 100 + day comparisons: the same result as date_diff and strftime('%m%d'), cheaper.
+    ($run_year - year(birth_date)
+        - (month(birth_date) * 100 + day(birth_date) > $run_month_day)::int)::smallint as age
 from typed

@@ -78,6 +78,7 @@ def test_age_group_null_is_not_90_plus() -> None:
         ("****@mail.Example.co.uk", "mail.example.co.uk"),
         ("****@ hotmail.com ", "hotmail.com"),
         ("****@odd@Yahoo.com", "yahoo.com"),
+        ("****@MÜNCHEN.de", "münchen.de"),
         ("****", None),
         ("****@", None),
         ("****@   ", None),
@@ -158,3 +159,24 @@ def test_generalize_rejects_missing_person_key() -> None:
     )
     with pytest.raises(ValueError, match="person_key"):
         generalize(no_key, RUN_DATE)
+
+
+def test_email_domain_mixed_shapes_keep_their_rows() -> None:
+    # Masked rows take the fast path, the rest the regex; each result must land on its own row.
+    emails = pa.chunked_array(
+        [
+            ["****@A.com", "****", "****@odd@B.org"],
+            [],
+            [None, "x@Y.net", "****@ C.io", "****@"],
+        ],
+        pa.string(),
+    )
+    assert email_domain_of(emails).to_pylist() == [
+        "a.com",
+        None,
+        "b.org",
+        None,
+        "y.net",
+        "c.io",
+        None,
+    ]

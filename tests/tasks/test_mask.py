@@ -1,6 +1,7 @@
 import datetime as dt
 import hashlib
 import hmac
+import unicodedata
 
 import pyarrow as pa
 import pytest
@@ -142,3 +143,63 @@ def test_many_records_vectorized():
     assert out.num_rows == 5000
     assert len(set(out.column("person_key").to_pylist())) == 5000
     assert pa.compute.all(pa.compute.equal(out.column("firstname"), MASK)).as_py()
+
+
+def _trim_spaces(text: str) -> str:
+    """DuckDB's trim(): strips Unicode space separators (category Zs), not tabs or newlines."""
+    start, end = 0, len(text)
+    while start < end and unicodedata.category(text[start]) == "Zs":
+        start += 1
+    while end > start and unicodedata.category(text[end - 1]) == "Zs":
+        end -= 1
+    return text[start:end]
+
+
+def test_every_row_gets_its_own_key_and_values_across_pages():
+    # Row-by-row against Python's hmac, over several pages and every email shape (ASCII, padded,
+    # tabbed, non-ASCII, Unicode spaces, null), so no row can be paired with another's values.
+    emails = [
+        "Ann.Lee@Example.COM",
+        "  spaced@Mail.org ",
+        "\ttab@x.io",
+        "ÀNNA@Exämple.de",
+        "\u00a0nbsp@Y.com\u2003",
+        None,
+        "two@at@Host.net",
+    ]
+    countries = [("Germany", "DE"), ("Côte d’Ivoire", "CI"), ("Japan", "JP")]
+    pages = []
+    for page in range(3):
+        records = []
+        for i in range(400):
+            country, code = countries[(i + page) % 3]
+            records.append(
+                person(
+                    email=emails[i % len(emails)],
+                    firstname=f"F{page}-{i}",
+                    lastname=None if i % 11 == 0 else f"L{i}",
+                    birthday=f"{1930 + i % 90}-{1 + i % 12:02d}-{1 + i % 28:02d}",
+                    gender="female" if i % 2 else "male",
+                    address={**person()["address"], "country": country, "country_code": code},
+                )
+            )
+        pages.append(to_source_table(records, page)[0])
+    out = mask_pii(pa.concat_tables(pages), RUN_DATE, KEY).to_pylist()
+    sources = [row for table in pages for row in table.to_pylist()]
+    assert len(out) == len(sources) == 1200
+    for row, src in zip(out, sources, strict=True):
+        email = src["email"]
+        parts = [_trim_spaces(email).lower() if email is not None else ""]
+        parts += [src[name] or "" for name in ("firstname", "lastname", "birthday")]
+        message = "\x1f".join(parts).encode()
+        assert row["person_key"] == hmac.new(KEY, message, hashlib.sha256).hexdigest()
+        assert row["email"] == (None if email is None else "****@" + email.rsplit("@", 1)[1])
+        birthday = dt.date.fromisoformat(src["birthday"])
+        before_birthday = (RUN_DATE.month, RUN_DATE.day) < (birthday.month, birthday.day)
+        assert row["age"] == RUN_DATE.year - birthday.year - before_birthday
+        assert (row["page"], row["gender"], row["country"], row["country_code"]) == (
+            src["page"],
+            src["gender"],
+            src["country"],
+            src["country_code"],
+        )
