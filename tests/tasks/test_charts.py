@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -222,3 +226,165 @@ def test_render_pngs_with_stuck_browser_is_bounded(
     print(f"stuck browser given up after {elapsed:.2f} s")
     assert pngs == {"top": None}
     assert elapsed < 2 + charts._CLOSE_GRACE_SECONDS + charts._JOIN_MARGIN_SECONDS + 6
+
+
+# --- pre-started browser ------------------------------------------------------------------------
+
+
+def _browser_processes() -> set[tuple[int, float]]:
+    """(pid, start time) of every Chromium process below this one: wrapper, browser, helpers."""
+    psutil = pytest.importorskip("psutil")
+    found = set()
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if "chrom" in " ".join(proc.cmdline()).lower():
+                found.add((proc.pid, proc.create_time()))
+        except psutil.Error:
+            continue
+    return found
+
+
+def _still_running(processes: set[tuple[int, float]], wait: float = 10.0) -> set[int]:
+    """The pids that still run after up to `wait` s; helpers left orphaned count too."""
+    psutil = pytest.importorskip("psutil")
+    deadline = time.monotonic() + wait
+    while True:
+        alive = set()
+        for pid, started in processes:
+            try:
+                proc = psutil.Process(pid)
+                if proc.create_time() == started and proc.status() != psutil.STATUS_ZOMBIE:
+                    alive.add(pid)
+            except psutil.Error:
+                continue
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def no_browser_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in charts.BROWSER_ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")
+def test_prestart_then_render_from_another_thread(
+    monkeypatch: pytest.MonkeyPatch,
+    no_browser_env: None,
+    top_countries: pd.DataFrame,
+    age_groups: pd.DataFrame,
+    history: pd.DataFrame,
+) -> None:
+    import threading
+
+    import kaleido
+
+    opened: list[object] = []
+    real_open = kaleido.Kaleido.open
+
+    async def counting_open(self: kaleido.Kaleido) -> None:
+        opened.append(self)
+        await real_open(self)
+
+    monkeypatch.setattr(kaleido.Kaleido, "open", counting_open)
+    figures = charts.build_charts(top_countries, age_groups, history)
+
+    started = time.monotonic()
+    session = charts.prestart()
+    assert time.monotonic() - started < 1, "prestart must return at once"
+    try:
+        assert session.wait_ready(60)
+        running = _browser_processes()
+        assert running, "the pre-started browser should be running"
+        results: list[dict[str, bytes | None]] = []
+        # The flow renders in a task thread, not the thread that pre-started the browser.
+        worker = threading.Thread(
+            target=lambda: results.append(charts.render_pngs(figures, width=600, height=300))
+        )
+        rendered = time.monotonic()
+        worker.start()
+        worker.join(60)
+        print(f"rendered {len(figures)} charts in {time.monotonic() - rendered:.2f} s")
+    finally:
+        session.close()
+
+    (pngs,) = results
+    assert set(pngs) == set(figures)
+    for name, png in pngs.items():
+        assert png is not None and png.startswith(PNG_MAGIC), name
+        assert int.from_bytes(png[16:20], "big") == 600
+        assert int.from_bytes(png[20:24], "big") == 300
+    assert len(opened) == 1, "every chart from the one pre-started session"
+    assert not _still_running(running)
+    session.close()  # idempotent
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")
+def test_prestarted_browser_closed_unused_leaves_nothing(
+    no_browser_env: None, top_countries: pd.DataFrame
+) -> None:
+    # A run that fails before its report closes the pre-started browser in its `finally`.
+    session = charts.prestart()
+    assert session.wait_ready(60)
+    running = _browser_processes()
+    session.close()
+    assert running and not _still_running(running)
+    # A render after that starts (and closes) a browser of its own.
+    pngs = charts.render_pngs({"top": charts.top_countries_chart(top_countries)})
+    assert pngs["top"] is not None and pngs["top"].startswith(PNG_MAGIC)
+    assert not _still_running(_browser_processes())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")
+def test_exit_hook_closes_a_forgotten_browser() -> None:
+    pytest.importorskip("psutil")
+    code = (
+        "import json, psutil\n"
+        "from tasks import charts\n"
+        "session = charts.prestart()\n"
+        "assert session.wait_ready(60)\n"
+        "procs = [p for p in psutil.Process().children(recursive=True)\n"
+        "         if 'chrom' in ' '.join(p.cmdline()).lower()]\n"
+        "print(json.dumps([[p.pid, p.create_time()] for p in procs]))\n"
+        # No close(): the exit hook must stop the browser anyway.
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k not in charts.BROWSER_ENV_VARS}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    running = {(pid, created) for pid, created in json.loads(done.stdout.strip().splitlines()[-1])}
+    assert running
+    assert not _still_running(running)
+
+
+def test_prestart_without_browser_never_raises(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    top_countries: pd.DataFrame,
+) -> None:
+    monkeypatch.setenv("BROWSER_PATH", "/nonexistent/chrome")
+    monkeypatch.delenv(charts.ALLOW_DOWNLOAD_ENV, raising=False)
+    session = charts.prestart()
+    try:
+        assert not session.wait_ready(10)
+        started = time.monotonic()
+        with caplog.at_level("WARNING"):
+            pngs = charts.render_pngs({"top": charts.top_countries_chart(top_countries)})
+        assert pngs == {"top": None}
+        assert time.monotonic() - started < 5
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1 and "BROWSER_PATH" in warnings[0]
+    finally:
+        session.close()
+    session.close()
