@@ -93,6 +93,23 @@ def _skip_data_fingerprint() -> None:
         pandas_execution_engine.HASH_THRESHOLD = 0
 
 
+def release(batch: Any) -> None:
+    """Drop what GX keeps of a validated batch: its dataframe and every metric computed on it.
+
+    The datasource's execution engine holds each batch's data and caches every resolved metric
+    (per-row condition series included) for the life of the process. After a million-row
+    validation that is hundreds of MB carried through the rest of the run, and in a worker
+    process that serves many runs it only grows. Results are already copied out as counts.
+    """
+    engine = batch.data.execution_engine
+    engine.batch_manager.reset_batch_cache()
+    engine.batch_manager.batch_data_cache.clear()
+    # No public API for the metric cache; if a GX release renames it, memory only stays longer.
+    cache = getattr(engine, "_metric_cache", None)
+    if isinstance(cache, dict):
+        cache.clear()
+
+
 def batch_definition(asset_name: str) -> BatchDefinition:
     """A whole-dataframe batch definition on its own pandas asset, created once per process."""
     with LOCK:

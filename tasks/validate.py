@@ -7,6 +7,7 @@ Plain functions, no Prefect: the flow wraps them in tasks. GX is imported lazily
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
@@ -18,7 +19,7 @@ import pyarrow.compute as pc
 from tasks import gx_suites
 from tasks.gx_suites import EXPECTATIONS_DIR, SuiteLoadError, load_suite_file
 from tasks.lake import quarantine_path, write_table
-from tasks.schemas import MASK, MASKED_COLUMNS
+from tasks.schemas import AGE_GROUPS, ANALYTICAL_SCHEMA, MASK, MASKED_COLUMNS, RAW_SCHEMA
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -36,6 +37,7 @@ __all__ = [
     "quarantine",
     "validate_analytical",
     "validate_masked",
+    "warm_up",
 ]
 
 MASKED_SUITE_PATH = EXPECTATIONS_DIR / "masked_persons.json"
@@ -122,35 +124,73 @@ def ensure_valid(summary: ValidationSummary) -> ValidationSummary:
 
 
 # String columns with few distinct values (masks, gender, countries, age groups, domains) go to
-# GX as pandas categoricals: the same values at a byte per row instead of a string per row, which
-# keeps a million-row validation within memory bounds. Unique keys stay plain strings.
+# GX as pandas categoricals: the same values at a byte or two per row instead of a string per
+# row, which keeps a million-row validation within memory bounds. Unique keys stay plain strings.
 _DICTIONARY_MAX_SHARE = 0.5
+# Rows looked at first: a column already mostly distinct there (the person keys) is not worth
+# dictionary-encoding whole, which for a million unique keys costs ~0.3 s and a transient copy.
+_DISTINCT_SAMPLE_ROWS = 8192
 
 
-def _gx_friendly(table: pa.Table) -> pa.Table:
-    """The table with GX's fast paths in mind; values are unchanged, only representations."""
-    for index, field_ in enumerate(table.schema):
-        column = table.column(index)
-        if pa.types.is_integer(field_.type) and field_.type != pa.int64():
-            # GX's pandas `between` is vectorized only for int64/float64 and otherwise calls
-            # Python once per row (seconds per million rows). A null makes it float64: also fast.
-            table = table.set_column(
-                index, field_.with_type(pa.int64()), pc.cast(column, pa.int64())
-            )
-        elif pa.types.is_string(field_.type) and table.num_rows:
-            encoded = column.dictionary_encode()
-            distinct = max((len(chunk.dictionary) for chunk in encoded.chunks), default=0)
-            if distinct <= _DICTIONARY_MAX_SHARE * table.num_rows:
-                table = table.set_column(index, field_.with_type(encoded.type), encoded)
-    return table
+def _regex_columns(suite: Any) -> frozenset[str]:
+    """Columns a regex expectation of the suite reads.
+
+    GX's pandas regex metrics start with `column.astype(str)`, which turns a categorical back into
+    one string per row (time and a transient copy); a plain Arrow-backed string column passes
+    through as it is and is matched by pyarrow.
+    """
+    return frozenset(
+        column
+        for expectation in suite.expectations
+        if "regex" in expectation.expectation_type
+        and isinstance(column := getattr(expectation, "column", None), str)
+    )
 
 
-def _validation_frame(table: pa.Table) -> pd.DataFrame:
-    """The table as pandas plus the derived codes_per_country column."""
-    # Only the frame GX sees changes representation; the batch itself keeps its schema.
-    # Dates as datetime64, not a Python date object per row.
-    frame = _gx_friendly(table).to_pandas(date_as_object=False)
-    if {"country", "country_code"} <= set(frame.columns):
+def _mostly_repeated(column: pa.ChunkedArray) -> bool:
+    """Whether the first rows of a string column repeat enough to be worth a dictionary."""
+    sample = column.slice(0, _DISTINCT_SAMPLE_ROWS)
+    distinct = pc.count_distinct(sample, mode="all").as_py()
+    return distinct <= _DICTIONARY_MAX_SHARE * len(sample)
+
+
+def _gx_column(column: pa.ChunkedArray, plain: bool) -> pa.ChunkedArray:
+    """The column with GX's fast paths in mind; values are unchanged, only representations."""
+    type_ = column.type
+    if pa.types.is_integer(type_) and type_ != pa.int64():
+        # GX's pandas `between` is vectorized only for int64/float64 and otherwise calls
+        # Python once per row (seconds per million rows). A null makes it float64: also fast.
+        return pc.cast(column, pa.int64())
+    if pa.types.is_string(type_) and len(column) and not plain and _mostly_repeated(column):
+        encoded = column.dictionary_encode()
+        # Arrow gives every chunk the column's whole dictionary.
+        distinct = max((len(chunk.dictionary) for chunk in encoded.chunks), default=0)
+        if distinct <= _DICTIONARY_MAX_SHARE * len(column):
+            return encoded
+    return column
+
+
+def _validation_frame(table: pa.Table, plain: Collection[str] = ()) -> pd.DataFrame:
+    """The table as pandas plus the derived codes_per_country column.
+
+    Columns named in `plain` stay plain strings (see `_regex_columns`). Only the frame GX sees
+    changes representation; the batch itself keeps its schema. Converting one column at a time
+    keeps only one column's intermediate arrays alive at once.
+    """
+    import pandas as pd
+
+    names = table.column_names
+    series = [
+        # Dates as datetime64, not a Python date object per row.
+        _gx_column(table.column(index), name in plain).to_pandas(date_as_object=False)
+        for index, name in enumerate(names)
+    ]
+    # Positional keys, then the names: a batch may repeat a column name (the column-list
+    # expectation reports that), which a dict keyed by name would silently collapse.
+    frame = pd.DataFrame(dict(enumerate(series)), index=pd.RangeIndex(table.num_rows), copy=False)
+    frame.columns = pd.Index(names)
+    del series
+    if {"country", "country_code"} <= set(names):
         # nunique skips nulls; null countries or codes are caught by the not-null expectations.
         codes = frame.groupby("country", dropna=False)["country_code"].transform("nunique")
         frame[CODES_PER_COUNTRY] = codes.astype("int64")
@@ -192,16 +232,19 @@ def _validate(
 ) -> ValidationSummary:
     """Validate `table` against the suite at `suite_path` on its own GX asset."""
     suite = gx_suites.suite(suite_path)
-    frame = _validation_frame(table)
+    frame = _validation_frame(table, _regex_columns(suite))
     with gx_suites.LOCK:
         batch = gx_suites.batch_definition(asset_name).get_batch(
             batch_parameters={"dataframe": frame}
         )
-        result = batch.validate(
-            suite,
-            result_format=RESULT_FORMAT,
-            expectation_parameters={"expected_rows": int(expected_rows)},
-        )
+        try:
+            result = batch.validate(
+                suite,
+                result_format=RESULT_FORMAT,
+                expectation_parameters={"expected_rows": int(expected_rows)},
+            )
+        finally:
+            gx_suites.release(batch)
     outcomes = sorted(
         (_outcome(item) for item in result.results),
         key=lambda o: (o.success, o.expectation, o.column or ""),
@@ -225,6 +268,54 @@ def validate_masked(table: pa.Table, expected_rows: int) -> ValidationSummary:
 def validate_analytical(table: pa.Table, expected_rows: int) -> ValidationSummary:
     """Validate an analytical batch (ANALYTICAL_SCHEMA) against its suite in expectations/."""
     return _validate(table, ANALYTICAL_SUITE_PATH, "analytical_persons", expected_rows)
+
+
+# Enough rows for the repeated columns to become categoricals, as in a real batch.
+_WARM_UP_ROWS = 64
+
+
+def _warm_up_batches(rows: int = _WARM_UP_ROWS) -> tuple[pa.Table, pa.Table]:
+    """A small valid masked batch and its analytical counterpart (made-up, PII-free values)."""
+    today = date.today()
+    shared = {
+        "person_key": [f"{i:064x}" for i in range(rows)],
+        "run_date": [today] * rows,
+        "gender": ["female", "male"] * (rows // 2) + ["female"] * (rows % 2),
+        "country": ["Germany"] * rows,
+        "country_code": ["DE"] * rows,
+    }
+    raw = {
+        **shared,
+        **dict.fromkeys(MASKED_COLUMNS, [MASK] * rows),
+        "page": [0] * rows,
+        "email": [f"{MASK}@example.com"] * rows,
+        "age": [35] * rows,
+    }
+    analytical = {
+        **shared,
+        "age_group": [AGE_GROUPS[3]] * rows,
+        "email_domain": ["example.com"] * rows,
+    }
+    return (
+        pa.table({name: raw[name] for name in RAW_SCHEMA.names}, schema=RAW_SCHEMA),
+        pa.table(
+            {name: analytical[name] for name in ANALYTICAL_SCHEMA.names}, schema=ANALYTICAL_SCHEMA
+        ),
+    )
+
+
+def warm_up() -> None:
+    """Pay GX's one-time costs now: import, context, both suites and assets, a first validation.
+
+    After GX's 6-9 s import, the first validation in a process still costs tens of milliseconds
+    more than later ones (GX and pandas set up metric and string code paths on first use). This
+    runs both suites once on a small made-up batch, so a run can do all of it ahead of time
+    (e.g. on a thread while it fetches).
+    A suite file GX cannot fully load raises SuiteLoadError here, as it would in validation.
+    """
+    masked, analytical = _warm_up_batches()
+    validate_masked(masked, masked.num_rows)
+    validate_analytical(analytical, analytical.num_rows)
 
 
 def _remask(table: pa.Table) -> pa.Table:

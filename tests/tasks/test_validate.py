@@ -27,12 +27,15 @@ from tasks.validate import (
     SuiteLoadError,
     ValidationError,
     ValidationSummary,
+    _regex_columns,
     _validation_frame,
+    _warm_up_batches,
     ensure_valid,
     load_suite_file,
     quarantine,
     validate_analytical,
     validate_masked,
+    warm_up,
 )
 
 RUN_DATE = date(2025, 3, 14)
@@ -367,6 +370,56 @@ def test_codes_per_country_is_derived_per_batch() -> None:
     assert set(germany) == {2} and set(france) == {1}
 
 
+def test_regex_columns_follow_the_suites() -> None:
+    assert _regex_columns(gx_suites.suite(MASKED_SUITE_PATH)) == {
+        "person_key",
+        "email",
+        "country_code",
+    }
+    assert _regex_columns(gx_suites.suite(ANALYTICAL_SUITE_PATH)) == {
+        "person_key",
+        "email_domain",
+        "country_code",
+    }
+
+
+def test_validation_frame_changes_representations_not_values() -> None:
+    # Several chunks, as the flow's concatenated page ranges arrive.
+    table = pa.concat_tables([make_raw(1500).slice(0, 700), make_raw(1500).slice(700)])
+    table = plant(table, "city", 3, None)
+    frame = _validation_frame(table, plain={"email", "country_code"})
+    assert list(frame.columns) == [*table.column_names, CODES_PER_COUNTRY]
+    dtypes = {name: str(frame[name].dtype) for name in table.column_names}
+    # Repeated values as categoricals, unique keys and regex-checked columns as plain strings,
+    # narrow integers widened for GX's vectorized `between`.
+    assert dtypes["firstname"] == dtypes["gender"] == dtypes["country"] == "category"
+    assert dtypes["person_key"] == dtypes["email"] == dtypes["country_code"] == "str"
+    assert dtypes["age"] == dtypes["page"] == "int64"
+    plain = table.to_pandas(date_as_object=False)
+    for name in table.column_names:
+        assert frame[name].astype(object).tolist() == plain[name].astype(object).tolist(), name
+    assert frame[CODES_PER_COUNTRY].eq(1).all()
+
+
+def test_warm_up_batches_are_valid() -> None:
+    # A warm-up that failed validation would warm up the failure paths instead.
+    masked, analytical = _warm_up_batches()
+    assert validate_masked(masked, masked.num_rows).success
+    assert validate_analytical(analytical, analytical.num_rows).success
+    frame = _validation_frame(masked)
+    assert str(frame["firstname"].dtype) == "category"
+    assert str(frame["person_key"].dtype) == "str"
+    warm_up()
+
+
+def test_data_fingerprint_is_skipped() -> None:
+    # gx_suites turns off GX's per-row md5 of every batch (~2 s per million rows); a GX release
+    # that renames the constant would bring that cost back silently.
+    from great_expectations.execution_engine import pandas_execution_engine
+
+    assert pandas_execution_engine.HASH_THRESHOLD == 0
+
+
 def test_concurrent_validations_do_not_mix_batches() -> None:
     good, bad = make_raw(), plant(make_raw(), "firstname", 0, "Zelda")
     results: dict[int, bool] = {}
@@ -529,3 +582,19 @@ def test_quarantine_masks_again(tmp_path: Path) -> None:
 def test_quarantine_rejects_paths_as_names(tmp_path: Path, name: str) -> None:
     with pytest.raises(ValueError):
         quarantine(make_raw(1), tmp_path, RUN_DATE, name=name)
+
+
+def test_gx_keeps_nothing_of_a_validated_batch() -> None:
+    """GX would hold every validated frame and metric for the life of the process (a worker
+    serving many runs), and a million-row frame through the rest of the run."""
+    import gc
+
+    import pandas as pd
+
+    rows = ROWS + 7  # a length no other frame of the session has
+    assert validate_masked(make_raw(rows), rows).success
+    engine = gx_suites.context().data_sources.get(gx_suites.DATASOURCE_NAME).get_execution_engine()
+    assert engine.batch_manager.batch_data_cache == {}
+    assert not getattr(engine, "_metric_cache", {})
+    gc.collect()
+    assert not [o for o in gc.get_objects() if isinstance(o, pd.DataFrame) and len(o) == rows]
