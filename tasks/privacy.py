@@ -311,7 +311,9 @@ class ShareableExtract:
 
 def _codes(values: pa.Array) -> tuple[np.ndarray, int]:
     encoded = pc.dictionary_encode(values, null_encoding="encode")
-    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), len(encoded.dictionary)
+    # int32 codes (half the memory of 12 levels x a million records); `_keys` widens them.
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+    return codes, len(encoded.dictionary)
 
 
 def _keys(codes: Sequence[np.ndarray], radices: Sequence[int]) -> np.ndarray:
@@ -373,13 +375,18 @@ def shareable_extract(
         analytical, _ = collapse_rare_domains(analytical, k, keep_domains)
     n = analytical.num_rows
 
-    # Labels and integer codes of every (quasi-identifier, level), computed once.
-    labels = {
-        (q, lv): generalized(analytical, q, lv) for q in qis for lv in range(len(levels_of(q)))
+    # Integer codes of every (quasi-identifier, level), computed once; the labels themselves are
+    # only rebuilt for the chosen levels (a million strings per level otherwise stay in memory).
+    coded = {
+        (q, lv): _codes(generalized(analytical, q, lv))
+        for q in qis
+        for lv in range(len(levels_of(q)))
     }
-    coded = {key: _codes(values) for key, values in labels.items()}
 
-    candidates: list[tuple[Candidate, list[np.ndarray], np.ndarray]] = []
+    candidates: list[Candidate] = []
+    # Only the best candidate's row arrays are kept: at a million records the fine levels
+    # suppress hundreds of thousands of rows each, and 72 candidates of those add up.
+    chosen: tuple[Candidate, list[np.ndarray], np.ndarray] | None = None
     for levels in itertools.product(*(range(len(levels_of(q))) for q in qis)):
         codes = [coded[(q, lv)][0] for q, lv in zip(qis, levels, strict=True)]
         cards = [coded[(q, lv)][1] for q, lv in zip(qis, levels, strict=True)]
@@ -395,9 +402,15 @@ def shareable_extract(
             generalized_cells=wholesale * n,
             records_removed=int(removed.size),
         )
-        candidates.append((candidate, suppressed, removed))
+        candidates.append(candidate)
+        if chosen is None or candidate.rank() < chosen[0].rank():
+            chosen = (candidate, suppressed, removed)
 
-    best, suppressed, removed = min(candidates, key=lambda item: item[0].rank())
+    assert chosen is not None  # the lattice always has at least one candidate
+    best, suppressed, removed = chosen
+    labels = {
+        (q, lv): generalized(analytical, q, lv) for q, lv in zip(qis, best.levels, strict=True)
+    }
     table = _build_extract(analytical, qis, best.levels, labels, suppressed, removed)
     output_qis = [EXTRACT_COLUMN.get(q, q) for q in qis]
     metrics = risk_metrics(
@@ -422,7 +435,7 @@ def shareable_extract(
         records_removed=best.records_removed,
         k_min=metrics.k_min,
         metrics=metrics,
-        candidates=[c for c, _, _ in candidates],
+        candidates=candidates,
         seconds=time.perf_counter() - started,
     )
 
