@@ -11,6 +11,7 @@ RUN apt-get update \
 RUN pip install --no-cache-dir uv
 
 ENV PROJECT_DIR=/app \
+    ARROW_DEFAULT_MEMORY_POOL=jemalloc \
     UV_PROJECT_ENVIRONMENT=/opt/venv \
     UV_PYTHON_DOWNLOADS=never \
     UV_LINK_MODE=copy \

@@ -197,8 +197,19 @@ def child(args: argparse.Namespace) -> int:
     _warm_flow()
     seconds_prefect = time.perf_counter() - t0
 
-    samples: list[tuple[float, float]] = []
+    samples: list[tuple[float, float, str]] = []
     sampling = threading.Event()
+    main_thread = threading.get_ident()
+
+    def current_stage() -> str:
+        # The stage the flow is in: `metrics["stage"]` of the running `run_stages` frame (the
+        # flow body runs in this, the main, thread). Benchmark-only introspection.
+        frame = sys._current_frames().get(main_thread)
+        while frame is not None:
+            if frame.f_code.co_name == "run_stages":
+                return str(frame.f_locals.get("metrics", {}).get("stage", "?"))
+            frame = frame.f_back
+        return "start/end"
 
     def sample_rss() -> None:
         # RSS over the run, to see which stage sets the peak (ru_maxrss only gives its height).
@@ -210,7 +221,7 @@ def child(args: argparse.Namespace) -> int:
                     for line in status.read_text().splitlines()
                     if line.startswith("VmRSS:")
                 )
-                samples.append((time.perf_counter() - started, kib / 1024))
+                samples.append((time.perf_counter() - started, kib / 1024, current_stage()))
 
     started = time.perf_counter()
     sampler = threading.Thread(target=sample_rss, name="rss-sampler", daemon=True)
@@ -255,11 +266,20 @@ def child(args: argparse.Namespace) -> int:
         },
         "task_runs": task_runs,
         "peak_rss_mib": peak_kib / 1024,
-        # (seconds since the flow started, RSS MiB), every 0.25 s; the flow logs say what ran when.
-        "rss_timeline": [(round(t, 2), round(mib)) for t, mib in samples],
+        # (seconds since the flow started, RSS MiB, stage), every 0.25 s.
+        "rss_timeline": [(round(t, 2), round(mib), stage) for t, mib, stage in samples],
+        "peak_rss_mib_by_stage": _peaks(samples),
     }
     Path(args.result_file).write_text(json.dumps(result, indent=2))
     return 0
+
+
+def _peaks(samples: list[tuple[float, float, str]]) -> dict[str, int]:
+    """Highest sampled RSS (MiB) per stage, in the order the stages ran."""
+    peaks: dict[str, int] = {}
+    for _, mib, stage in samples:
+        peaks[stage] = max(peaks.get(stage, 0), round(mib))
+    return peaks
 
 
 def run_size(api_url: str, records: int, page_size: int, workdir: Path) -> dict[str, Any]:
@@ -277,6 +297,8 @@ def run_size(api_url: str, records: int, page_size: int, workdir: Path) -> dict[
         "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
         "PII_HASH_KEY": os.environ.get("PII_HASH_KEY", BENCH_KEY),
         "PII_HASH_KEY_BLOCK": "",
+        # As `make run` and the deployment set it (tasks/allocator.py).
+        "ARROW_DEFAULT_MEMORY_POOL": os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "jemalloc"),
     }
     cmd = [sys.executable, "-m", "bench.run", "--child", "--api-url", api_url]
     cmd += ["--records", str(records), "--page-size", str(page_size)]
@@ -357,7 +379,7 @@ def markdown(results: dict[str, Any]) -> str:
     row("records/s end to end", [run["records_per_second"] for run in runs], 0)
     row("µs per record", [run["microseconds_per_record"] for run in runs], 1)
     row(
-        "mask + generalize records/s",
+        "mask + generalize records/s (in the run, beside fetching)",
         [run["mask_generalize_records_per_second"] for run in runs],
         0,
     )
@@ -365,8 +387,20 @@ def markdown(results: dict[str, Any]) -> str:
     row("task runs", [run["task_runs"] for run in runs])
     row("pages", [run["pages"] for run in runs])
     row("cores", [results["machine"]["cores"] for _ in runs])
+    for run in runs:
+        if peaks := run.get("peak_rss_mib_by_stage"):
+            text = ", ".join(f"{stage} {mib:,}" for stage, mib in peaks.items())
+            lines += ["", f"Peak RSS by stage, {run['records']:,} records (MiB): {text}."]
     for run in failed:
         lines += ["", f"The {run['records']:,}-record run FAILED: {run['error']}"]
+    if transform := results.get("transform"):
+        lines += [
+            "",
+            f"Mask + generalize alone on {transform['records']:,} records (one process, nothing "
+            f"else running): {transform['mask_generalize_records_per_s']:,} records/s in bulk, "
+            f"{transform['mask_chunked_generalize_records_per_s']:,} records/s masked in "
+            f"{transform['chunk_rows']:,}-row ranges as the flow does (target 1,000,000).",
+        ]
     fetch = results.get("fetch_throughput")
     if fetch:
         lines += [
@@ -429,6 +463,10 @@ def main(argv: list[str] | None = None) -> int:
         stop(proc)
     if not args.skip_throughput:
         results["fetch_throughput"] = fetch_throughput()
+    # The stage on its own, without fetch threads competing for the cores (bench/transform.py).
+    from bench import transform
+
+    results["transform"] = transform.measure(max(sizes))
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")

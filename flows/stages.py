@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 import pyarrow as pa
-from prefect import get_run_logger, unmapped
+from prefect import get_run_logger
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -17,7 +17,7 @@ from prefect.logging import get_logger
 
 from tasks.drift import accepts, compare_signatures, drift_markdown, enforce_policy
 from tasks.lake import AtomicParquetWriter, quarantine_path, raw_writer
-from tasks.plan import group_ranges, plan_pages
+from tasks.plan import group_ranges, plan_pages, range_count
 from tasks.privacy_report import (
     privacy_markdown,
     privacy_run_columns,
@@ -61,24 +61,27 @@ def ingest(
         progress=0.0, description=f"Pages fetched and masked for run date {cfg.run_date}"
     )
     tables, signatures = [], set()
-    metrics["_sources"] = sources = []  # raw rows, memory only, for the leak scan
+    metrics["_secrets"] = secrets = []  # hashes of the raw values, for the leak scan
     metrics.update(pages=0, retries=0, seconds_fetch=0.0, seconds_mask=0.0, seconds_lake=0.0)
+    metrics["seconds_leak_hash"] = 0.0
     for fetch, mask in zip(fetched, masked, strict=True):
         # A failed fetch leaves its mask task never run: surface the fetch's own error.
         fetch.wait()
         if fetch.state.is_failed():
             fetch.result()
         part = mask.result()
+        table = part.take_table()
         started = time.perf_counter()
-        writer.write(part.table)
+        writer.write(table)
         metrics["seconds_lake"] += time.perf_counter() - started
-        tables.append(part.table)
-        sources.append(part.source)
+        tables.append(table)
+        secrets.append(part.secrets)
         signatures |= part.signatures
         metrics["pages"] += part.pages
         metrics["retries"] += part.retries
         metrics["seconds_fetch"] += part.seconds_fetch
         metrics["seconds_mask"] += part.seconds_mask
+        metrics["seconds_leak_hash"] += part.seconds_hash
         update_progress_artifact(progress, progress=100.0 * metrics["pages"] / total_pages)
         logger.info(
             "pages %d/%d done (%d records, %d retries so far)",
@@ -147,7 +150,8 @@ def run_stages(
     settings = get_settings()
     k = settings.privacy_k
     pages = plan_pages(cfg.records, cfg.page_size, cfg.run_seed)
-    ranges = group_ranges(pages, cfg.max_fetch_tasks)
+    tasks = range_count(len(pages), cfg.fetch.concurrency, cfg.max_fetch_tasks)
+    ranges = group_ranges(pages, tasks)
     logger.info(
         "run date %s: %d records in %d pages of <= %d, %d fetch tasks, from %s",
         cfg.run_date,
@@ -157,26 +161,32 @@ def run_stages(
         len(ranges),
         cfg.api_url,
     )
-    metrics["stage"] = "fetch"
-    fetched = fetch_page_range.map(unmapped(cfg.fetch), ranges)
-    masked = mask_page_range.map(fetched, unmapped(cfg.run_date))
+    enter_stage(metrics, "fetch")
+    fetched, masked = [], []
+    for page_range in ranges:
+        # Each mask task is submitted right behind its fetch: the task runner starts tasks in
+        # submission order, so a range is masked (and its raw rows dropped) as soon as it lands.
+        # Mapping all fetches first would hold every raw row of the run until the last fetch.
+        fetch = fetch_page_range.submit(cfg.fetch, page_range)
+        fetched.append(fetch)
+        masked.append(mask_page_range.submit(fetch, cfg.run_date))
     lake_metadata = {"pii_hash_key_id": metrics["hash_key_id"], "run_date": str(cfg.run_date)}
     with raw_writer(cfg.lake_dir, cfg.run_date, lake_metadata) as writer:
-        batch = ingest(cfg, list(fetched), list(masked), writer, metrics, len(pages))
-        metrics["stage"] = "schema-drift"
+        batch = ingest(cfg, fetched, masked, writer, metrics, len(pages))
+        enter_stage(metrics, "schema-drift")
         drift_text = check_drift(cfg, previous_schema, metrics, settings.schema_drift_policy)
-        metrics["stage"] = "validate"
+        enter_stage(metrics, "validate")
         analytical = validate_batch(cfg, batch, metrics, k).table
-        metrics["stage"] = "lake"
+        enter_stage(metrics, "lake")
         started = time.perf_counter()
         lake_file = writer.commit()
         metrics["seconds_lake"] += time.perf_counter() - started
     del batch  # the masked batch is on disk now; keep memory for the load
-    metrics["stage"] = "load"
+    enter_stage(metrics, "load")
     started = time.perf_counter()
     metrics["records_loaded"] = load_persons(cfg.duckdb_path, analytical, cfg.run_date, run_id)
     metrics["seconds_load"] = time.perf_counter() - started
-    metrics["stage"] = "privacy"
+    enter_stage(metrics, "privacy")
     started = time.perf_counter()
     protected = protect_privacy(
         cfg.duckdb_path,
@@ -191,11 +201,12 @@ def run_stages(
         privacy_run_columns(protected.metrics, protected.extract, metrics["domains_collapsed"])
     )
     metrics["seconds_privacy"] = time.perf_counter() - started
-    metrics["stage"] = "reports"
+    del analytical  # in DuckDB and summarized now; the leak scan reads what was written
+    enter_stage(metrics, "reports")
     started = time.perf_counter()
     published = publish_user_metrics(cfg.duckdb_path, cfg.run_date, cfg.records, k)
     metrics["seconds_reports"] = time.perf_counter() - started
-    metrics["stage"] = "leak-scan"
+    enter_stage(metrics, "leak-scan")
     started = time.perf_counter()
     quarantined = quarantine_path(cfg.lake_dir, cfg.run_date)
     texts = {
@@ -210,7 +221,7 @@ def run_stages(
     }
     rows[f"artifact {VALIDATION_ARTIFACT_KEY} (GX results)"] = metrics.pop("_gx_rows")
     scan = scan_for_leaks(
-        metrics.pop("_sources"),
+        metrics.pop("_secrets"),
         cfg.run_date,
         [lake_file, protected.extract_file, quarantined],
         cfg.duckdb_path,
@@ -243,6 +254,14 @@ def run_stages(
         "extract_file": str(protected.extract_file),
         "answers": published.answers,
     }
+
+
+def enter_stage(metrics: dict[str, Any], stage: str) -> None:
+    """Record the stage the run is in (failure reports name it) and start it with free memory."""
+    # Arrow's allocator (mimalloc) keeps freed pages for reuse: without handing them back, a
+    # million-record run carries each stage's transient peak (~200-300 MB) into the next.
+    pa.default_memory_pool().release_unused()
+    metrics["stage"] = stage
 
 
 def report_failure(

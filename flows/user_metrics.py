@@ -21,6 +21,8 @@ from pydantic import ValidationError
 from flows.cli import parse_args, print_backfill, print_summary
 from flows.runners import runner_from_env
 from flows.stages import log_failure, report_failure, run_stages
+from tasks.allocator import use_returning_pool
+from tasks.charts import prestart as prestart_charts
 from tasks.load import completed_dates, migrate, open_db
 from tasks.logcapture import capture_logs
 from tasks.params import InputError, check_reachable, date_range, settings_error_line
@@ -68,6 +70,7 @@ def user_metrics_pipeline(
 ) -> dict[str, Any]:
     """Fetch persons, mask, validate, store them in the lake and DuckDB, and publish the reports."""
     started = time.perf_counter()
+    use_returning_pool()  # Arrow memory freed by a stage goes back to the OS (tasks/allocator.py)
     settings = get_settings()
     run_id = str(flow_run.id or uuid.uuid4())
     metrics: dict[str, Any] = {}
@@ -85,11 +88,13 @@ def user_metrics_pipeline(
         metrics["hash_key_id"] = key_id(hash_key())
         previous_schema = record_start(cfg, run_id, settings.duckdb_lock_timeout_seconds)
         metrics["stage"] = "plan"
-        with capture_logs() as log_lines:
+        # Chromium (~2 s to start) comes up while pages are fetched; the report's charts render
+        # in it, and it is closed however the run ends.
+        with capture_logs() as log_lines, prestart_charts():
             outcome = run_stages(cfg, run_id, previous_schema, metrics, log_lines)
     except BaseException as exc:
         metrics["seconds_total"] = time.perf_counter() - started
-        metrics.pop("_sources", None)  # drop the raw rows as soon as the run is over
+        metrics.pop("_secrets", None)  # the hashes are of no use once the run is over
         report_failure(cfg, run_id, exc, metrics)
         raise
     metrics["seconds_total"] = time.perf_counter() - started

@@ -1,10 +1,15 @@
 """Leak scan: look for any raw value of the batch in everything the run wrote.
 
-A `LeakScanner` is built from the batch's raw source columns while they are still in memory and
-keeps the identifying values as sets of strings (never written, logged or returned). It scans
-tables cell by cell and free text (log lines, artifact markdown) token by token, plus two patterns
-that need no batch: an e-mail address with a real local part and an E.164 phone number.
-A hit names the output, the field and the kind of value, with a count; never the value.
+The scanner never holds the raw values: `secret_hashes` turns each page range's raw source
+columns into 64-bit hashes of its identifying values (in the mask task, so the raw rows can be
+dropped as soon as they are masked), and `LeakScanner` merges those into sorted hash indexes.
+At a million records that is ~150 MB of integers instead of the rows and a set of strings.
+It scans tables column by column (each column's distinct cells are hashed and looked up) and
+free text (log lines, artifact markdown) token by token and by n-grams, plus two patterns that
+need no batch: an e-mail address with a real local part and an E.164 phone number. A hit names
+the output, the field and the kind of value, with a count; never the value. Two different
+strings share a 64-bit hash with a chance of ~1e-7 per run at a million records: a false alarm
+at worst, never a missed leak.
 
 What is looked for, and what is left out on purpose (each exclusion avoids a false alarm that
 would fail a clean run):
@@ -48,6 +53,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tasks.memdb import cursor
 from tasks.regions import CONTINENTS, SUB_REGIONS, UNKNOWN
 from tasks.schemas import AGE_GROUPS, MASK
 from tasks.sqlfiles import read_sql
@@ -56,6 +62,10 @@ MIN_CELL_LENGTH = 4
 MIN_TEXT_LENGTH = 5
 MIN_TEXT_NUMBER_LENGTH = 8
 _MAX_NGRAM = 8
+# Columns are scanned in chunks of this many rows, so a million-row column never sits in memory
+# whole (with its distinct values, their lower-case copies and hashes). Hits count cells, so the
+# chunks' counts simply add up.
+SCAN_CHUNK_ROWS = 131_072
 
 # Source column -> kind of secret, in priority order (a value in two kinds is reported as the
 # first). email_local and phone_digits are derived from email and phone.
@@ -188,17 +198,6 @@ def _normalized(values: pa.Array) -> pa.Array:
     return pc.utf8_trim_whitespace(out)
 
 
-def _first_kind(parts: list[tuple[pa.Array, int]]) -> tuple[pa.Array, np.ndarray]:
-    """Distinct values of (values, kind id) parts, each with the kind of its first part."""
-    if not parts:
-        return pa.array([], pa.string()), np.empty(0, np.int64)
-    values = pa.concat_arrays([p for p, _ in parts]).cast(pa.string())
-    kinds = np.concatenate([np.full(len(p), kind, np.int64) for p, kind in parts])
-    encoded = pc.dictionary_encode(values)
-    _, first = np.unique(encoded.indices.to_numpy(zero_copy_only=False), return_index=True)
-    return encoded.dictionary, kinds[first]
-
-
 def _tokens(text: str) -> list[str]:
     return [t for t in (raw.strip(_EDGE) for raw in _TOKEN.findall(text)) if t]
 
@@ -212,49 +211,232 @@ def _ngrams(values: Iterable[str]) -> set[str]:
     return grams
 
 
+def hash_strings(values: pa.Array | pa.ChunkedArray | Sequence[str]) -> np.ndarray:
+    """64-bit hashes of strings, in input order (DuckDB's hash(), vectorized)."""
+    array = (
+        values if isinstance(values, pa.Array | pa.ChunkedArray) else pa.array(values, pa.string())
+    )
+    if len(array) == 0:
+        return np.empty(0, np.uint64)
+    con = cursor()
+    con.register("leak_values", pa.table({"v": _strings(array)}))
+    try:
+        hashes = con.sql(read_sql("hash_values")).to_arrow_table()["h"]
+    finally:
+        con.unregister("leak_values")
+    return hashes.to_numpy()
+
+
+# An index entry packs a value's hash and its kind into one uint64: the hash's top 60 bits and the
+# kind id in the low 4. Sorting the packed entries sorts by hash, then by kind priority.
+_KIND_BITS = 4
+_KIND_MASK = np.uint64((1 << _KIND_BITS) - 1)
+assert len(SECRET_KINDS) <= 1 << _KIND_BITS
+
+
+def _pack(hashes: np.ndarray, kinds: int | np.ndarray) -> np.ndarray:
+    return (hashes & ~_KIND_MASK) | np.asarray(kinds, np.uint64)
+
+
+def _prefix(values: np.ndarray) -> np.ndarray:
+    return values >> np.uint64(_KIND_BITS)
+
+
+@dataclass(frozen=True)
+class _Index:
+    """Sorted packed entries, one per distinct hash, carrying its first (priority) kind."""
+
+    entries: np.ndarray  # uint64, sorted, distinct hash prefixes
+
+    @classmethod
+    def build(cls, parts: list[np.ndarray]) -> _Index:
+        """Merge packed parts; a hash in several kinds keeps the first in SECRET_KINDS."""
+        entries = np.concatenate(parts) if parts else np.empty(0, np.uint64)
+        entries.sort()
+        # One temporary of prefixes, reused in place: ten million entries are 80 MB each.
+        prefix = np.right_shift(entries, np.uint64(_KIND_BITS))
+        first = np.empty(len(entries), bool)
+        first[:1] = True
+        np.not_equal(prefix[1:], prefix[:-1], out=first[1:])
+        del prefix
+        return cls(entries[first])
+
+    def without(self, hashes: np.ndarray, kinds: frozenset[int] | None = None) -> _Index:
+        """The index minus `hashes` (only entries of `kinds`, if given)."""
+        # Few hashes against a big sorted index: find each one's slot, then drop those slots.
+        probes = np.unique(hashes & ~_KIND_MASK)
+        position = np.searchsorted(self.entries, probes)
+        inside = position < len(self.entries)
+        position, probes = position[inside], probes[inside]
+        found = self.entries[position]
+        drop = _prefix(found) == _prefix(probes)
+        if kinds is not None:
+            drop &= np.isin(found & _KIND_MASK, np.array(sorted(kinds), np.uint64))
+        return _Index(np.delete(self.entries, position[drop]))
+
+    def lookup(self, probes: np.ndarray) -> np.ndarray:
+        """Kind id of each probe hash, -1 where it is not in the index."""
+        if len(self.entries) == 0 or len(probes) == 0:
+            return np.full(len(probes), -1, np.int8)
+        # The smallest packed value with the probe's prefix sorts at or before its entry.
+        position = np.searchsorted(self.entries, probes & ~_KIND_MASK)
+        position = np.minimum(position, len(self.entries) - 1)
+        found = self.entries[position]
+        kinds = (found & _KIND_MASK).astype(np.int8)
+        return np.where(_prefix(found) == _prefix(probes), kinds, np.int8(-1))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+@dataclass
+class SecretHashes:
+    """Hashes of one batch's identifying values (never the values) and the values kept on purpose.
+
+    Built per page range in the mask task, so raw rows are dropped as soon as they are masked;
+    each distinct value costs 8 bytes per form (cell, text) instead of the rows themselves.
+    """
+
+    cells: np.ndarray  # packed (hash, kind) of whole-cell values
+    lower: np.ndarray  # the same for e-mail kinds, lower-cased
+    text: np.ndarray  # normalized forms searched in free text
+    kept: frozenset[str]  # countries, codes, genders and e-mail domains of the batch
+    max_ngram: int  # most tokens in one text form (capped at _MAX_NGRAM)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the hash arrays."""
+        return self.cells.nbytes + self.lower.nbytes + self.text.nbytes
+
+
+_KIND_ID = {kind: index for index, kind in enumerate(SECRET_KINDS)}
+_LOWER_KIND_IDS = frozenset(_KIND_ID[kind] for kind in _LOWER_KINDS)
+_LOWER_KIND_LIST = np.array(sorted(_LOWER_KIND_IDS), np.uint64)
+_NUMERIC_KIND_IDS = np.array(sorted(_KIND_ID[kind] for kind in NUMERIC_KINDS), np.uint64)
+
+
+def _kept_in(source: pa.Table) -> set[str]:
+    """Values of the batch that legitimately remain in outputs (never searched for)."""
+    values: set[str] = set()
+    for name in ("country", "country_code", "gender"):
+        if name in source.column_names:
+            values.update(v for v in pc.unique(_strings(source[name])).to_pylist() if v)
+    if "email" in source.column_names:
+        domains = pc.extract_regex(_strings(source["email"]), r"@(?P<d>[^@]*)$").field("d")
+        for domain in pc.unique(domains).to_pylist():
+            if domain:
+                values.update({domain, domain.lower()})
+    return values
+
+
+def _secret_columns(source: pa.Table) -> dict[str, pa.Array | pa.ChunkedArray]:
+    columns: dict[str, pa.Array | pa.ChunkedArray] = {}
+    names = set(source.column_names)
+    for kind in SECRET_KINDS:
+        if kind == "email_local" and "email" in names:
+            email = pc.utf8_lower(_strings(source["email"]))
+            columns["email"] = email
+            local = pc.extract_regex(email, r"^(?P<l>.*)@[^@]*$").field("l")
+            columns[kind] = pc.if_else(pc.equal(local, ""), None, local)
+        elif kind == "phone_digits" and "phone" in names:
+            columns[kind] = pc.replace_substring_regex(_strings(source["phone"]), r"\D", "")
+        elif kind in names and kind != "email":
+            columns[kind] = source[kind]
+    return {kind: columns[kind] for kind in SECRET_KINDS if kind in columns}
+
+
+def _text_forms(values: pa.Array, kinds: np.ndarray) -> tuple[pa.Array, np.ndarray]:
+    """The values as free text shows them (tokens joined by spaces), where long enough to search."""
+    # Only values with separators or edge punctuation need the (regex) normalization.
+    composite = pc.match_substring_regex(values, _RE2_COMPOSITE).to_numpy(zero_copy_only=False)
+    plain = np.flatnonzero(~composite)
+    mixed = np.flatnonzero(composite)
+    norm = pa.concat_arrays([values.take(plain), _normalized(values.take(mixed))])
+    kinds = np.concatenate([kinds[plain], kinds[mixed]])
+    length = pc.utf8_length(norm).to_numpy(zero_copy_only=False)
+    ok = length >= np.where(
+        np.isin(kinds, _NUMERIC_KIND_IDS), MIN_TEXT_NUMBER_LENGTH, MIN_TEXT_LENGTH
+    )
+    # A standalone local part is only distinctive with a digit, `.` or `_`, or 7+ characters.
+    local = kinds == _KIND_ID["email_local"]
+    if local.any():
+        marked = pc.match_substring_regex(norm, r"[0-9._]").to_numpy(zero_copy_only=False)
+        ok &= ~local | marked | (length >= 7)
+    keep = np.flatnonzero(ok)
+    return norm.take(keep), kinds[keep]
+
+
+def secret_hashes(source: pa.Table) -> SecretHashes:
+    """Hash a batch's raw source columns (tasks.source_schema.SOURCE_SCHEMA) for the leak scan."""
+    # Every kind in one array, so each step below is one vectorized call for the whole range
+    # (a mask task runs beside fetch threads: each call is a wait for the GIL).
+    columns = [
+        (_KIND_ID[kind], pc.unique(_strings(column)).drop_null())
+        for kind, column in _secret_columns(source).items()
+    ]
+    values = (
+        pa.concat_arrays([column for _, column in columns])
+        if columns
+        else pa.array([], pa.string())
+    )
+    kinds = np.concatenate(
+        [np.full(len(column), kind, np.uint64) for kind, column in columns]
+        or [np.empty(0, np.uint64)]
+    )
+    long_enough = pc.utf8_length(values).to_numpy(zero_copy_only=False) >= MIN_CELL_LENGTH
+    lower = np.isin(kinds, _LOWER_KIND_LIST)
+    text, text_kinds = _text_forms(values, kinds)
+    hashes = hash_strings(pa.concat_arrays([values, text]))
+    cell_hashes, text_hashes = hashes[: len(values)], hashes[len(values) :]
+    packed = _pack(cell_hashes, kinds)
+
+    spaces = pc.max(pc.count_substring(text, " ")).as_py() if len(text) else 0
+    return SecretHashes(
+        # Values are distinct per kind already; the few duplicates left are merged by _Index.
+        cells=packed[long_enough & ~lower],
+        lower=packed[long_enough & lower],
+        text=_pack(text_hashes, text_kinds),
+        kept=frozenset(_kept_in(source)),
+        max_ngram=max(1, min((spaces or 0) + 1, _MAX_NGRAM)),
+    )
+
+
 class LeakScanner:
-    """Holds a batch's raw values in memory and finds them in outputs; reports fields only."""
+    """Finds a batch's raw values in outputs by their hashes; reports fields and kinds only."""
 
     def __init__(
-        self, source: pa.Table, run_date: dt.date | None = None, kept: Iterable[str] = ()
+        self,
+        source: pa.Table | Iterable[SecretHashes],
+        run_date: dt.date | None = None,
+        kept: Iterable[str] = (),
     ) -> None:
-        """Build from the raw source columns (tasks.source_schema.SOURCE_SCHEMA)."""
+        """Build from raw source columns (SOURCE_SCHEMA) or from per-range `SecretHashes`."""
+        parts = [secret_hashes(source)] if isinstance(source, pa.Table) else list(source)
         self.report = LeakScanReport()
-        kept_values = self._kept_values(source, run_date, kept)
+        self._kinds = list(SECRET_KINDS)
+        kept_values = {MASK, "*", "other", UNKNOWN, *AGE_GROUPS, *CONTINENTS, *SUB_REGIONS, *kept}
+        for part in parts:
+            kept_values |= part.kept
+        if run_date is not None:
+            kept_values.add(run_date.isoformat())
         kept_array = pa.array(sorted(kept_values), pa.string())
-        kept_lower = pc.unique(pc.utf8_lower(kept_array))
         kept_grams = pa.array(sorted(_ngrams(kept_values)), pa.string())
 
-        self._kinds = list(SECRET_KINDS)
-        cells: list[tuple[pa.Array, int]] = []
-        lowered: list[tuple[pa.Array, int]] = []
-        text: list[tuple[pa.Array, int]] = []
-        for kind, values in self._secret_columns(source).items():
-            kind_id = self._kinds.index(kind)
-            values = pc.unique(_strings(values)).drop_null()
-            # Lower-cased kinds (emails) are compared with lower-cased cells, so a local part
-            # such as "jordan" must not stand for the kept country "Jordan".
-            kept_set = kept_lower if kind in _LOWER_KINDS else kept_array
-            values = pc.filter(values, pc.invert(pc.is_in(values, value_set=kept_set)))
-            long_enough = pc.greater_equal(pc.utf8_length(values), MIN_CELL_LENGTH)
-            target = lowered if kind in _LOWER_KINDS else cells
-            target.append((pc.filter(values, long_enough), kind_id))
-            text.append((self._text_values(kind, values, kept_grams), kind_id))
-        self._cell_values, self._cell_kinds = _first_kind(cells)
-        self._lower_values, self._lower_kinds = _first_kind(lowered)
-        self._text_values_array, self._text_kinds = _first_kind(text)
-        self._text_index: dict[str, str] | None = None
+        def index(name: str) -> _Index:
+            return _Index.build([getattr(part, name) for part in parts])
 
-    def _text_lookup(self) -> dict[str, str]:
-        # Built on first use: a dict of ~200k strings is only needed once text is scanned.
-        if self._text_index is None:
-            kinds = [self._kinds[i] for i in self._text_kinds.tolist()]
-            self._text_index = dict(zip(self._text_values_array.to_pylist(), kinds, strict=True))
-            self._text_lower = {v: k for v, k in self._text_index.items() if k in _LOWER_KINDS}
-            multi = [v.split(" ") for v in self._text_index if " " in v]
-            self._first_tokens = {tokens[0] for tokens in multi}
-            self._max_ngram = min(max((len(t) for t in multi), default=1), _MAX_NGRAM)
-        return self._text_index
+        self._cells = index("cells").without(hash_strings(kept_array))
+        # E-mail kinds are compared lower-cased, so a local part such as "jordan" must not stand
+        # for the kept country "Jordan".
+        self._lower = index("lower").without(hash_strings(pc.utf8_lower(kept_array)))
+        # A secret that is also a word sequence inside a kept value (surname "Marshall", country
+        # "Marshall Islands") is not searched in free text.
+        self._text = (
+            index("text")
+            .without(hash_strings(kept_grams))
+            .without(hash_strings(pc.utf8_lower(kept_grams)), _LOWER_KIND_IDS)
+        )
+        self._max_ngram = max((p.max_ngram for p in parts), default=1)
 
     @classmethod
     def from_records(
@@ -269,61 +451,7 @@ class LeakScanner:
     @property
     def secrets(self) -> int:
         """How many distinct values are searched for (cells and text)."""
-        return len(self._cell_values) + len(self._lower_values) + len(self._text_values_array)
-
-    # --- building ---------------------------------------------------------------------------------
-
-    @staticmethod
-    def _kept_values(source: pa.Table, run_date: dt.date | None, kept: Iterable[str]) -> set[str]:
-        values = {MASK, "*", "other", UNKNOWN, *AGE_GROUPS, *CONTINENTS, *SUB_REGIONS, *kept}
-        for name in ("country", "country_code", "gender"):
-            if name in source.column_names:
-                values.update(v for v in pc.unique(_strings(source[name])).to_pylist() if v)
-        if "email" in source.column_names:
-            domains = pc.extract_regex(_strings(source["email"]), r"@(?P<d>[^@]*)$").field("d")
-            for domain in pc.unique(domains).to_pylist():
-                if domain:
-                    values.update({domain, domain.lower()})
-        if run_date is not None:
-            values.add(run_date.isoformat())
-        return values
-
-    @staticmethod
-    def _secret_columns(source: pa.Table) -> dict[str, pa.Array | pa.ChunkedArray]:
-        columns: dict[str, pa.Array | pa.ChunkedArray] = {}
-        names = set(source.column_names)
-        for kind in SECRET_KINDS:
-            if kind == "email_local" and "email" in names:
-                email = pc.utf8_lower(_strings(source["email"]))
-                columns["email"] = email
-                local = pc.extract_regex(email, r"^(?P<l>.*)@[^@]*$").field("l")
-                columns[kind] = pc.if_else(pc.equal(local, ""), None, local)
-            elif kind == "phone_digits" and "phone" in names:
-                columns[kind] = pc.replace_substring_regex(_strings(source["phone"]), r"\D", "")
-            elif kind in names and kind != "email":
-                columns[kind] = source[kind]
-        return {kind: columns[kind] for kind in SECRET_KINDS if kind in columns}
-
-    @staticmethod
-    def _text_values(kind: str, values: pa.Array, kept_grams: pa.Array) -> pa.Array:
-        # Only values with separators or edge punctuation need the (regex) normalization.
-        composite = pc.match_substring_regex(values, _RE2_COMPOSITE)
-        norm = pa.concat_arrays(
-            [
-                pc.filter(values, pc.invert(composite)),
-                _normalized(pc.filter(values, composite)),
-            ]
-        )
-        length = pc.utf8_length(norm)
-        minimum = MIN_TEXT_NUMBER_LENGTH if kind in NUMERIC_KINDS else MIN_TEXT_LENGTH
-        ok = pc.greater_equal(length, minimum)
-        if kind == "email_local":
-            distinctive = pc.or_(
-                pc.match_substring_regex(norm, r"[0-9._]"), pc.greater_equal(length, 7)
-            )
-            ok = pc.and_(ok, distinctive)
-        ok = pc.and_(ok, pc.invert(pc.is_in(norm, value_set=kept_grams)))
-        return pc.unique(pc.filter(norm, ok))
+        return len(self._cells) + len(self._lower) + len(self._text)
 
     # --- scanning ---------------------------------------------------------------------------------
 
@@ -333,24 +461,52 @@ class LeakScanner:
         self.report.hits.extend(hits)
         return hits
 
-    def _present(self, entries: pa.Array) -> list[tuple[pa.Array, np.ndarray, bool]]:
-        """The secrets among a table's distinct cells: (values, kind ids, compare lower-cased)."""
-        # Hash the table's distinct cells (the small side) and probe every secret once, instead
-        # of hashing ~200k secrets again for every column.
-        present = []
-        for values, kinds, lower in (
-            (self._cell_values, self._cell_kinds, False),
-            (self._lower_values, self._lower_kinds, True),
-        ):
-            probe = pc.unique(pc.utf8_lower(entries)) if lower else entries
-            found = pc.is_in(values, value_set=probe).to_numpy(zero_copy_only=False)
-            if found.any():
-                present.append((pc.filter(values, pa.array(found)), kinds[found], lower))
-        return present
+    def _found(self, candidates: Iterable[str]) -> dict[str, str]:
+        """The candidates that are text secrets, with their kind."""
+        unique = list(dict.fromkeys(candidates))
+        kinds = self._text.lookup(hash_strings(unique))
+        return {
+            value: self._kinds[kind]
+            for value, kind in zip(unique, kinds.tolist(), strict=True)
+            if kind >= 0
+        }
 
-    def _column_counts(
-        self, encoded: pa.DictionaryArray, present: list[tuple[pa.Array, np.ndarray, bool]]
-    ) -> Counter[str]:
+    def _candidates(self, tokens: list[str]) -> Iterable[str]:
+        for i, token in enumerate(tokens):
+            yield token
+            lower = token.lower()
+            yield lower
+            if "@" in lower:
+                yield lower.rpartition("@")[0]
+            for n in range(2, min(self._max_ngram, len(tokens) - i) + 1):
+                yield " ".join(tokens[i : i + n])
+
+    def _counts(self, tokens: list[str], found: Mapping[str, str]) -> Counter[str]:
+        counts: Counter[str] = Counter()
+        for token, n in Counter(tokens).items():
+            if (kind := found.get(token)) and kind not in _LOWER_KINDS:
+                counts[kind] += n
+            lower = token.lower()
+            # A whole address, else the local part of an address at any domain.
+            local = lower.rpartition("@")[0] if "@" in lower else ""
+            for probe in (lower, local):
+                if probe and found.get(probe) in _LOWER_KINDS:
+                    counts[found[probe]] += n
+                    break
+        for i in range(len(tokens)):
+            for n in range(2, min(self._max_ngram, len(tokens) - i) + 1):
+                kind = found.get(" ".join(tokens[i : i + n]))
+                if kind and kind not in _LOWER_KINDS:
+                    counts[kind] += 1
+        return counts
+
+    def _text_counts(self, texts: Sequence[str]) -> list[Counter[str]]:
+        """Secrets per kind in each text: one hashed lookup for every token and n-gram of all."""
+        token_lists = [_tokens(text) for text in texts]
+        found = self._found(c for tokens in token_lists for c in self._candidates(tokens))
+        return [self._counts(tokens, found) for tokens in token_lists]
+
+    def _column_counts(self, encoded: pa.DictionaryArray) -> Counter[str]:
         """Cells per kind in one column: exact values, words inside cells, and the patterns."""
         dictionary = encoded.dictionary
         if len(dictionary) == 0:
@@ -362,20 +518,17 @@ class LeakScanner:
         def mark(kind: str, entries: np.ndarray) -> None:
             found[kind] = found.get(kind, np.zeros(len(dictionary), bool)) | entries
 
-        for values, kinds, lower in present:
-            column = pc.utf8_lower(dictionary) if lower else dictionary
-            position = pc.index_in(column, value_set=values)
-            valid = pc.is_valid(position).to_numpy(zero_copy_only=False)
-            if valid.any():
-                entry_kinds = kinds[pc.filter(position, valid).to_numpy(zero_copy_only=False)]
-                for kind_index in np.unique(entry_kinds):
-                    entries = np.zeros(len(dictionary), bool)
-                    entries[np.flatnonzero(valid)[entry_kinds == kind_index]] = True
-                    mark(self._kinds[kind_index], entries)
+        for index, values in ((self._cells, dictionary), (self._lower, pc.utf8_lower(dictionary))):
+            kinds = index.lookup(hash_strings(values))
+            for kind_id in np.unique(kinds[kinds >= 0]):
+                mark(self._kinds[kind_id], kinds == kind_id)
         # Secrets inside longer cells: only cells with a separator can hold one as a proper part.
-        composite = pc.match_substring_regex(dictionary, _RE2_COMPOSITE)
-        for position in np.flatnonzero(composite.to_numpy(zero_copy_only=False)):
-            for kind in self._text_counts(dictionary[int(position)].as_py()):
+        composite = np.flatnonzero(
+            pc.match_substring_regex(dictionary, _RE2_COMPOSITE).to_numpy(zero_copy_only=False)
+        )
+        texts = dictionary.take(pa.array(composite, pa.int64())).to_pylist()
+        for position, counts in zip(composite, self._text_counts(texts), strict=True):
+            for kind in counts:
                 entries = np.zeros(len(dictionary), bool)
                 entries[position] = True
                 mark(kind, entries)
@@ -389,55 +542,31 @@ class LeakScanner:
             }
         )
 
-    def _text_counts(self, text: str) -> Counter[str]:
+    def _column_hits(
+        self, output: str, name: str, chunks: Iterable[pa.Array | pa.ChunkedArray]
+    ) -> list[Hit]:
         counts: Counter[str] = Counter()
-        lookup = self._text_lookup()
-        tokens = _tokens(text)
-        for token, n in Counter(tokens).items():
-            if (kind := lookup.get(token)) and kind not in _LOWER_KINDS:
-                counts[kind] += n
-            lower = token.lower()
-            # A whole address, else the local part of an address at any domain.
-            local = lower.rpartition("@")[0] if "@" in lower else ""
-            if kind := self._text_lower.get(lower) or self._text_lower.get(local):
-                counts[kind] += n
-        for i, token in enumerate(tokens):
-            if token not in self._first_tokens:
-                continue
-            for n in range(2, self._max_ngram + 1):
-                kind = lookup.get(" ".join(tokens[i : i + n]))
-                if kind and kind not in _LOWER_KINDS:
-                    counts[kind] += 1
-        return counts
+        for chunk in chunks:
+            counts += self._column_counts(pc.dictionary_encode(_strings(chunk)))
+        return [Hit(output, name, n, kind) for kind, n in sorted(counts.items())]
 
     def scan_table(self, name: str, table: pa.Table) -> list[Hit]:
         """Hits in every string, date and float column of an Arrow table (cells, not values)."""
-        encoded = {}
+        hits = []
         for column_name in table.column_names:
             column = table[column_name]
-            kind_of = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
-            if (
-                pa.types.is_string(kind_of)
-                or pa.types.is_large_string(kind_of)
-                or pa.types.is_floating(kind_of)
-                # Dates can be birthdays; timestamps are ours (started_at, ...) and their text
-                # can equal a coordinate's by chance.
-                or pa.types.is_date(kind_of)
-            ):
-                encoded[column_name] = pc.dictionary_encode(_strings(column))
-        hits = []
-        if encoded:
-            entries = pc.unique(pa.concat_arrays([e.dictionary for e in encoded.values()]))
-            present = self._present(entries)
-            for column_name, column_encoded in encoded.items():
-                counts = self._column_counts(column_encoded, present)
-                hits += [Hit(name, column_name, n, kind) for kind, n in sorted(counts.items())]
+            if _scannable(column.type):
+                chunks = (
+                    column.slice(start, SCAN_CHUNK_ROWS)
+                    for start in range(0, len(column), SCAN_CHUNK_ROWS)
+                )
+                hits += self._column_hits(name, column_name, chunks)
         return self._record(name, hits)
 
     def scan_text(self, name: str, text: str, field: str = "text") -> list[Hit]:
         """Hits in free text (a log, an artifact's markdown); counts are occurrences."""
         text = _DATA_URI.sub(" ", text)
-        counts = self._text_counts(text)
+        counts = self._text_counts([text])[0]
         counts[PATTERN_EMAIL] += len(_EMAIL_TEXT.findall(text))
         counts[PATTERN_PHONE] += len(_PHONE_TEXT.findall(text))
         hits = [Hit(name, field, n, kind) for kind, n in sorted(counts.items()) if n]
@@ -445,10 +574,10 @@ class LeakScanner:
 
     def scan_lines(self, name: str, lines: Iterable[str], field: str = "message") -> list[Hit]:
         """Hits in log lines; counts are lines with a hit of that kind."""
+        cleaned = [_DATA_URI.sub(" ", line) for line in lines]
         counts: Counter[str] = Counter()
-        for line in lines:
-            line = _DATA_URI.sub(" ", line)
-            kinds = set(self._text_counts(line))
+        for line, found in zip(cleaned, self._text_counts(cleaned), strict=True):
+            kinds = set(found)
             if _EMAIL_TEXT.search(line):
                 kinds.add(PATTERN_EMAIL)
             if _PHONE_TEXT.search(line):
@@ -479,15 +608,20 @@ class LeakScanner:
         path = Path(path)
         name = name or str(path)
         parquet = pq.ParquetFile(path)
-        hits = self.scan_table(name, parquet.read())
+        hits = []
+        # One column and one chunk at a time: a million-row file never sits in memory whole.
+        for column_name in parquet.schema_arrow.names:
+            if _scannable(parquet.schema_arrow.field(column_name).type):
+                batches = parquet.iter_batches(SCAN_CHUNK_ROWS, columns=[column_name])
+                hits += self._column_hits(name, column_name, (b.column(0) for b in batches))
+        self._record(name, hits)
         metadata = parquet.schema_arrow.metadata or {}
         text = "\n".join(
             f"{key.decode(errors='replace')} {value.decode(errors='replace')}"
             for key, value in metadata.items()
             if key != b"ARROW:schema"  # the serialized schema itself, already covered by columns
         )
-        hits += self.scan_text(name, text, field="metadata")
-        return hits
+        return hits + self.scan_text(name, text, field="metadata")
 
     def scan_duckdb(
         self,
@@ -516,18 +650,40 @@ class LeakScanner:
             raise ValueError(f"no such DuckDB tables: {unknown}")
         hits = []
         for table in tables:
-            rows = con.execute(read_sql("table_columns"), {"table_name": table}).fetchall()
-            columns = {row[0] for row in rows}
-            # Identifiers cannot be bound: the name comes from the catalog and is quoted; the
-            # date is bound. Other dates' rows were scanned by their own runs.
-            quoted = '"' + table.replace('"', '""') + '"'
-            if run_date is not None and "run_date" in columns:
-                query = f"select * from {quoted} where run_date = $run_date"
-                data = con.sql(query, params={"run_date": run_date}).to_arrow_table()
-            else:
-                data = con.sql(f"select * from {quoted}").to_arrow_table()
-            hits += self.scan_table(f"{prefix}:{table}", data)
+            # Identifiers cannot be bound: names come from the catalog and are quoted; the date
+            # is bound. Other dates' rows were scanned by their own runs.
+            quoted = _quoted(table)
+            schema = con.sql(f"select * from {quoted} limit 0").to_arrow_table().schema
+            where, params = "", {}
+            if run_date is not None and "run_date" in schema.names:
+                where, params = " where run_date = $run_date", {"run_date": run_date}
+            output, table_hits = f"{prefix}:{table}", []
+            # One column and one chunk at a time, as for Parquet. A connection serves one open
+            # result at a time, so each reader is drained (and closed) before the next query.
+            for column in (f.name for f in schema if _scannable(f.type)):
+                query = f"select {_quoted(column)} from {quoted}{where}"
+                with con.sql(query, params=params).to_arrow_reader(SCAN_CHUNK_ROWS) as reader:
+                    chunks = (batch.column(0) for batch in reader)
+                    table_hits += self._column_hits(output, column, chunks)
+            hits += self._record(output, table_hits)
         return hits
+
+
+def _quoted(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _scannable(kind: pa.DataType) -> bool:
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return (
+        pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_floating(kind)
+        # Dates can be birthdays; timestamps are ours (started_at, ...) and their text can
+        # equal a coordinate's by chance.
+        or pa.types.is_date(kind)
+    )
 
 
 def _as_text(value: Any) -> str | None:

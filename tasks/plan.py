@@ -66,6 +66,18 @@ def plan_pages(records: int, page_size: int, run_seed: int) -> list[Page]:
     ]
 
 
+# Pages per fetch task worth a task run: a task run costs ~20-40 ms of the flow's own time (state
+# changes, events, a mask task after it), as much as fetching a page from a nearby server.
+PAGES_PER_RANGE = 4
+
+
+def range_count(pages: int, concurrency: int, max_ranges: int) -> int:
+    """How many fetch tasks: enough to keep `concurrency` requests in flight, and few enough that
+    each carries about PAGES_PER_RANGE pages; never more than `max_ranges` or the pages."""
+    wanted = max(concurrency, math.ceil(pages / PAGES_PER_RANGE))
+    return max(1, min(pages, max_ranges, wanted))
+
+
 def group_ranges(pages: list[Page], max_ranges: int) -> list[PageRange]:
     """Group pages into at most `max_ranges` contiguous ranges of near-equal size."""
     if max_ranges < 1:

@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.charts import build_charts, render_pngs
 from tasks.fetch import FetchConfig, FetchedRange, fetch_range
 from tasks.generalize import generalize
-from tasks.leak_scan import LeakScanner, LeakScanReport
+from tasks.leak_scan import LeakScanner, LeakScanReport, SecretHashes, secret_hashes
 from tasks.load import load_batch, migrate, open_db
 from tasks.mask import mask_pii
 from tasks.plan import PageRange
@@ -62,15 +62,23 @@ DRIFT_ARTIFACT_KEY = "schema-drift"
 class MaskedRange:
     """A masked range with what it cost, handed from the mask task to the lake writer."""
 
-    table: pa.Table
-    # The raw source rows, kept in memory until the run's leak scan (never persisted or logged).
-    source: pa.Table
+    table: pa.Table | None
+    # Hashes of the range's raw values for the run's leak scan; the raw rows are gone.
+    secrets: SecretHashes
     pages: int
     attempts: int
     retries: int
     signatures: set[str]
     seconds_fetch: float
     seconds_mask: float
+    seconds_hash: float
+
+    def take_table(self) -> pa.Table:
+        """The masked rows, handed over once (see FetchedRange.take_table)."""
+        table, self.table = self.table, None
+        if table is None:
+            raise RuntimeError("this range's masked rows were already handed over")
+        return table
 
 
 @cache
@@ -89,19 +97,23 @@ def fetch_page_range(config: FetchConfig, page_range: PageRange) -> tuple[Fetche
 
 @task(name="mask_pii", **_RAW)
 def mask_page_range(fetched: tuple[FetchedRange, float], run_date: dt.date) -> MaskedRange:
-    """Mask a fetched range; the raw rows travel on, in memory only, for the leak scan."""
+    """Mask a fetched range and hash its raw values for the leak scan; the raw rows end here."""
     raw, seconds_fetch = fetched
+    source = raw.take_table()
     started = time.perf_counter()
-    table = mask_pii(raw.table, run_date, hash_key())
+    table = mask_pii(source, run_date, hash_key())
+    masked = time.perf_counter()
+    secrets = secret_hashes(source)
     return MaskedRange(
         table=table,
-        source=raw.table,
+        secrets=secrets,
         pages=raw.pages,
         attempts=raw.attempts,
         retries=raw.retries,
         signatures=raw.signatures,
         seconds_fetch=seconds_fetch,
-        seconds_mask=time.perf_counter() - started,
+        seconds_mask=masked - started,
+        seconds_hash=time.perf_counter() - masked,
     )
 
 
@@ -236,7 +248,7 @@ def protect_privacy(
 
 @task(name="scan_for_leaks", **_RAW)
 def scan_for_leaks(
-    sources: list[pa.Table],
+    secrets: list[SecretHashes],
     run_date: dt.date,
     files: list[Path],
     db_path: Path,
@@ -245,7 +257,7 @@ def scan_for_leaks(
     log_lines: list[str],
 ) -> LeakScanReport:
     """Look for any raw value of the batch in everything the run wrote; names fields only."""
-    scanner = LeakScanner(pa.concat_tables(sources), run_date)
+    scanner = LeakScanner(secrets, run_date)
     for path in files:
         if path.exists():
             scanner.scan_parquet(path)

@@ -69,4 +69,13 @@ def test_smoke_run_writes_json_and_markdown(tmp_path: Path, capsys: pytest.Captu
     table = (tmp_path / "results.md").read_text()
     assert "| | 2,000 records |" in table
     assert "peak RSS MiB (flow process)" in table
+    # The sampler (every 0.25 s) names the flow's stages in the order they ran.
+    order = ["fetch", "schema-drift", "validate", "lake", "load", "privacy", "reports", "leak-scan"]
+    seen = [stage for stage in run["peak_rss_mib_by_stage"] if stage != "start/end"]
+    assert seen and seen == sorted(seen, key=order.index)
+    assert max(run["peak_rss_mib_by_stage"].values()) <= run["peak_rss_mib"]
+    assert "Peak RSS by stage, 2,000 records (MiB): " in table
+    assert results["transform"]["records"] == 2000
+    assert results["transform"]["mask_generalize_records_per_s"] > 0
+    assert "Mask + generalize alone on 2,000 records" in table
     assert table in capsys.readouterr().out

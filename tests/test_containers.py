@@ -185,3 +185,14 @@ def test_prefect_yaml_pull_step_enters_project_dir_from_env(prefect_yaml):
     assert step == {
         "prefect.deployments.steps.set_working_directory": {"directory": "{{ $PROJECT_DIR }}"}
     }
+
+
+def test_flow_runs_get_the_returning_arrow_pool(prefect_yaml, dockerfile):
+    """pyarrow reads ARROW_DEFAULT_MEMORY_POOL when it loads: it must be in the run's env."""
+    for deployment in prefect_yaml["deployments"]:
+        env = deployment["work_pool"]["job_variables"]["env"]
+        assert env["ARROW_DEFAULT_MEMORY_POOL"] == "jemalloc"
+    [env_line] = [line for line in dockerfile if line.startswith("ENV PROJECT_DIR=")]
+    assert "ARROW_DEFAULT_MEMORY_POOL=jemalloc" in env_line.split()
+    makefile = (ROOT / "Makefile").read_text()
+    assert "export ARROW_DEFAULT_MEMORY_POOL ?= jemalloc" in makefile

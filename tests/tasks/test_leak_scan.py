@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import copy
+import pickle
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from tasks.fetch import FetchedRange
 from tasks.lake import write_table
 from tasks.leak_scan import (
     PATTERN_EMAIL,
@@ -18,6 +21,8 @@ from tasks.leak_scan import (
     LeakError,
     LeakScanner,
     LeakScanReport,
+    hash_strings,
+    secret_hashes,
 )
 from tasks.load import connect, finish_run, load_batch, migrate, start_run
 from tasks.privacy import (
@@ -301,3 +306,58 @@ def test_no_false_positives_from_kept_words_counts_or_timestamps() -> None:
     assert scanner.scan_table("timestamps", stamps) == []
     birthdays = pa.table({"born": pa.array([dt.date(1970, 1, 1)], pa.date32())})
     assert scanner.scan_table("dates", birthdays) != []  # dates are still scanned
+
+
+def test_hashes_keep_input_order_and_agree_with_single_values() -> None:
+    values = [f"value-{i}@example.org" for i in range(50_000)]
+    bulk = hash_strings(pa.array(values))
+    assert bulk.dtype == np.uint64 and len(np.unique(bulk)) == len(values)
+    for i in (0, 1, 12_345, 49_999):
+        assert hash_strings([values[i]])[0] == bulk[i]
+
+
+def test_scanner_built_from_ranges_equals_one_built_from_the_batch(batch: dict) -> None:
+    source = batch["source"]
+    # The planted person (last row) and a "Jordan" surname sit in one range, the country
+    # "Jordan" in another: kept values are only known once every range is merged.
+    jordan = copy.deepcopy(PLANTED)
+    jordan["firstname"], jordan["lastname"] = "Jordanna", "Jordan"
+    country = copy.deepcopy(served(1, seed=9)[0])
+    country["address"] = {**country["address"], "country": "Jordan", "country_code": "JO"}
+    extra = source_table([jordan, country])
+    parts = [
+        secret_hashes(source.slice(0, 1_000)),
+        secret_hashes(pa.concat_tables([source.slice(1_000), extra.slice(0, 1)])),
+        secret_hashes(extra.slice(1)),
+    ]
+    whole = LeakScanner(pa.concat_tables([source, extra]), RUN_DATE)
+    ranged = LeakScanner(parts, RUN_DATE)
+    assert ranged.secrets == whole.secrets
+    table = pa.table({"name": ["Zebediah", "Quarterman", "Jordan", "Jordanna", "zeb.quarterman77"]})
+    assert ranged.scan_table("t", table) == whole.scan_table("t", table) != []
+    # "Jordan" is a kept country once all ranges are merged; the other four are the planted ones.
+    kinds = {h.kind: h.count for h in ranged.scan_table("t", table)}
+    assert kinds == {"firstname": 2, "lastname": 1, "email_local": 1}
+    text = "Top country: Jordan. Zebediah Quarterman wrote from zeb.quarterman77@quartz-mail.com"
+    assert ranged.scan_text("t", text) == whole.scan_text("t", text)
+    assert {h.kind for h in ranged.scan_text("t", text)} >= {"firstname", "lastname", "email"}
+
+
+def test_secret_hashes_hold_no_raw_value(batch: dict) -> None:
+    """They travel from the mask task to the flow (and across processes on Dask)."""
+    part = secret_hashes(batch["source"])
+    blob = pickle.dumps(part)
+    for value in (*VALUES, "quartz-mail.com" + "x", "Port Zebediah", "12 Quarterman Lane"):
+        assert value.encode() not in blob
+    # Only what outputs keep anyway travels as text: countries, codes, genders, domains.
+    assert "Marshall Islands" in part.kept and "Quarterman" not in part.kept
+    # 8 bytes per distinct value and form (cell, lower-cased cell, text): no strings.
+    assert part.nbytes == 8 * (len(part.cells) + len(part.lower) + len(part.text))
+
+
+def test_a_range_hands_its_rows_over_once() -> None:
+    fetched = FetchedRange(table=pa.table({"a": [1]}), pages=1, attempts=1, signatures=set())
+    assert fetched.take_table().num_rows == 1
+    assert fetched.table is None
+    with pytest.raises(RuntimeError, match="already handed over"):
+        fetched.take_table()

@@ -3,7 +3,7 @@ import datetime as dt
 import pytest
 
 from tasks.params import InputError
-from tasks.plan import group_ranges, page_seed, plan_pages, run_seed_for
+from tasks.plan import group_ranges, page_seed, plan_pages, range_count, run_seed_for
 
 
 @pytest.mark.parametrize(
@@ -65,3 +65,20 @@ def test_group_ranges_is_contiguous_and_complete(n_pages, max_ranges, sizes):
     flat = [p for r in ranges for p in r.pages]
     assert flat == pages
     assert ranges[0].label.startswith("page")
+
+
+@pytest.mark.parametrize(
+    ("n_pages", "concurrency", "max_ranges", "expected"),
+    [
+        (30, 8, 32, 8),  # 30,000 records: 8 ranges of ~4 pages keep 8 requests in flight
+        (1000, 8, 32, 32),  # 1,000,000 records: capped at FETCH_MAX_TASKS
+        (100, 8, 32, 25),  # about 4 pages per range
+        (5, 8, 32, 5),  # never more ranges than pages
+        (30, 8, 4, 4),  # never more than max_ranges
+        (1, 1, 1, 1),
+    ],
+)
+def test_range_count_keeps_concurrency_busy_with_few_task_runs(
+    n_pages, concurrency, max_ranges, expected
+):
+    assert range_count(n_pages, concurrency, max_ranges) == expected
