@@ -38,6 +38,7 @@ STAGES = (
     "validate",
     "load",
     "reports",
+    "charts",
     "leak_scan",
 )
 # Fetch throughput check from the issue: 30 pages at concurrency 8 with 200 ms per request.

@@ -206,6 +206,7 @@ def run_stages(
     started = time.perf_counter()
     published = publish_user_metrics(cfg.duckdb_path, cfg.run_date, cfg.records, k)
     metrics["seconds_reports"] = time.perf_counter() - started
+    metrics["seconds_charts"] = published.seconds_charts
     enter_stage(metrics, "leak-scan")
     started = time.perf_counter()
     quarantined = quarantine_path(cfg.lake_dir, cfg.run_date)

@@ -192,6 +192,7 @@ class Published:
 
     answers: list[str]
     contents: dict[str, Any]
+    seconds_charts: float = 0.0  # rendering every chart (one browser session)
 
 
 @task(name="publish_reports", **_RAW)
@@ -208,14 +209,16 @@ def publish_user_metrics(db_path: Path, run_date: dt.date, records: int, k: int)
         _published("gmail-by-age-group", by_age, k),
         _published("history", history, k),
     )
+    started = time.perf_counter()
     images = render_pngs(figures)  # one browser session for every chart; never raises
+    seconds_charts = time.perf_counter() - started
     contents = publish_reports(run_date, records, reports, images, note=small_cell_note(k))
     answers = [
         germany_share_sentence(reports["germany-gmail-share"]),
         top_countries_sentence(reports["top-gmail-countries"]),
         over_60_sentence(reports["gmail-users-over-60"]),
     ]
-    return Published(answers=answers, contents=contents)
+    return Published(answers=answers, contents=contents, seconds_charts=seconds_charts)
 
 
 @dataclass
