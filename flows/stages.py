@@ -259,8 +259,8 @@ def run_stages(
 
 def enter_stage(metrics: dict[str, Any], stage: str) -> None:
     """Record the stage the run is in (failure reports name it) and start it with free memory."""
-    # Arrow's allocator (mimalloc) keeps freed pages for reuse: without handing them back, a
-    # million-record run carries each stage's transient peak (~200-300 MB) into the next.
+    # Arrow's allocators keep freed pages for reuse (mimalloc for good, jemalloc for a while):
+    # without handing them back, a stage's transient peak is carried into the next.
     pa.default_memory_pool().release_unused()
     metrics["stage"] = stage
 

@@ -15,6 +15,7 @@ import httpx
 import orjson
 import pyarrow as pa
 
+from tasks.handoff import HandsOverTable
 from tasks.plan import Page, PageRange
 from tasks.source_schema import to_source_table
 
@@ -46,22 +47,13 @@ class FetchConfig:
 
 
 @dataclass
-class FetchedRange:
+class FetchedRange(HandsOverTable):
     """A range's raw records as one Arrow table (memory only) plus what it cost to get them."""
 
     table: pa.Table | None
     pages: int
     attempts: int
     signatures: set[str]
-
-    def take_table(self) -> pa.Table:
-        """The records, handed over once: afterwards this range no longer holds them."""
-        # Prefect keeps every task's future, and with it the result, until the flow run ends;
-        # letting go here is what keeps a million raw rows from staying in memory that long.
-        table, self.table = self.table, None
-        if table is None:
-            raise RuntimeError("this range's records were already handed over")
-        return table
 
     @property
     def retries(self) -> int:

@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.charts import build_charts, render_pngs
 from tasks.fetch import FetchConfig, FetchedRange, fetch_range
 from tasks.generalize import generalize
+from tasks.handoff import HandsOverTable
 from tasks.leak_scan import LeakScanner, LeakScanReport, SecretHashes, secret_hashes
 from tasks.load import load_batch, migrate, open_db
 from tasks.mask import mask_pii
@@ -59,7 +60,7 @@ DRIFT_ARTIFACT_KEY = "schema-drift"
 
 
 @dataclass
-class MaskedRange:
+class MaskedRange(HandsOverTable):
     """A masked range with what it cost, handed from the mask task to the lake writer."""
 
     table: pa.Table | None
@@ -72,13 +73,6 @@ class MaskedRange:
     seconds_fetch: float
     seconds_mask: float
     seconds_hash: float
-
-    def take_table(self) -> pa.Table:
-        """The masked rows, handed over once (see FetchedRange.take_table)."""
-        table, self.table = self.table, None
-        if table is None:
-            raise RuntimeError("this range's masked rows were already handed over")
-        return table
 
 
 @cache

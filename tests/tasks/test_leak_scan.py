@@ -12,7 +12,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from tasks.fetch import FetchedRange
 from tasks.lake import write_table
 from tasks.leak_scan import (
     PATTERN_EMAIL,
@@ -353,11 +352,3 @@ def test_secret_hashes_hold_no_raw_value(batch: dict) -> None:
     assert "Marshall Islands" in part.kept and "Quarterman" not in part.kept
     # 8 bytes per distinct value and form (cell, lower-cased cell, text): no strings.
     assert part.nbytes == 8 * (len(part.cells) + len(part.lower) + len(part.text))
-
-
-def test_a_range_hands_its_rows_over_once() -> None:
-    fetched = FetchedRange(table=pa.table({"a": [1]}), pages=1, attempts=1, signatures=set())
-    assert fetched.take_table().num_rows == 1
-    assert fetched.table is None
-    with pytest.raises(RuntimeError, match="already handed over"):
-        fetched.take_table()
