@@ -46,6 +46,8 @@ from tasks.steps import (
 from tasks.validate import ValidationError as BatchValidationError
 from tasks.validate import quarantine
 
+PROGRESS_SECONDS = 1.0
+
 
 def ingest(
     cfg: RunConfig,
@@ -64,6 +66,7 @@ def ingest(
     metrics["_secrets"] = secrets = []  # hashes of the raw values, for the leak scan
     metrics.update(pages=0, retries=0, seconds_fetch=0.0, seconds_mask=0.0, seconds_lake=0.0)
     metrics["seconds_leak_hash"] = 0.0
+    updated = time.monotonic()
     for fetch, mask in zip(fetched, masked, strict=True):
         # A failed fetch leaves its mask task never run: surface the fetch's own error.
         fetch.wait()
@@ -82,7 +85,10 @@ def ingest(
         metrics["seconds_fetch"] += part.seconds_fetch
         metrics["seconds_mask"] += part.seconds_mask
         metrics["seconds_leak_hash"] += part.seconds_hash
-        update_progress_artifact(progress, progress=100.0 * metrics["pages"] / total_pages)
+        # At most one update a second (each is a call to the Prefect API), and always the last.
+        if metrics["pages"] == total_pages or time.monotonic() - updated >= PROGRESS_SECONDS:
+            update_progress_artifact(progress, progress=100.0 * metrics["pages"] / total_pages)
+            updated = time.monotonic()
         logger.info(
             "pages %d/%d done (%d records, %d retries so far)",
             metrics["pages"],

@@ -12,7 +12,12 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    ArtifactFilterType,
+    FlowRunFilter,
+)
 from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
 
 from flows.user_metrics import user_metrics_pipeline
@@ -81,6 +86,13 @@ def test_reports_equal_an_independent_computation(api, pipeline_env, prefect_sto
     ) == [(3000,)]
     artifacts = artifacts_of(summary["flow_run_id"])
     assert set(artifacts) == set(REPORT_KEYS)
+    # The fetch progress users watch in the UI ends at 100 %.
+    with get_client(sync_client=True) as client:
+        [progress] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"])),
+            flow_run_filter=FlowRunFilter(id={"any_": [summary["flow_run_id"]]}),
+        )
+    assert progress.data == 100.0
     for key, columns in REPORT_COLUMNS.items():
         rows = table_of(artifacts[key])
         assert all(tuple(row) == columns for row in rows), key
