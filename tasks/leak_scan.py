@@ -3,13 +3,14 @@
 The scanner never holds the raw values: `secret_hashes` turns each page range's raw source
 columns into 64-bit hashes of its identifying values (in the mask task, so the raw rows can be
 dropped as soon as they are masked), and `LeakScanner` merges those into sorted hash indexes.
-At a million records that is ~150 MB of integers instead of the rows and a set of strings.
+At a million records that is ~100 MB of integers instead of the rows and a set of strings.
 It scans tables column by column (each column's distinct cells are hashed and looked up) and
 free text (log lines, artifact markdown) token by token and by n-grams, plus two patterns that
 need no batch: an e-mail address with a real local part and an E.164 phone number. A hit names
-the output, the field and the kind of value, with a count; never the value. Two different
-strings share a 64-bit hash with a chance of ~1e-7 per run at a million records: a false alarm
-at worst, never a missed leak.
+the output, the field and the kind of value, with a count; never the value. An index entry
+keeps 60 bits of the hash: at a million records (~11 million secrets, a few million distinct
+cells probed) a chance collision happens in about 1 run in 30,000, and is a false alarm (the
+run fails naming the field), never a missed leak.
 
 What is looked for, and what is left out on purpose (each exclusion avoids a false alarm that
 would fail a clean run):
