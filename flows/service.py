@@ -237,54 +237,65 @@ def create_pool_and_deploy(env: Mapping[str, str]) -> None:
 # --- serve / trigger / stop ----------------------------------------------------------------------
 
 
+def _reuse(state: State, name: str, url: str | None, health: str, label: str) -> bool:
+    """True if our `name` process still answers at `url`; else stop whatever is left of it."""
+    pid = state.pid(name)
+    if pid is not None and url and state.urls().get(name) == url:
+        with contextlib.suppress(ServiceError):
+            wait_http(health, timeout=5)
+            print(f"{label:<18} already running (pid {pid}) at {url}")
+            return True
+    if pid is not None:
+        stop_group(pid)
+    return False
+
+
+def _launch(
+    state: State,
+    name: str,
+    cmd: list[str],
+    env: dict[str, str],
+    url: str,
+    health: str,
+    timeout: float,
+) -> tuple[int, Path]:
+    """Start `name`, record its pid and URL, wait until `health` answers; (pid, log)."""
+    log = state.log(name)
+    proc = start_process(cmd, env, log)
+    state.record(name, proc.pid)
+    state.save_urls(**{name: url})
+    wait_http(health, timeout=timeout, proc=proc, log=log)
+    return proc.pid, log
+
+
 def _start_server(state: State, env: dict[str, str]) -> str:
     host = os.environ.get("PREFECT_SERVER_API_HOST", "127.0.0.1")
     port = int(os.environ.get("PREFECT_SERVER_API_PORT", DEFAULT_PORT))
     client_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{client_host}:{port}/api"
-    pid = state.pid("server")
-    if pid is not None and state.urls().get("server") == url:
-        with contextlib.suppress(ServiceError):
-            wait_http(f"{url}/health", timeout=5)
-            print(f"Prefect server     already running (pid {pid}) at {url}")
-            return url
-    if pid is not None:
-        stop_group(pid)
+    if _reuse(state, "server", url, f"{url}/health", "Prefect server"):
+        return url
     if port_in_use(client_host, port):
         raise ServiceError(
             f"port {port} is taken by a process `make serve` did not start; "
             "stop it or choose another with PREFECT_SERVER_API_PORT=..."
         )
-    log = state.log("server")
-    proc = start_process(
-        [prefect_bin(), "server", "start", "--host", host, "--port", str(port)], env, log
-    )
-    state.record("server", proc.pid)
-    state.save_urls(server=url)
-    wait_http(f"{url}/health", timeout=180, proc=proc, log=log)
-    print(f"Prefect server     started (pid {proc.pid}) at {url}, log {log}")
+    cmd = [prefect_bin(), "server", "start", "--host", host, "--port", str(port)]
+    pid, log = _launch(state, "server", cmd, env, url, f"{url}/health", timeout=180)
+    print(f"Prefect server     started (pid {pid}) at {url}, log {log}")
     return url
 
 
 def _start_api(state: State, env: dict[str, str]) -> str:
-    pid, url = state.pid("api"), state.urls().get("api")
-    if pid is not None and url:
-        with contextlib.suppress(ServiceError):
-            wait_http(f"{url.rsplit('/api/', 1)[0]}/health", timeout=5)
-            print(f"Local Faker API    already running (pid {pid}) at {url}")
-            return url
-    if pid is not None:
-        stop_group(pid)
+    url = state.urls().get("api")
+    health = f"{url.rsplit('/api/', 1)[0]}/health" if url else ""
+    if _reuse(state, "api", url, health, "Local Faker API"):
+        return url
     port = free_port()
     url = f"http://127.0.0.1:{port}/api/v2"
-    log = state.log("api")
-    proc = start_process(
-        [sys.executable, "-m", "local_api", "--port", str(port), "--quiet"], env, log
-    )
-    state.record("api", proc.pid)
-    state.save_urls(api=url)
-    wait_http(f"http://127.0.0.1:{port}/health", timeout=120, proc=proc, log=log)
-    print(f"Local Faker API    started (pid {proc.pid}) at {url}")
+    cmd = [sys.executable, "-m", "local_api", "--port", str(port), "--quiet"]
+    pid, _ = _launch(state, "api", cmd, env, url, f"http://127.0.0.1:{port}/health", timeout=120)
+    print(f"Local Faker API    started (pid {pid}) at {url}")
     return url
 
 
