@@ -41,13 +41,18 @@ def assert_refused(
     code: int, err: str, names: list[str], api: LocalApiServer, paths: tuple[Path, Path]
 ) -> None:
     """Exit 2, exactly one `error:` line naming every given value, no request, nothing on disk."""
-    lake, db = paths
     lines = error_lines(err)
     assert code == 2, (code, err)
     assert len(lines) == 1, f"expected one error line, got {lines}"
     assert lines[0].startswith("error: ") or ": error: " in lines[0], lines[0]
     for name in names:
         assert name.lower() in lines[0].lower(), f"{name!r} not named in {lines[0]!r}"
+    assert_untouched(api, paths)
+
+
+def assert_untouched(api: LocalApiServer, paths: tuple[Path, Path]) -> None:
+    """No request reached the API and nothing was written to the lake or DuckDB."""
+    lake, db = paths
     assert api.stats()["total"] == 0, "a request was made"
     assert not lake.exists() and not db.exists(), "something was written"
 
@@ -194,7 +199,6 @@ def test_flow_parameter(
     paths: tuple[Path, Path],
     prefect_storage,
 ) -> None:
-    lake, db = paths
     kwargs = {"api_url": api.base_url, "records": 100, "run_date": dt.date(2026, 5, 1), **params}
     state = user_metrics_pipeline(**kwargs, return_state=True)
     assert state.is_failed()
@@ -203,23 +207,20 @@ def test_flow_parameter(
     for name in names:
         assert name in str(error), (name, str(error))
     assert "\n" not in str(error).strip()
-    assert api.stats()["total"] == 0
-    assert not lake.exists() and not db.exists()
+    assert_untouched(api, paths)
 
 
 def test_flow_parameter_malformed_date_string(
     api: LocalApiServer, reliability_env, paths: tuple[Path, Path], prefect_storage
 ) -> None:
     """A deployment run may pass a string: Prefect's parameter check must name it."""
-    lake, db = paths
     state = user_metrics_pipeline(
         api_url=api.base_url, records=100, run_date="2026-13-01", return_state=True
     )
     assert state.is_failed()
     error = state.result(raise_on_failure=False)
     assert "2026-13-01" in str(error) or "run_date" in str(error), repr(error)
-    assert api.stats()["total"] == 0
-    assert not lake.exists() and not db.exists()
+    assert_untouched(api, paths)
 
 
 def test_flow_unreachable_url(
@@ -240,7 +241,6 @@ def test_backfill_flow_backward_range(
 ) -> None:
     from flows.user_metrics import user_metrics_backfill
 
-    lake, db = paths
     state = user_metrics_backfill(
         start_date=dt.date(2026, 6, 3),
         end_date=dt.date(2026, 6, 1),
@@ -251,5 +251,4 @@ def test_backfill_flow_backward_range(
     error = state.result(raise_on_failure=False)
     assert isinstance(error, InputError), repr(error)
     assert "2026-06-03" in str(error) and "2026-06-01" in str(error)
-    assert api.stats()["total"] == 0
-    assert not lake.exists() and not db.exists()
+    assert_untouched(api, paths)

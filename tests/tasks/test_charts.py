@@ -135,40 +135,54 @@ def test_find_browser_download_is_bounded(monkeypatch: pytest.MonkeyPatch) -> No
     assert time.monotonic() - started < 5
 
 
+@pytest.fixture
+def no_browser_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in charts.BROWSER_ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every kaleido browser opened during the test (to check there is only one session)."""
+    import kaleido
+
+    sessions: list[object] = []
+    real_open = kaleido.Kaleido.open
+
+    async def counting_open(self: kaleido.Kaleido) -> None:
+        sessions.append(self)
+        await real_open(self)
+
+    monkeypatch.setattr(kaleido.Kaleido, "open", counting_open)
+    return sessions
+
+
+def assert_pngs(pngs: dict[str, bytes | None], figures: dict, width: int, height: int) -> None:
+    """One decodable PNG of the requested size per figure."""
+    assert set(pngs) == set(figures)
+    for name, png in pngs.items():
+        assert png is not None and png.startswith(PNG_MAGIC), name
+        # IHDR width/height, at scale 1.
+        assert int.from_bytes(png[16:20], "big") == width, name
+        assert int.from_bytes(png[20:24], "big") == height, name
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")
 def test_render_pngs_with_chromium_one_session(
-    monkeypatch: pytest.MonkeyPatch,
+    no_browser_env: None,
+    opened: list[object],
     top_countries: pd.DataFrame,
     age_groups: pd.DataFrame,
     history: pd.DataFrame,
 ) -> None:
-    import kaleido
-
-    for var in charts.BROWSER_ENV_VARS:
-        monkeypatch.delenv(var, raising=False)
-    opened: list[object] = []
-    real_open = kaleido.Kaleido.open
-
-    async def counting_open(self: kaleido.Kaleido) -> None:
-        opened.append(self)
-        await real_open(self)
-
-    monkeypatch.setattr(kaleido.Kaleido, "open", counting_open)
-
     figures = charts.build_charts(top_countries, age_groups, history)
     started = time.monotonic()
     pngs = charts.render_pngs(figures, width=600, height=300)
     elapsed = time.monotonic() - started
     print(f"rendered {len(pngs)} charts in {elapsed:.2f} s")
 
-    assert set(pngs) == set(figures)
-    for name, png in pngs.items():
-        assert png is not None, name
-        assert png.startswith(PNG_MAGIC), name
-        # IHDR width/height: 600x300 at scale 1.
-        assert int.from_bytes(png[16:20], "big") == 600
-        assert int.from_bytes(png[20:24], "big") == 300
+    assert_pngs(pngs, figures, 600, 300)
     assert len(opened) == 1
 
 
@@ -262,33 +276,17 @@ def _still_running(processes: set[tuple[int, float]], wait: float = 10.0) -> set
         time.sleep(0.1)
 
 
-@pytest.fixture
-def no_browser_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in charts.BROWSER_ENV_VARS:
-        monkeypatch.delenv(var, raising=False)
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")
 def test_prestart_then_render_from_another_thread(
-    monkeypatch: pytest.MonkeyPatch,
     no_browser_env: None,
+    opened: list[object],
     top_countries: pd.DataFrame,
     age_groups: pd.DataFrame,
     history: pd.DataFrame,
 ) -> None:
     import threading
 
-    import kaleido
-
-    opened: list[object] = []
-    real_open = kaleido.Kaleido.open
-
-    async def counting_open(self: kaleido.Kaleido) -> None:
-        opened.append(self)
-        await real_open(self)
-
-    monkeypatch.setattr(kaleido.Kaleido, "open", counting_open)
     figures = charts.build_charts(top_countries, age_groups, history)
 
     started = time.monotonic()
@@ -311,11 +309,7 @@ def test_prestart_then_render_from_another_thread(
         session.close()
 
     (pngs,) = results
-    assert set(pngs) == set(figures)
-    for name, png in pngs.items():
-        assert png is not None and png.startswith(PNG_MAGIC), name
-        assert int.from_bytes(png[16:20], "big") == 600
-        assert int.from_bytes(png[20:24], "big") == 300
+    assert_pngs(pngs, figures, 600, 300)
     assert len(opened) == 1, "every chart from the one pre-started session"
     assert not _still_running(running)
     session.close()  # idempotent

@@ -138,7 +138,34 @@ def test_valid_batches_pass() -> None:
 
 Mutation = Callable[[pa.Table], pa.Table]
 
-RAW_DEFECTS: list[tuple[str, Mutation, set[str], str]] = [
+Defect = tuple[str, Mutation, set[str], str]
+
+# Both suites check country codes and person keys the same way.
+SHARED_DEFECTS: list[Defect] = [
+    (
+        "lower-case country code",
+        lambda t: plant(t, "country_code", 0, "de"),
+        {
+            "expect_column_values_to_match_regex(country_code)",
+            f"expect_column_values_to_be_between({CODES_PER_COUNTRY})",
+        },
+        "'de'",
+    ),
+    (
+        "one country with two codes",
+        lambda t: plant(t, "country_code", 4, "ZQ"),
+        {f"expect_column_values_to_be_between({CODES_PER_COUNTRY})"},
+        "ZQ",
+    ),
+    (
+        "duplicate person_key",
+        lambda t: plant(t, "person_key", 1, t["person_key"][0].as_py()),
+        {"expect_column_values_to_be_unique(person_key)"},
+        _key(0),
+    ),
+]
+
+RAW_DEFECTS: list[Defect] = [
     (
         "unmasked firstname",
         lambda t: plant(t, "firstname", 7, "ZeldaPlanted"),
@@ -169,27 +196,7 @@ RAW_DEFECTS: list[tuple[str, Mutation, set[str], str]] = [
         {"expect_column_values_to_be_in_set(gender)"},
         "ZeldaGender",
     ),
-    (
-        "lower-case country code",
-        lambda t: plant(t, "country_code", 0, "de"),
-        {
-            "expect_column_values_to_match_regex(country_code)",
-            f"expect_column_values_to_be_between({CODES_PER_COUNTRY})",
-        },
-        "'de'",
-    ),
-    (
-        "one country with two codes",
-        lambda t: plant(t, "country_code", 4, "ZQ"),
-        {f"expect_column_values_to_be_between({CODES_PER_COUNTRY})"},
-        "ZQ",
-    ),
-    (
-        "duplicate person_key",
-        lambda t: plant(t, "person_key", 1, t["person_key"][0].as_py()),
-        {"expect_column_values_to_be_unique(person_key)"},
-        _key(0),
-    ),
+    *SHARED_DEFECTS,
     (
         "malformed person_key",
         lambda t: plant(t, "person_key", 2, "ZELDA" * 4),
@@ -220,7 +227,7 @@ RAW_DEFECTS: list[tuple[str, Mutation, set[str], str]] = [
     ),
 ]
 
-ANALYTICAL_DEFECTS: list[tuple[str, Mutation, set[str], str]] = [
+ANALYTICAL_DEFECTS: list[Defect] = [
     (
         "bad age_group",
         lambda t: plant(t, "age_group", 3, "[Zelda-Planted]"),
@@ -239,27 +246,7 @@ ANALYTICAL_DEFECTS: list[tuple[str, Mutation, set[str], str]] = [
         {"expect_column_values_to_match_regex(email_domain)"},
         "zeldaplanted",
     ),
-    (
-        "lower-case country code",
-        lambda t: plant(t, "country_code", 0, "de"),
-        {
-            "expect_column_values_to_match_regex(country_code)",
-            f"expect_column_values_to_be_between({CODES_PER_COUNTRY})",
-        },
-        "'de'",
-    ),
-    (
-        "one country with two codes",
-        lambda t: plant(t, "country_code", 4, "ZQ"),
-        {f"expect_column_values_to_be_between({CODES_PER_COUNTRY})"},
-        "ZQ",
-    ),
-    (
-        "duplicate person_key",
-        lambda t: plant(t, "person_key", 1, t["person_key"][0].as_py()),
-        {"expect_column_values_to_be_unique(person_key)"},
-        _key(0),
-    ),
+    *SHARED_DEFECTS,
     (
         "two run dates",
         lambda t: plant(t, "run_date", 1, date(2025, 3, 15)),
