@@ -156,8 +156,8 @@ def run_stages(
     settings = get_settings()
     k = settings.privacy_k
     pages = plan_pages(cfg.records, cfg.page_size, cfg.run_seed)
-    tasks = range_count(len(pages), cfg.fetch.concurrency, cfg.max_fetch_tasks)
-    ranges = group_ranges(pages, tasks)
+    fetch_tasks = range_count(len(pages), cfg.fetch.concurrency, cfg.max_fetch_tasks)
+    ranges = group_ranges(pages, fetch_tasks)
     logger.info(
         "run date %s: %d records in %d pages of <= %d, %d fetch tasks, from %s",
         cfg.run_date,

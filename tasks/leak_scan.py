@@ -398,7 +398,7 @@ def secret_hashes(source: pa.Table) -> SecretHashes:
         lower=packed[long_enough & lower],
         text=_pack(text_hashes, text_kinds),
         kept=frozenset(_kept_in(source)),
-        max_ngram=max(1, min((spaces or 0) + 1, _MAX_NGRAM)),
+        max_ngram=min(spaces + 1, _MAX_NGRAM),
     )
 
 
