@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"schema drift, repeatable or comma list: {', '.join(DRIFTS)}",
     )
     f.add_argument("--down", action="store_true", help="answer every request with 503")
+    f.add_argument(
+        "--error-message",
+        metavar="TEXT",
+        help="JSON message of every 429/503/5xx instead of default",
+    )
     f.add_argument("--fault-seed", type=int, default=0, help="seed for random fault draws")
     return p
 
@@ -86,6 +91,7 @@ def faults_from_args(args: argparse.Namespace) -> FaultConfig:
         short_rate=args.short_rate,
         drift=drift,
         down=args.down,
+        error_message=args.error_message,
         fault_seed=args.fault_seed,
     )
 

@@ -20,6 +20,11 @@ DRIFTS: tuple[str, ...] = (
     "wrong-type",
     "extra-field",
     "bad-values",
+    # Hostile source: values that must never reach outputs, logs or errors (leak drills).
+    "email-in-country",
+    "name-in-gender",
+    "int-coordinates",
+    "email-keys",
 )
 RETRY_AFTER_FORMATS: tuple[str, ...] = ("seconds", "http-date", "none")
 TRUNCATE_MODES: tuple[str, ...] = ("json", "connection")
@@ -53,6 +58,7 @@ class FaultConfig:
     short_rate: float = 0.0
     drift: tuple[str, ...] = ()
     down: bool = False
+    error_message: str | None = None  # JSON message of every injected error instead of default
     fault_seed: int = 0
 
     def __post_init__(self) -> None:
@@ -154,9 +160,12 @@ class FaultInjector:
 
 
 def apply_drift(records: list[dict[str, object]], drifts: tuple[str, ...]) -> None:
-    """Mutate records in place to show the configured schema drifts."""
+    """Mutate records in place to show the configured schema and hostile-source drifts."""
     if not drifts:
         return
+    # Hostile drifts plant the generated e-mails, so take them before missing-email or bad-values
+    # can remove or alter them: every combination of drifts still leaks real values.
+    emails = [rec.get("email") for rec in records]
     for rec in records:
         address = rec["address"]
         assert isinstance(address, dict)
@@ -180,3 +189,33 @@ def apply_drift(records: list[dict[str, object]], drifts: tuple[str, ...]) -> No
             address = rec["address"]
             assert isinstance(address, dict)
             address["country_code"] = str(address["country_code"]).lower()
+    _apply_hostile(records, drifts, emails)
+
+
+def _apply_hostile(
+    records: list[dict[str, object]], drifts: tuple[str, ...], emails: list[object]
+) -> None:
+    """Plant source values where only a leak scan (or strict validation) notices them."""
+    if "email-in-country" in drifts:
+        # country_code stays a valid code, so validation passes and only a leak scan can tell.
+        for rec, mail in zip(records[::7], emails[::7], strict=True):
+            address = rec["address"]
+            assert isinstance(address, dict)
+            address["country"] = mail
+    if "name-in-gender" in drifts:
+        for rec in records[::10]:
+            rec["gender"] = f"{rec['firstname']} {rec['lastname']}"
+    if "int-coordinates" in drifts:
+        # Past 2**53 once |value| > ~9.007: checked int-to-float casts (pyarrow's) reject them and
+        # quote the value in the error. float() also takes wrong-type's strings.
+        for rec in records:
+            address = rec["address"]
+            assert isinstance(address, dict)
+            for key in ("latitude", "longitude"):
+                address[key] = round(float(address[key]) * 1e15)
+    if "email-keys" in drifts:
+        # One extra key per record, named by a raw e-mail: column names become values to leak.
+        for rec, mail in zip(records, emails, strict=True):
+            rec.pop("email", None)
+            if mail is not None:
+                rec[str(mail)] = "subscribed"

@@ -221,7 +221,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._ok(query, decision)
 
     def _error(self, status: int, message: str, decision: Decision) -> None:
-        self.server.app.stats_counter.count(status=status)
+        app = self.server.app
+        if app.faults.error_message is not None:
+            message = app.faults.error_message
+        app.stats_counter.count(status=status)
         self._send(status, dump_json({"message": message}), decision.headers)
 
     def _ok(self, query: PersonsQuery, decision: Decision) -> None:

@@ -79,6 +79,18 @@ def test_cli_parses_fault_flags() -> None:
     assert faults.down
 
 
+def test_cli_parses_hostile_source_flags() -> None:
+    message = "write to jane.doe@example.com or call +1 202 555 0143"
+    args = build_parser().parse_args(
+        ["--drift", "email-in-country", "--drift", "int_coordinates,email-keys",
+         "--error-message", message]
+    )  # fmt: skip
+    faults = faults_from_args(args)
+    assert faults.drift == ("email-in-country", "int-coordinates", "email-keys")
+    assert faults.error_message == message
+    assert faults_from_args(build_parser().parse_args([])).error_message is None
+
+
 @pytest.mark.parametrize(
     "argv", [["--drift", "bogus"], ["--error-rate", "2"], ["--error-statuses", "x"]]
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import email.utils
 import json
@@ -12,6 +13,8 @@ import httpx
 import pytest
 
 from local_api import FaultConfig, LocalApiServer
+from local_api.faults import normalize_drift
+from local_api.server import BodyCache
 
 Start = Callable[..., LocalApiServer]
 
@@ -202,3 +205,144 @@ def test_stop_is_prompt_with_hung_request(start_server: Start, get: Get) -> None
 def test_fault_config_validation(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         FaultConfig(**kwargs)
+
+
+# Hostile-source drifts: compared field by field with what a fault-free server serves for the same
+# seeded query (same seed, same records), so any change beyond the stated one fails.
+PAGE = {"_quantity": 100, "_seed": 31}
+LEAKY_MESSAGE = "Contact jane.doe@example.com or +1 202 555 0143 (Zoë)"
+
+
+def _data(srv: LocalApiServer, get: Get, **params: object) -> list[dict]:
+    """Records of a 200 persons response."""
+    response = get(srv, **params)
+    assert response.status_code == 200, response.text
+    return response.json()["data"]
+
+
+def test_email_in_country(start_server: Start, server: LocalApiServer, get: Get) -> None:
+    clean = _data(server, get, **PAGE)
+    data = _data(start_server(drift=("email-in-country",)), get, **PAGE)
+    expected = copy.deepcopy(clean)
+    for rec in expected[::7]:
+        rec["address"]["country"] = rec["email"]
+    assert data == expected
+    assert [list(r["address"]) for r in data] == [list(r["address"]) for r in clean]
+    hit = [r for r in data if "@" in r["address"]["country"]]
+    assert len(hit) == 15 and hit[0]["address"]["country"] == clean[0]["email"]
+    codes = [r["address"]["country_code"] for r in hit]
+    assert all(len(c) == 2 and c.isupper() for c in codes)
+
+
+def test_name_in_gender(start_server: Start, server: LocalApiServer, get: Get) -> None:
+    clean = _data(server, get, **PAGE)
+    data = _data(start_server(drift=("name-in-gender",)), get, **PAGE)
+    expected = copy.deepcopy(clean)
+    for rec in expected[::10]:
+        rec["gender"] = f"{rec['firstname']} {rec['lastname']}"
+    assert data == expected
+    assert sum(r["gender"] not in ("male", "female") for r in data) == 10
+
+
+def test_int_coordinates(start_server: Start, server: LocalApiServer, get: Get) -> None:
+    clean = _data(server, get, **PAGE)
+    response = get(start_server(drift=("int-coordinates",)), **PAGE)
+    data = response.json()["data"]
+    expected = copy.deepcopy(clean)
+    big = 0
+    for rec in expected:
+        for key in ("latitude", "longitude"):
+            value = rec["address"][key]
+            rec["address"][key] = round(value * 1e15)
+            big += abs(value) > 9.1  # 2**53 / 1e15 is about 9.007
+    assert data == expected
+    coords = [r["address"][k] for r in data for k in ("latitude", "longitude")]
+    assert all(type(v) is int for v in coords)
+    assert sum(abs(v) > 2**53 for v in coords) == big > 150
+    # On the wire as plain integer literals, not floats or exponents.
+    assert f":{coords[0]}," in response.text
+
+
+def test_email_keys(start_server: Start, server: LocalApiServer, get: Get) -> None:
+    clean = _data(server, get, **PAGE)
+    data = _data(start_server(drift=("email-keys",)), get, **PAGE)
+    extra_keys = set()
+    for rec, before in zip(data, clean, strict=True):
+        assert "email" not in rec
+        extra = set(rec) - set(before)
+        assert extra == {before["email"]}
+        assert rec[before["email"]] == "subscribed"
+        assert {k: v for k, v in rec.items() if k not in extra} == {
+            k: v for k, v in before.items() if k != "email"
+        }
+        extra_keys |= extra
+    assert len(extra_keys) == 100
+
+
+def test_hostile_drifts_survive_the_body_cache(start_server: Start, get: Get) -> None:
+    srv = start_server(
+        drift=("email-in-country", "name-in-gender", "int-coordinates", "email-keys")
+    )
+    first = get(srv, **PAGE).content
+    assert get(srv, **PAGE).content == first  # served from the LRU
+    srv.cache = BodyCache(0)  # rebuild the records and apply the drifts again
+    assert get(srv, **PAGE).content == first
+    rec = json.loads(first)["data"][0]
+    assert "@" in rec["address"]["country"] and rec[rec["address"]["country"]] == "subscribed"
+    assert isinstance(rec["address"]["latitude"], int) and " " in rec["gender"]
+
+
+def test_hostile_drifts_plant_emails_despite_schema_drifts(
+    start_server: Start, server: LocalApiServer, get: Get
+) -> None:
+    clean = _data(server, get, **PAGE)
+    drift = ("missing-email", "wrong-type", "email-in-country", "int-coordinates", "email-keys")
+    data = _data(start_server(drift=drift), get, **PAGE)
+    assert data[7]["address"]["country"] == clean[7]["email"]
+    assert all(
+        r[c["email"]] == "subscribed" and "email" not in r for r, c in zip(data, clean, strict=True)
+    )
+    lat = clean[0]["address"]["latitude"]
+    assert data[0]["address"]["latitude"] == round(lat * 1e15)
+
+
+@pytest.mark.parametrize(
+    ("spelling", "drift"),
+    [
+        ("email_in_country", "email-in-country"),
+        ("NAME_IN_GENDER", "name-in-gender"),
+        ("int_coordinates", "int-coordinates"),
+        ("email_keys", "email-keys"),
+    ],
+)
+def test_hostile_drift_spellings(spelling: str, drift: str) -> None:
+    assert normalize_drift(spelling) == drift
+    assert FaultConfig(drift=(spelling,)).drift == (drift,)
+
+
+@pytest.mark.parametrize(
+    ("faults", "statuses"),
+    [
+        ({"down": True}, {503}),
+        ({"error_rate": 1.0, "error_statuses": (500, 502, 503)}, {500, 502, 503}),
+        ({"fail_first": 20}, {500}),
+    ],
+)
+def test_error_message_replaces_error_bodies(
+    start_server: Start, get: Get, faults: dict, statuses: set[int]
+) -> None:
+    srv = start_server(error_message=LEAKY_MESSAGE, **faults)
+    responses = [get(srv, _seed=1) for _ in range(20)]
+    assert {r.status_code for r in responses} == statuses
+    assert all(r.json() == {"message": LEAKY_MESSAGE} for r in responses)
+
+
+def test_error_message_on_rate_limit_only_on_errors(start_server: Start, get: Get) -> None:
+    srv = start_server(rate_limit=1, error_message=LEAKY_MESSAGE)
+    ok = get(srv, _quantity=1)
+    assert ok.status_code == 200 and LEAKY_MESSAGE not in ok.text
+    limited = get(srv)
+    assert limited.status_code == 429
+    assert limited.json() == {"message": LEAKY_MESSAGE}
+    assert "Retry-After" in limited.headers
+    assert httpx.get(f"{srv.url}/nope").json()["status"] == "Not found"
