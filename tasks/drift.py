@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tasks.source_schema import SchemaDriftError
+from tasks.source_schema import UNEXPECTED, SchemaDriftError
+
+
+def entry_text(entry: str) -> str:
+    """A signature entry for people: `path:type`, or `N unexpected field(s) of type T`."""
+    if entry.startswith(f"{UNEXPECTED}:"):
+        kind, _, count = entry.removeprefix(f"{UNEXPECTED}:").partition("=")
+        return f"{count} unexpected field(s) of type {kind}"
+    return entry
 
 
 @dataclass(frozen=True)
@@ -23,9 +31,9 @@ class SchemaChange:
         """One line: what changed."""
         parts = []
         if self.added:
-            parts.append("added " + ", ".join(self.added))
+            parts.append("added " + ", ".join(map(entry_text, self.added)))
         if self.removed:
-            parts.append("removed " + ", ".join(self.removed))
+            parts.append("removed " + ", ".join(map(entry_text, self.removed)))
         return "; ".join(parts)
 
 
@@ -61,8 +69,8 @@ def enforce_policy(change: SchemaChange | None, policy: str) -> None:
 
 def drift_markdown(change: SchemaChange, policy: str, accepted: bool) -> str:
     """The `schema-drift` artifact: what changed and what the run did about it."""
-    rows = [f"| added | `{f}` |" for f in change.added] + [
-        f"| removed | `{f}` |" for f in change.removed
+    rows = [f"| added | `{entry_text(f)}` |" for f in change.added] + [
+        f"| removed | `{entry_text(f)}` |" for f in change.removed
     ]
     verdict = "continued" if accepted else "stopped before loading"
     return "\n".join(

@@ -15,6 +15,7 @@ import httpx
 import orjson
 import pyarrow as pa
 
+from tasks.errors import PipelineError, display_url
 from tasks.handoff import HandsOverTable
 from tasks.plan import Page, PageRange
 from tasks.source_schema import to_source_table
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 Sleep = Callable[[float], None]
 
 
-class FetchError(RuntimeError):
+class FetchError(PipelineError):
     """A page could not be fetched; the message names the page and the last cause."""
 
 
@@ -161,15 +162,6 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
-def _error_message(response: httpx.Response) -> str:
-    # Only the API's own short `message` field: an error body is never echoed whole into logs.
-    try:
-        message = response.json().get("message")
-    except (ValueError, AttributeError):
-        message = None
-    return f": {str(message)[:100]}" if message else ""
-
-
 def _attempt(client: httpx.Client, url: str, page: Page, config: FetchConfig) -> list[dict]:
     params: dict[str, str | int] = {
         "_quantity": page.quantity,
@@ -188,10 +180,12 @@ def _attempt(client: httpx.Client, url: str, page: Page, config: FetchConfig) ->
     status = response.status_code
     if status == 429 or status >= 500:
         retry_after = retry_after_seconds(response.headers.get("Retry-After"))
-        raise _Retryable(f"HTTP {status}{_error_message(response)}", retry_after)
+        # The body's `message` is the source's own text (one held an e-mail and a phone
+        # number): the status says what happened, and the body is never quoted.
+        raise _Retryable(f"HTTP {status}", retry_after)
     if status != 200:
         raise FetchError(
-            f"page {page.index}: HTTP {status}{_error_message(response)} from {url} "
+            f"page {page.index}: HTTP {status} from {display_url(url)} "
             "(not retryable: check the URL and parameters)"
         )
     try:

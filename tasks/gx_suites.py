@@ -13,6 +13,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from tasks.errors import PipelineError
+
 if TYPE_CHECKING:
     from great_expectations.core import ExpectationSuite
     from great_expectations.core.batch_definition import BatchDefinition
@@ -36,7 +38,7 @@ _batch_definitions: dict[str, BatchDefinition] = {}
 _suites: dict[Path, ExpectationSuite] = {}
 
 
-class SuiteLoadError(ValueError):
+class SuiteLoadError(PipelineError, ValueError):
     """A suite file GX would load only in part (or not at all)."""
 
 

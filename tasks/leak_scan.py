@@ -54,6 +54,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tasks.errors import PipelineError
 from tasks.memdb import cursor
 from tasks.regions import CONTINENTS, SUB_REGIONS, UNKNOWN
 from tasks.schemas import AGE_GROUPS, MASK
@@ -170,7 +171,7 @@ class LeakScanReport:
             raise LeakError(self)
 
 
-class LeakError(RuntimeError):
+class LeakError(PipelineError):
     """Raw values were found in the run's outputs; the message names outputs and fields only."""
 
     def __init__(self, report: LeakScanReport) -> None:

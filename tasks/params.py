@@ -6,19 +6,21 @@ import datetime as dt
 import socket
 from urllib.parse import urlsplit
 
+from tasks.errors import PipelineError, display_url
+
 MAX_PAGE_SIZE = 1000  # the API clamps larger requests to 1000 without saying so
 MAX_RECORDS = 10_000_000
 
 
-class InputError(ValueError):
-    """A user-supplied value is unusable; the message names the value."""
+class InputError(PipelineError, ValueError):
+    """A user-supplied value is unusable; the message names the value (URLs without credentials)."""
 
 
 def check_api_url(url: str) -> str:
     """Return the URL without a trailing slash, or raise if it is not an http(s) URL with a host."""
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InputError(f"api_url {url!r} is not an http(s) URL with a host")
+        raise InputError(f"api_url {display_url(url)!r} is not an http(s) URL with a host")
     return url.strip().rstrip("/")
 
 
@@ -67,7 +69,9 @@ def check_reachable(url: str, timeout: float = 5.0) -> None:
             pass
     except OSError as exc:
         reason = exc.strerror or exc.__class__.__name__
-        raise InputError(f"api_url {url!r} is unreachable ({host}:{port}: {reason})") from None
+        raise InputError(
+            f"api_url {display_url(url)!r} is unreachable ({host}:{port}: {reason})"
+        ) from None
 
 
 def date_range(start: dt.date | str, end: dt.date | str, max_days: int) -> list[dt.date]:

@@ -7,12 +7,13 @@ import hmac
 import secrets
 from pathlib import Path
 
+from tasks.errors import PipelineError
 from tasks.settings import Settings
 
 MIN_KEY_LENGTH = 16
 
 
-class MissingKeyError(RuntimeError):
+class MissingKeyError(PipelineError):
     """No usable HMAC key was configured."""
 
 

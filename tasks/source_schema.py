@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pyarrow as pa
+
+from tasks.errors import PipelineError
 
 # source path -> (our column name, type class, required). Required fields feed the pseudonym or
 # the reports; the rest are only ever masked, so their absence is noted in the signature, not fatal.
@@ -34,7 +38,17 @@ SOURCE_SCHEMA = pa.schema(
 )
 
 
-class SchemaDriftError(RuntimeError):
+# Fields the source sends that we neither use nor need to mask: `id` restarts in every response
+# and `address.id` is constant.
+IGNORED_FIELDS = frozenset({"id", "address.id"})
+# Unexpected fields we may name: spellings the source is known to have used. Any other key name
+# is the source's own text (a hostile source sent e-mail addresses as keys), so only counted.
+KNOWN_DRIFTS: dict[str, str] = {"address.county_code": "the v1 spelling of address.country_code"}
+# How unexpected fields appear in a signature: one entry per type, with their count.
+UNEXPECTED = "unexpected"
+
+
+class SchemaDriftError(PipelineError):
     """The source changed shape in a way the pipeline cannot absorb; names the field."""
 
 
@@ -52,32 +66,53 @@ def _type_class(arrow_type: pa.DataType) -> str:
     return "list" if pa.types.is_list(arrow_type) else str(arrow_type)
 
 
-def signature_of(flat: pa.Schema) -> str:
-    """A stable text form of a page's shape (`path:type`, sorted) to compare runs by."""
-    return ",".join(sorted(f"{f.name}:{_type_class(f.type)}" for f in flat))
+def _is_named(path: str) -> bool:
+    return path in SOURCE_FIELDS or path in IGNORED_FIELDS or path in KNOWN_DRIFTS
+
+
+def signature_of(present: dict[str, str]) -> str:
+    """A stable text form of a page's shape to compare runs by: `path:type` entries, sorted.
+
+    Unexpected fields are entered as `unexpected:type=count`, never by name.
+    """
+    entries = [f"{path}:{kind}" for path, kind in present.items() if _is_named(path)]
+    unexpected = Counter(kind for path, kind in present.items() if not _is_named(path))
+    entries += [f"{UNEXPECTED}:{kind}={count}" for kind, count in unexpected.items()]
+    return ",".join(sorted(entries))
+
+
+def unexpected_note(present: dict[str, str]) -> str:
+    """` (…)` naming known misspellings and counting other unexpected fields, or ``."""
+    extra = [path for path in present if path not in SOURCE_FIELDS and path not in IGNORED_FIELDS]
+    named = sorted(path for path in extra if path in KNOWN_DRIFTS)
+    parts = [f"{path} present: {KNOWN_DRIFTS[path]}" for path in named]
+    if others := len(extra) - len(named):
+        parts.append(f"{others} unexpected field(s) present, names not shown")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def to_source_table(records: list[dict], page_index: int) -> tuple[pa.Table, str]:
-    """Typed columns of one page, plus its signature; raises SchemaDriftError naming the field."""
+    """Typed columns of one page, plus its signature; raises SchemaDriftError naming the field.
+
+    Arrow's own messages quote the offending value, which may be PII: every Arrow call on the
+    records sits inside a `try` whose error names only the page and the field.
+    """
     try:
-        table = pa.Table.from_pylist(records)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
-        # Arrow's own message quotes the offending value, which may be PII: never pass it on.
+        flat = pa.Table.from_pylist(records).flatten()
+    except (pa.ArrowException, TypeError, ValueError):
         raise SchemaDriftError(
             f"page {page_index}: records disagree on field types (schema drift)"
         ) from None
-    flat = table.flatten()
-    signature = signature_of(flat.schema)
     present = {f.name: _type_class(f.type) for f in flat.schema}
+    signature = signature_of(present)
     columns = []
     for path, (_name, kind, required) in SOURCE_FIELDS.items():
         found = present.get(path)
         if found is None:
             if required:
-                unknown = sorted(set(present) - set(SOURCE_FIELDS) - {"id", "address.id"})
-                hint = f" (unexpected fields: {', '.join(unknown)})" if unknown else ""
                 raise SchemaDriftError(
-                    f"page {page_index}: field '{path}' is missing from the source{hint}"
+                    f"page {page_index}: field '{path}' is missing from the source"
+                    + unexpected_note(present)
                 )
             columns.append(pa.nulls(flat.num_rows, _ARROW[kind]))
             continue
@@ -85,6 +120,12 @@ def to_source_table(records: list[dict], page_index: int) -> tuple[pa.Table, str
             raise SchemaDriftError(
                 f"page {page_index}: field '{path}' has type {found}, expected {kind}"
             )
-        columns.append(flat.column(path).cast(_ARROW[kind]))
+        try:
+            columns.append(flat.column(path).cast(_ARROW[kind]))
+        except (pa.ArrowException, TypeError, ValueError):
+            # e.g. integer coordinates beyond float64's exact range
+            raise SchemaDriftError(
+                f"page {page_index}: field '{path}' has values that do not convert to {kind}"
+            ) from None
     columns.append(pa.array([page_index] * flat.num_rows, pa.int32()))
     return pa.Table.from_arrays(columns, schema=SOURCE_SCHEMA), signature

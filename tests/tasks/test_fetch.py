@@ -221,3 +221,10 @@ def test_concurrency_bound_holds_at_the_server(start_api):
     assert stats["total"] == 16
     # Equal to the bound, not just under it: the gate is the limit, not too few threads.
     assert stats["max_in_flight"] == 3
+
+
+def test_the_apis_own_error_message_is_never_quoted(start_api):
+    server = start_api(down=True, error_message="Down for jane.doe@example.org, +14155550123")
+    with pytest.raises(FetchError) as info:
+        fetch_page(config(server, max_attempts=2), plan_pages(5, 5, 1)[0], sleep=Sleeps())
+    assert str(info.value) == "page 0 failed after 2 attempts; last cause: HTTP 503"

@@ -203,3 +203,26 @@ def test_every_row_gets_its_own_key_and_values_across_pages():
             src["country"],
             src["country_code"],
         )
+
+
+def test_integer_coordinates_fail_naming_the_field_never_the_value():
+    rec = person()
+    rec["address"] = {**rec["address"], "latitude": -72201712000000000, "longitude": 1}
+    with pytest.raises(SchemaDriftError) as info:
+        to_source_table([rec], 4)
+    assert str(info.value) == (
+        "page 4: field 'address.latitude' has values that do not convert to number"
+    )
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_unexpected_keys_are_counted_never_named():
+    rec = person()
+    del rec["email"]
+    records = [{**rec, "jane.doe@example.org": "x", "john@example.org": "y"}]
+    with pytest.raises(SchemaDriftError) as info:
+        to_source_table(records, 0)
+    assert "2 unexpected field(s) present, names not shown" in str(info.value)
+    assert "example.org" not in str(info.value)
+    _, signature = to_source_table([{**person(), "jane.doe@example.org": "x"}], 0)
+    assert "unexpected:string=1" in signature and "example.org" not in signature
