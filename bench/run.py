@@ -29,7 +29,7 @@ RUN_DATE = dt.date(2026, 11, 26)
 SEED = 20261126
 BENCH_KEY = "bench-only-hmac-key-0123456789"  # synthetic data only; never a real key
 # Stage rows of the table, in pipeline order; any other seconds_* key the flow reports is
-# appended after these (e.g. seconds_leak_scan once that stage exists).
+# appended after these.
 STAGES = (
     "fetch",
     "mask",
@@ -37,9 +37,13 @@ STAGES = (
     "generalize",
     "validate",
     "load",
+    "privacy",
     "reports",
     "charts",
+    "verify",
     "leak_scan",
+    "commit",
+    "publish",
 )
 # Fetch throughput check from the issue: 30 pages at concurrency 8 with 200 ms per request.
 THROUGHPUT_PAGES, THROUGHPUT_CONCURRENCY, THROUGHPUT_LATENCY_MS = 30, 8, 200
@@ -198,12 +202,12 @@ def child(args: argparse.Namespace) -> int:
     main_thread = threading.get_ident()
 
     def current_stage() -> str:
-        # The stage the flow is in: `metrics["stage"]` of the running `run_stages` frame (the
-        # flow body runs in this, the main, thread). Benchmark-only introspection.
+        # The stage the flow is in: `run.stage` of the running `run_stages` frame (the flow
+        # body runs in this, the main, thread). Benchmark-only introspection.
         frame = sys._current_frames().get(main_thread)
         while frame is not None:
             if frame.f_code.co_name == "run_stages":
-                return str(frame.f_locals.get("metrics", {}).get("stage", "?"))
+                return str(getattr(frame.f_locals.get("run"), "stage", "?"))
             frame = frame.f_back
         return "start/end"
 

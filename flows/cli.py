@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Any, NoReturn
 
@@ -27,6 +28,12 @@ def parse_args(argv: list[str] | None, description: str | None) -> argparse.Name
     parser.add_argument("--start-date", help="backfill: first date, YYYY-MM-DD")
     parser.add_argument("--end-date", help="backfill: last date, YYYY-MM-DD")
     parser.add_argument("--force", action="store_true", help="backfill: reload loaded dates too")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="find and repair what killed runs left (staged files, dead runs, dates whose lake "
+        "file and DuckDB rows differ); print the command for what only a rerun repairs",
+    )
     args = parser.parse_args(argv)
     backfill = args.start_date is not None or args.end_date is not None
     if backfill and args.run_date:
@@ -35,8 +42,39 @@ def parse_args(argv: list[str] | None, description: str | None) -> argparse.Name
         parser.error("a backfill needs both --start-date and --end-date")
     if args.force and not backfill:
         parser.error("--force applies to a backfill (--start-date/--end-date)")
+    if args.check and (backfill or args.run_date):
+        parser.error("--check looks at every date; it takes no dates")
     args.backfill = backfill
     return args
+
+
+class _OneLine(logging.Formatter):
+    """A console formatter that leaves out tracebacks: a CLI user reads one line per event.
+
+    The record is put back as it was, so the Prefect API handler (the UI) keeps them.
+    """
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def one_line_console(logger_name: str = "") -> None:
+    """Make the console handlers of `logger_name` (root: where Prefect puts its own) print no
+    tracebacks."""
+    for handler in logging.getLogger(logger_name).handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(
+            handler.formatter, _OneLine
+        ):
+            handler.setFormatter(_OneLine(handler.formatter))
 
 
 def print_summary(summary: dict[str, Any], artifacts: tuple[str, ...]) -> None:

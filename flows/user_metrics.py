@@ -9,25 +9,30 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import ValidationError
 
-from flows.cli import parse_args, print_backfill, print_summary
+from flows.cli import one_line_console, parse_args, print_backfill, print_summary
 from flows.runners import runner_from_env
-from flows.stages import log_failure, report_failure, run_stages
+from flows.stages import RunRecord, log_failure, report_failure, run_stages
 from tasks.allocator import use_returning_pool
 from tasks.charts import prestart as prestart_charts
+from tasks.errors import PipelineError, failure_text, redact
 from tasks.load import completed_dates, migrate, open_db
 from tasks.logcapture import capture_logs
 from tasks.params import InputError, check_reachable, date_range, settings_error_line
 from tasks.privacy_report import PRIVACY_REPORT_KEY
 from tasks.publish import ARTIFACT_KEYS
+from tasks.recovery import check
 from tasks.run_config import RunConfig, resolve_run_config
 from tasks.runs import record_end, record_start
 from tasks.secrets import key_id
@@ -37,6 +42,10 @@ from tasks.steps import VALIDATION_ARTIFACT_KEY, hash_key
 FLOW_NAME = "user-metrics-pipeline"
 BACKFILL_FLOW_NAME = "user-metrics-backfill"
 ARTIFACTS = (*ARTIFACT_KEYS, VALIDATION_ARTIFACT_KEY, PRIVACY_REPORT_KEY)
+# Prefect gives its temporary API server 20 s to start; a first run took 21-33 s on a busy
+# 2-core machine. The CLI, `make run` and backfills give it this long unless the user says.
+STARTUP_BUDGET_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+STARTUP_BUDGET_SECONDS = 180
 
 
 def _checked_config(settings: Settings, **overrides: Any) -> RunConfig:
@@ -72,9 +81,10 @@ def user_metrics_pipeline(
     started = time.perf_counter()
     use_returning_pool()  # Arrow memory freed by a stage goes back to the OS (tasks/allocator.py)
     settings = get_settings()
-    run_id = str(flow_run.id or uuid.uuid4())
-    metrics: dict[str, Any] = {}
+    run = RunRecord(run_id=str(flow_run.id or uuid.uuid4()))
     cfg: RunConfig | None = None
+    logger = get_run_logger()
+    lock_timeout = settings.duckdb_lock_timeout_seconds
     try:
         cfg = _checked_config(
             settings,
@@ -85,31 +95,31 @@ def user_metrics_pipeline(
             seed=seed,
             locale=locale,
         )
-        metrics["hash_key_id"] = key_id(hash_key())
-        previous_schema = record_start(cfg, run_id, settings.duckdb_lock_timeout_seconds)
-        metrics["stage"] = "plan"
+        run.figures["hash_key_id"] = key_id(hash_key())
+        previous_schema, findings = record_start(cfg, run.run_id, lock_timeout)
+        for finding in findings:
+            logger.warning("check: %s", finding.line())
         # Chromium (~2 s to start) comes up while pages are fetched; the report's charts render
         # in it, and it is closed however the run ends.
         with capture_logs() as log_lines, prestart_charts():
-            outcome = run_stages(cfg, run_id, previous_schema, metrics, log_lines)
+            outcome = run_stages(cfg, run, previous_schema, log_lines)
     except BaseException as exc:
-        metrics["seconds_total"] = time.perf_counter() - started
-        metrics.pop("_secrets", None)  # the hashes are of no use once the run is over
-        report_failure(cfg, run_id, exc, metrics)
-        raise
-    metrics["seconds_total"] = time.perf_counter() - started
-    record_end(cfg, run_id, "completed", metrics, settings.duckdb_lock_timeout_seconds)
-    get_run_logger().info(
+        run.figures["seconds_total"] = time.perf_counter() - started
+        # Raised without its cause: a traceback must not print a library's original message.
+        raise report_failure(cfg, run, exc) from None
+    run.figures["seconds_total"] = time.perf_counter() - started
+    record_end(cfg, run.run_id, "completed", run.figures, lock_timeout)
+    logger.info(
         "loaded %d records for %s; lake file %s; %.1fs",
-        metrics["records_loaded"],
+        run.figures["records_loaded"],
         cfg.run_date,
         outcome["lake_file"],
-        metrics["seconds_total"],
+        run.figures["seconds_total"],
     )
     return {
-        **{k: v for k, v in metrics.items() if not k.startswith("_") and k != "stage"},
+        **run.figures,
         **outcome,
-        "flow_run_id": run_id,
+        "flow_run_id": run.run_id,
         "run_date": cfg.run_date.isoformat(),
         "records_requested": cfg.records,
         "duckdb_path": str(cfg.duckdb_path),
@@ -156,7 +166,7 @@ def user_metrics_backfill(
         outcome[day.isoformat()] = "loaded" if state.is_completed() else "failed"
     failed = [d for d, o in outcome.items() if o == "failed"]
     if failed:
-        raise RuntimeError(f"backfill failed for {len(failed)} date(s): {', '.join(failed)}")
+        raise PipelineError(f"backfill failed for {len(failed)} date(s): {', '.join(failed)}")
     return outcome
 
 
@@ -179,22 +189,84 @@ def _preflight(args: argparse.Namespace) -> dict[str, Any]:
     return params
 
 
+@contextmanager
+def startup_budget() -> Iterator[int]:
+    """Give Prefect's temporary API server STARTUP_BUDGET_SECONDS, unless the user set it."""
+    from prefect.settings import (
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
+
+    if os.environ.get(STARTUP_BUDGET_ENV):
+        yield PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
+        return
+    with temporary_settings(
+        {PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: STARTUP_BUDGET_SECONDS}
+    ):
+        yield STARTUP_BUDGET_SECONDS
+
+
+def outside_flow_error(exc: BaseException, budget: int) -> str:
+    """One line for a failure before or around the flow run (no traceback, no values)."""
+    if "ephemeral Prefect API server" in str(exc):
+        return (
+            f"Prefect's temporary API server did not start within {budget} s: raise "
+            f"{STARTUP_BUDGET_ENV}, or run one server for every run (`make serve`, or "
+            "PREFECT_API_URL pointing at a running server)"
+        )
+    return f"{failure_text(exc)} (before the flow run could record it)"
+
+
+def run_check() -> int:
+    """`--check`: repair what killed runs left; exit 1 if a date still needs a rerun."""
+    settings = get_settings()
+    with open_db(settings.duckdb_path, settings.duckdb_lock_timeout_seconds) as con:
+        migrate(con)
+        findings = check(con, settings.data_lake_dir)
+    for finding in findings:
+        print(finding.line())
+    left = [f for f in findings if not f.repaired]
+    print(
+        f"check: {len(findings)} finding(s), {len(findings) - len(left)} repaired, {len(left)} left"
+    )
+    return 1 if left else 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: exit 0 on success, 2 on bad input, 1 on a failed run; errors in one line."""
+    """CLI entry point: exit 0 on success, 2 on bad input, 1 on a failed run; errors in one line.
+
+    No traceback reaches the user: every failure, inside the flow run or around it, is one
+    `error: ...` line naming the cause and what to do.
+    """
     args = parse_args(argv, user_metrics_pipeline.__doc__)
+    one_line_console()  # Prefect prints a failed run's traceback; the UI keeps it, not the terminal
     try:
+        if args.check:
+            return run_check()
         params = _preflight(args)
     except ValidationError as exc:  # pydantic: a bad environment value
         print(f"error: {settings_error_line(exc)}", file=sys.stderr)
         return 2
     except (InputError, RuntimeError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # Nothing has been fetched yet: the message is about the user's own input.
+        lines = str(exc).strip().splitlines()
+        print(f"error: {redact(lines[0] if lines else type(exc).__name__)}", file=sys.stderr)
         return 2
     flow_fn = user_metrics_backfill if args.backfill else user_metrics_pipeline
-    state = flow_fn(**params, return_state=True)
+    budget = STARTUP_BUDGET_SECONDS
+    try:
+        with startup_budget() as budget:
+            state = flow_fn(**params, return_state=True)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        print(f"error: {outside_flow_error(exc, budget)}", file=sys.stderr)
+        return 1
     if not state.is_completed():
         exc = state.result(raise_on_failure=False)
-        print(f"error: {exc if isinstance(exc, BaseException) else state.message}", file=sys.stderr)
+        text = failure_text(exc) if isinstance(exc, BaseException) else redact(str(state.message))
+        print(f"error: {text}", file=sys.stderr)
         return 1
     if args.backfill:
         print_backfill(state.result())

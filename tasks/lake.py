@@ -1,9 +1,10 @@
-"""The Parquet lake: one masked raw file per run date, written atomically."""
+"""The Parquet lake: one masked raw file per run date, staged beside its target, then renamed."""
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import uuid
 from pathlib import Path
 from types import TracebackType
@@ -24,55 +25,93 @@ def raw_path(lake_dir: Path, run_date: dt.date) -> Path:
     return partition_dir(lake_dir, "raw", run_date) / "persons.parquet"
 
 
-def quarantine_path(lake_dir: Path, run_date: dt.date, name: str = "persons.parquet") -> Path:
+def quarantine_path(lake_dir: Path, run_date: dt.date) -> Path:
     """Where a run date's batch goes when it fails validation."""
-    return partition_dir(lake_dir, "quarantine", run_date) / name
+    return partition_dir(lake_dir, "quarantine", run_date) / "persons.parquet"
+
+
+# A staged file is `.<target name>.<owner>.tmp` beside its target: a dot-name, so readers globbing
+# *.parquet never pick it up, and the owner (the flow run id) so a later check can tell a file a
+# live run is writing from one a dead run left, and roll a committed one forward.
+TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<owner>[0-9A-Za-z_-]+)\.tmp$")
+
+
+def temp_path(target: Path, owner: str) -> Path:
+    """Where `owner` stages `target`."""
+    return target.with_name(f".{target.name}.{owner}.tmp")
+
+
+def temp_files(lake_dir: Path) -> list[Path]:
+    """Every staged (temp) file in the lake, whoever wrote it."""
+    lake_dir = Path(lake_dir)
+    return sorted(p for p in lake_dir.rglob(".*.tmp") if TEMP_NAME.match(p.name))
+
+
+def temp_owner(path: Path) -> tuple[Path, str] | None:
+    """(target, owner) of a staged file, or None if the name is not one of ours."""
+    match = TEMP_NAME.match(path.name)
+    return (path.with_name(match["target"]), match["owner"]) if match else None
 
 
 class AtomicParquetWriter:
-    """Streams tables into a temp file beside the target and renames it into place on success.
+    """Stages a Parquet file beside its target and renames it into place on commit.
 
-    A crash or an exception leaves the previous file (if any) untouched and no partial file
-    under the target name: os.replace is atomic within one filesystem.
+    Until `commit`, the target (if any) is the previous file and no reader sees the new one:
+    `finish` makes the staged file complete and durable, so it can be verified first. A crash
+    or an exception leaves the previous file untouched: os.replace is atomic within one
+    filesystem, and `abort` (or the next run's check) removes the staged file.
     """
 
     def __init__(
-        self, target: Path, schema: pa.Schema, metadata: dict[str, str] | None = None
+        self,
+        target: Path,
+        schema: pa.Schema,
+        metadata: dict[str, str] | None = None,
+        owner: str | None = None,
     ) -> None:
         self.target = target
         self.schema = schema.with_metadata({**(schema.metadata or {}), **(metadata or {})})
         self.rows = 0
+        # Set once DuckDB committed the batch: the staged file then stays for recovery to roll
+        # forward, whatever happens before its rename.
+        self.keep = False
         target.parent.mkdir(parents=True, exist_ok=True)
-        # Temp files left by a killed run are partial files: remove them. Only one run writes a
-        # given date at a time (deployment concurrency limit 1), so none of them is live.
-        for stale in target.parent.glob(f".{target.name}.*.tmp"):
-            stale.unlink(missing_ok=True)
-        # A dot-name so readers globbing *.parquet never pick up a half-written file.
-        self._tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")
+        self.temp = temp_path(target, owner or uuid.uuid4().hex)
+        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
+            self.temp, self.schema, compression="zstd"
+        )
 
     def write(self, table: pa.Table) -> None:
         """Append a batch (cast to the writer's schema, so drift cannot sneak in)."""
+        if self._writer is None:
+            raise RuntimeError(f"{self.temp.name} is already finished")
         self._writer.write_table(table.cast(self.schema))
         self.rows += table.num_rows
 
-    def commit(self, target: Path | None = None) -> Path:
-        """Close, flush to disk, and move the file into place (or to `target`, e.g. quarantine)."""
-        target = target or self.target
-        self._writer.close()
-        with open(self._tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self._tmp, target)
-        _fsync_dir(target.parent)
-        return target
+    def finish(self) -> Path:
+        """Close the staged file and flush it to disk; still invisible to readers. Idempotent."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+            with open(self.temp, "rb") as handle:
+                os.fsync(handle.fileno())
+        return self.temp
+
+    def commit(self) -> Path:
+        """Finish, then move the staged file into place (atomic) and make the rename durable."""
+        self.finish()
+        os.replace(self.temp, self.target)
+        fsync_dir(self.target.parent)
+        return self.target
 
     def abort(self) -> None:
-        """Drop the temp file; the previous target file stays as it was."""
+        """Drop the staged file; the previous target file stays as it was."""
         try:
-            self._writer.close()
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
         finally:
-            self._tmp.unlink(missing_ok=True)
+            self.temp.unlink(missing_ok=True)
 
     def __enter__(self) -> AtomicParquetWriter:
         return self
@@ -83,11 +122,13 @@ class AtomicParquetWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc_type is not None:
+        # Not committed by the time the block ends (an exception, or a check that failed):
+        # nothing of it may stay on disk.
+        if not self.keep and (self.temp.exists() or self._writer is not None):
             self.abort()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -95,9 +136,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def raw_writer(lake_dir: Path, run_date: dt.date, metadata: dict[str, str]) -> AtomicParquetWriter:
-    """An atomic writer for the run date's masked raw batch."""
-    return AtomicParquetWriter(raw_path(lake_dir, run_date), RAW_SCHEMA, metadata)
+def raw_writer(
+    lake_dir: Path, run_date: dt.date, metadata: dict[str, str], owner: str | None = None
+) -> AtomicParquetWriter:
+    """A staging writer for the run date's masked raw batch."""
+    return AtomicParquetWriter(raw_path(lake_dir, run_date), RAW_SCHEMA, metadata, owner)
+
+
+def file_run_id(path: Path) -> str | None:
+    """The flow run id a lake file was committed by (Parquet metadata), None if it has none."""
+    metadata = pq.read_schema(path).metadata or {}
+    value = metadata.get(b"flow_run_id")
+    return value.decode() if value else None
 
 
 def write_table(table: pa.Table, target: Path, metadata: dict[str, str] | None = None) -> Path:

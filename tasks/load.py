@@ -16,6 +16,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from tasks.errors import BatchError, PipelineError
 from tasks.schemas import ANALYTICAL_SCHEMA
 from tasks.sqlfiles import SQL_DIR, read_sql
 
@@ -55,7 +56,7 @@ def connect(db_path: Path) -> duckdb.DuckDBPyConnection:
     return duckdb.connect(str(db_path))
 
 
-class DatabaseBusyError(RuntimeError):
+class DatabaseBusyError(PipelineError):
     """Another run held the DuckDB file for longer than the lock timeout."""
 
 
@@ -88,13 +89,15 @@ def open_db(db_path: Path, timeout: float = 600.0) -> Iterator[duckdb.DuckDBPyCo
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _utc_now() -> datetime.datetime:
+def utc_now() -> datetime.datetime:
+    """Now, as naive UTC."""
     # Timestamp columns hold naive UTC so they do not depend on the session's time zone setting.
     return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
 
 
 @contextmanager
-def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Begin; commit if the block ends normally, roll back (and re-raise) otherwise."""
     con.begin()
     try:
         yield
@@ -127,12 +130,12 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[int]:
     for version, name, path in migration_files():
         if version in applied:
             continue
-        with _transaction(con):
+        with transaction(con):
             # A migration may hold several statements and never takes parameters.
             con.execute(path.read_text(encoding="utf-8"))
             con.execute(
                 read_sql("record_migration"),
-                {"version": version, "name": name, "applied_at": _utc_now()},
+                {"version": version, "name": name, "applied_at": utc_now()},
             )
         newly_applied.append(version)
     return newly_applied
@@ -160,7 +163,7 @@ def start_run(
         {
             "flow_run_id": flow_run_id,
             "run_date": run_date,
-            "started_at": _utc_now(),
+            "started_at": utc_now(),
             "records_requested": records_requested,
         },
     )
@@ -174,7 +177,7 @@ def finish_run(
     unknown = sorted(set(metrics) - allowed)
     if unknown:
         raise ValueError(f"unknown pipeline_runs columns: {unknown}; allowed: {sorted(allowed)}")
-    values = {"flow_run_id": flow_run_id, "status": status, "finished_at": _utc_now(), **metrics}
+    values = {"flow_run_id": flow_run_id, "status": status, "finished_at": utc_now(), **metrics}
     columns = list(values)
     # Column names are checked against the table above; values are bound as $name parameters.
     # An upsert, so a run that failed before start_run still leaves its record behind.
@@ -204,6 +207,34 @@ def store_reports(
         )
 
 
+def stage_batch(
+    con: duckdb.DuckDBPyConnection,
+    analytical: pa.Table,
+    run_date: datetime.date,
+    flow_run_id: str,
+) -> int:
+    """Replace run_date's batch and its report rows (inside the caller's transaction)."""
+    missing = sorted(set(ANALYTICAL_SCHEMA.names) - set(analytical.column_names))
+    if missing:
+        raise BatchError(f"analytical batch lacks columns {missing}")
+    con.register(_BATCH_VIEW, analytical)
+    try:
+        con.execute(read_sql("delete_batch"), {"run_date": run_date})
+        con.execute(read_sql("insert_batch"), {"flow_run_id": flow_run_id})
+        # fetchall: a result left open would block the view's unregister below.
+        ((loaded,),) = con.execute(read_sql("count_batch"), {"run_date": run_date}).fetchall()
+        # Rows dated otherwise would land in (and corrupt) another date's batch.
+        if loaded != analytical.num_rows:
+            raise BatchError(
+                f"analytical batch has {analytical.num_rows} rows but only {loaded} are "
+                f"dated {run_date.isoformat()}"
+            )
+        store_reports(con, run_date, flow_run_id)
+    finally:
+        con.unregister(_BATCH_VIEW)
+    return loaded
+
+
 def load_batch(
     con: duckdb.DuckDBPyConnection,
     analytical: pa.Table,
@@ -211,30 +242,14 @@ def load_batch(
     flow_run_id: str,
 ) -> int:
     """Replace run_date's batch and its report rows in one transaction; return rows loaded."""
-    missing = sorted(set(ANALYTICAL_SCHEMA.names) - set(analytical.column_names))
-    if missing:
-        raise ValueError(f"analytical batch lacks columns {missing}")
-    con.register(_BATCH_VIEW, analytical)
-    try:
-        with _transaction(con):
-            con.execute(read_sql("delete_batch"), {"run_date": run_date})
-            con.execute(read_sql("insert_batch"), {"flow_run_id": flow_run_id})
-            loaded = con.execute(read_sql("count_batch"), {"run_date": run_date}).fetchone()[0]
-            # Rows dated otherwise would land in (and corrupt) another date's batch.
-            if loaded != analytical.num_rows:
-                raise ValueError(
-                    f"analytical batch has {analytical.num_rows} rows but only {loaded} are "
-                    f"dated {run_date.isoformat()}"
-                )
-            store_reports(con, run_date, flow_run_id)
-    finally:
-        con.unregister(_BATCH_VIEW)
-    return loaded
+    with transaction(con):
+        return stage_batch(con, analytical, run_date, flow_run_id)
 
 
 def last_source_schema(con: duckdb.DuckDBPyConnection) -> str | None:
     """The source signature of the last successful run, if any."""
-    row = con.execute(read_sql("last_source_schema")).fetchone()
+    rows = con.execute(read_sql("last_source_schema")).fetchall()
+    row = rows[0] if rows else None
     return row[0] if row else None
 
 
@@ -248,30 +263,9 @@ def completed_dates(
     return {row[0] for row in rows}
 
 
-def date_rows(con: duckdb.DuckDBPyConnection, run_date: datetime.date) -> int:
-    """How many rows the run date's batch has."""
-    return con.execute(read_sql("count_date_rows"), {"run_date": run_date}).fetchone()[0]
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
-
-
-def claim_run(con: duckdb.DuckDBPyConnection, flow_run_id: str) -> list[str]:
-    """Tag the run with this host and pid; mark this host's dead `running` runs `abandoned`."""
-    host, pid = socket.gethostname(), os.getpid()
-    abandoned = [
-        run_id
-        for run_id, run_pid in con.execute(read_sql("running_on_host"), {"host": host}).fetchall()
-        if run_id != flow_run_id and not _process_alive(run_pid)
-    ]
-    for run_id in abandoned:
-        con.execute(read_sql("mark_abandoned"), {"flow_run_id": run_id})
-    con.execute(read_sql("set_run_process"), {"host": host, "pid": pid, "flow_run_id": flow_run_id})
-    return abandoned
+def set_run_process(con: duckdb.DuckDBPyConnection, flow_run_id: str) -> None:
+    """Tag a run with this host and process id, so a later check can tell if it died."""
+    con.execute(
+        read_sql("set_run_process"),
+        {"host": socket.gethostname(), "pid": os.getpid(), "flow_run_id": flow_run_id},
+    )

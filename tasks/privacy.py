@@ -45,7 +45,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.lake import partition_dir, write_table
+from tasks.lake import AtomicParquetWriter, partition_dir
+from tasks.load import transaction
 from tasks.regions import map_codes
 from tasks.sqlfiles import read_sql
 
@@ -470,6 +471,28 @@ def _build_extract(
     return table.take(pc.sort_indices(table, sort_keys=order))
 
 
+def stage_shareable(
+    con: duckdb.DuckDBPyConnection,
+    table: pa.Table,
+    run_date: dt.date,
+    flow_run_id: str | None = None,
+) -> int:
+    """Replace run_date's rows in persons_shareable (inside the caller's transaction)."""
+    if "person_key" in table.column_names:
+        raise ValueError("the shareable extract must not carry person_key")
+    con.register(_SHAREABLE_VIEW, table)
+    try:
+        con.execute(read_sql("delete_shareable"), {"run_date": run_date})
+        con.execute(
+            read_sql("insert_shareable"), {"run_date": run_date, "flow_run_id": flow_run_id}
+        )
+        # fetchall: a result left open would block the view's unregister below.
+        ((loaded,),) = con.execute(read_sql("count_shareable"), {"run_date": run_date}).fetchall()
+    finally:
+        con.unregister(_SHAREABLE_VIEW)
+    return int(loaded)
+
+
 def load_shareable(
     con: duckdb.DuckDBPyConnection,
     table: pa.Table,
@@ -477,24 +500,8 @@ def load_shareable(
     flow_run_id: str | None = None,
 ) -> int:
     """Replace run_date's rows in persons_shareable in one transaction; return rows loaded."""
-    if "person_key" in table.column_names:
-        raise ValueError("the shareable extract must not carry person_key")
-    con.register(_SHAREABLE_VIEW, table)
-    try:
-        con.begin()
-        try:
-            con.execute(read_sql("delete_shareable"), {"run_date": run_date})
-            con.execute(
-                read_sql("insert_shareable"), {"run_date": run_date, "flow_run_id": flow_run_id}
-            )
-            loaded = con.execute(read_sql("count_shareable"), {"run_date": run_date}).fetchone()
-        except BaseException:
-            con.rollback()
-            raise
-        con.commit()
-    finally:
-        con.unregister(_SHAREABLE_VIEW)
-    return int(loaded[0]) if loaded else 0
+    with transaction(con):
+        return stage_shareable(con, table, run_date, flow_run_id)
 
 
 def shareable_path(lake_dir: Path, run_date: dt.date) -> Path:
@@ -502,13 +509,31 @@ def shareable_path(lake_dir: Path, run_date: dt.date) -> Path:
     return partition_dir(Path(lake_dir), "shareable", run_date) / "persons.parquet"
 
 
+def shareable_writer(
+    table: pa.Table,
+    lake_dir: Path,
+    run_date: dt.date,
+    metadata: dict[str, str] | None = None,
+    owner: str | None = None,
+) -> AtomicParquetWriter:
+    """The extract written to a staged file for data_lake/shareable/YYYY/MM/DD/persons.parquet."""
+    if "person_key" in table.column_names:
+        raise ValueError("the shareable extract must not carry person_key")
+    writer = AtomicParquetWriter(shareable_path(lake_dir, run_date), table.schema, metadata, owner)
+    try:
+        writer.write(table)
+        writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    return writer
+
+
 def write_shareable(
     table: pa.Table, lake_dir: Path, run_date: dt.date, metadata: dict[str, str] | None = None
 ) -> Path:
     """Write the extract atomically to data_lake/shareable/YYYY/MM/DD/persons.parquet."""
-    if "person_key" in table.column_names:
-        raise ValueError("the shareable extract must not carry person_key")
-    return write_table(table, shareable_path(lake_dir, run_date), metadata)
+    return shareable_writer(table, lake_dir, run_date, metadata).commit()
 
 
 # --- small cells in published reports -------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any
 
 from tasks.leak_scan import LeakScanReport
 from tasks.privacy import Candidate, RiskMetrics, ShareableExtract, small_cell_note
+from tasks.publish import Artifact
 
 PRIVACY_REPORT_KEY = "privacy-report"
 _TOP_CANDIDATES = 5
@@ -153,14 +154,7 @@ def privacy_run_columns(
     return columns
 
 
-def publish_privacy_report(markdown: str, run_date: Any) -> str:
-    """Create the `privacy-report` markdown artifact (inside a flow run); return its key."""
-    from prefect.artifacts import create_markdown_artifact
-
-    create_markdown_artifact(
-        markdown=markdown,
-        key=PRIVACY_REPORT_KEY,
-        description=f"Re-identification risk, shareable extract and leak scan, run {run_date}.",
-        _sync=True,  # type: ignore[call-arg]
-    )
-    return PRIVACY_REPORT_KEY
+def privacy_artifact(markdown: str, run_date: Any) -> Artifact:
+    """The `privacy-report` markdown artifact, composed (created after the run's commit)."""
+    description = f"Re-identification risk, shareable extract and leak scan, run {run_date}."
+    return Artifact(PRIVACY_REPORT_KEY, description, markdown=markdown)

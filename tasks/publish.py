@@ -6,7 +6,8 @@ import base64
 import datetime as dt
 import decimal
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -268,38 +269,68 @@ def report_markdown(
 # --- publishing -----------------------------------------------------------------------------------
 
 
-def publish_reports(
+@dataclass(frozen=True)
+class Artifact:
+    """An artifact composed in memory; nothing is visible until `create` (after the commit)."""
+
+    key: str
+    description: str
+    markdown: str | None = None
+    table: list[dict[str, Any]] | None = None
+
+    @property
+    def text(self) -> str | list[dict[str, Any]]:
+        """What the artifact shows: its markdown or its rows."""
+        return self.markdown if self.markdown is not None else (self.table or [])
+
+    def create(self) -> str:
+        """Create the artifact in the current flow run; return its key."""
+        from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+        # _sync=True: the caller is sync, but Prefect would hand back an unawaited coroutine
+        # when it is called from an async flow or task.
+        if self.markdown is not None:
+            create_markdown_artifact(
+                markdown=self.markdown,
+                key=self.key,
+                description=self.description,
+                _sync=True,  # type: ignore[call-arg]
+            )
+        else:
+            create_table_artifact(
+                table=self.table or [],
+                key=self.key,
+                description=self.description,
+                _sync=True,  # type: ignore[call-arg]
+            )
+        return self.key
+
+
+def create_artifacts(artifacts: Sequence[Artifact], created: list[str]) -> list[str]:
+    """Create each artifact in order, appending its key to `created` as it goes."""
+    for artifact in artifacts:
+        created.append(artifact.create())
+    return created
+
+
+def compose_reports(
     run_date: Any,
     records: int,
     reports: Mapping[str, pd.DataFrame],
     images: Mapping[str, bytes | None],
     note: str | None = None,
-) -> dict[str, Any]:
-    """Create the three table artifacts and the markdown report; return what each one holds."""
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
-
+) -> list[Artifact]:
+    """The three table artifacts and the markdown report, composed but not yet created."""
     descriptions = {
         GERMANY_GMAIL_SHARE: f"Gmail users among users in Germany, run {run_date}.",
         TOP_GMAIL_COUNTRIES: f"Top 3 countries by Gmail users (dense rank), run {run_date}.",
         GMAIL_USERS_OVER_60: f"Gmail users aged 60 or over, run {run_date}.",
     }
+    artifacts = [
+        Artifact(key, descriptions[key], table=report_records(key, reports[key]))
+        for key in REPORT_COLUMNS
+    ]
     markdown = report_markdown(run_date, records, reports, images, note)
-    contents: dict[str, Any] = {}
-    for key in REPORT_COLUMNS:
-        # _sync=True: this function is sync, but Prefect would hand back an unawaited coroutine
-        # when it is called from an async flow or task.
-        contents[key] = report_records(key, reports[key])
-        create_table_artifact(
-            table=contents[key],
-            key=key,
-            description=descriptions[key],
-            _sync=True,  # type: ignore[call-arg]
-        )
-    create_markdown_artifact(
-        markdown=markdown,
-        key=USER_METRICS_REPORT,
-        description=f"User metrics report with charts, run {run_date}, {records:,} records.",
-        _sync=True,  # type: ignore[call-arg]
-    )
-    contents[USER_METRICS_REPORT] = markdown
-    return contents
+    description = f"User metrics report with charts, run {run_date}, {records:,} records."
+    artifacts.append(Artifact(USER_METRICS_REPORT, description, markdown=markdown))
+    return artifacts

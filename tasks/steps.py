@@ -13,18 +13,20 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pandas as pd
 import pyarrow as pa
 from prefect import task
-from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tasks.charts import build_charts, render_pngs
+from tasks.errors import raises_value_free
 from tasks.fetch import FetchConfig, FetchedRange, fetch_range
 from tasks.generalize import generalize
 from tasks.handoff import HandsOverTable
+from tasks.lake import AtomicParquetWriter
 from tasks.leak_scan import LeakScanner, LeakScanReport, SecretHashes, secret_hashes
-from tasks.load import load_batch, migrate, open_db
+from tasks.load import stage_batch
 from tasks.mask import mask_pii
 from tasks.plan import PageRange
 from tasks.privacy import (
@@ -32,18 +34,19 @@ from tasks.privacy import (
     RiskMetrics,
     ShareableExtract,
     collapse_rare_domains,
-    load_shareable,
     rare_domains,
     risk_metrics,
     shareable_extract,
+    shareable_writer,
     small_cell_note,
+    stage_shareable,
     suppress_small_counts,
-    write_shareable,
 )
 from tasks.publish import (
+    Artifact,
+    compose_reports,
     germany_share_sentence,
     over_60_sentence,
-    publish_reports,
     top_countries_sentence,
 )
 from tasks.reports import gmail_by_age_group, report_history, report_results
@@ -82,6 +85,7 @@ def hash_key() -> bytes:
 
 
 @task(name="fetch_page_range", task_run_name="fetch {page_range.label}", **_RAW)
+@raises_value_free
 def fetch_page_range(config: FetchConfig, page_range: PageRange) -> tuple[FetchedRange, float]:
     """Fetch a range of pages (raw records stay in memory only)."""
     started = time.perf_counter()
@@ -90,6 +94,7 @@ def fetch_page_range(config: FetchConfig, page_range: PageRange) -> tuple[Fetche
 
 
 @task(name="mask_pii", **_RAW)
+@raises_value_free
 def mask_page_range(fetched: tuple[FetchedRange, float], run_date: dt.date) -> MaskedRange:
     """Mask a fetched range and hash its raw values for the leak scan; the raw rows end here."""
     raw, seconds_fetch = fetched
@@ -112,6 +117,7 @@ def mask_page_range(fetched: tuple[FetchedRange, float], run_date: dt.date) -> M
 
 
 @task(name="validate_masked", **_RAW)
+@raises_value_free
 def validate_masked_batch(table: pa.Table, expected_rows: int) -> ValidationSummary:
     """Run the masked-raw suite (the summary holds counts only)."""
     return validate_masked(table, expected_rows)
@@ -127,6 +133,7 @@ class Generalized:
 
 
 @task(name="generalize_persons", **_RAW)
+@raises_value_free
 def generalize_persons(masked: pa.Table, run_date: dt.date, k: int) -> Generalized:
     """Masked batch -> analytical batch (age group, domain, country); rare domains -> `other`."""
     table = generalize(masked, run_date)
@@ -136,31 +143,28 @@ def generalize_persons(masked: pa.Table, run_date: dt.date, k: int) -> Generaliz
 
 
 @task(name="validate_analytical", **_RAW)
+@raises_value_free
 def validate_analytical_batch(table: pa.Table, expected_rows: int) -> ValidationSummary:
     """Run the analytical suite (the summary holds counts only)."""
     return validate_analytical(table, expected_rows)
 
 
-@task(name="publish_validation", **_RAW)
-def publish_validation(
-    summaries: list[ValidationSummary], run_date: dt.date
-) -> list[dict[str, Any]]:
-    """Publish every expectation's outcome as a table artifact (counts, never values)."""
-    rows = [row for summary in summaries for row in summary.to_rows()]
-    create_table_artifact(
-        table=rows,
-        key=VALIDATION_ARTIFACT_KEY,
-        description=f"Great Expectations results for run date {run_date} (counts only).",
+def validation_artifact(summaries: list[ValidationSummary], run_date: dt.date) -> Artifact:
+    """Every expectation's outcome as a table artifact (counts, never values)."""
+    return Artifact(
+        VALIDATION_ARTIFACT_KEY,
+        f"Great Expectations results for run date {run_date} (counts only).",
+        table=[row for summary in summaries for row in summary.to_rows()],
     )
-    return rows
 
 
 @task(name="load_persons", **_RAW)
-def load_persons(db_path: Path, analytical: pa.Table, run_date: dt.date, flow_run_id: str) -> int:
-    """Replace the run date's batch in DuckDB (one transaction) and store its report rows."""
-    with open_db(db_path, get_settings().duckdb_lock_timeout_seconds) as con:
-        migrate(con)
-        return load_batch(con, analytical, run_date, flow_run_id)
+@raises_value_free
+def load_persons(
+    con: duckdb.DuckDBPyConnection, analytical: pa.Table, run_date: dt.date, flow_run_id: str
+) -> int:
+    """Stage the run date's batch and report rows in the run's open DuckDB transaction."""
+    return stage_batch(con, analytical, run_date, flow_run_id)
 
 
 # Count columns of each published table, and the figures derived from them (hidden alongside).
@@ -182,20 +186,23 @@ def _published(key: str, df: pd.DataFrame, k: int) -> pd.DataFrame:
 
 @dataclass
 class Published:
-    """What a publishing task put into artifacts, kept for the leak scan and the CLI."""
+    """The report artifacts composed for the run, and the answers for the CLI."""
 
     answers: list[str]
-    contents: dict[str, Any]
+    artifacts: list[Artifact]
     seconds_charts: float = 0.0  # rendering every chart (one browser session)
 
 
-@task(name="publish_reports", **_RAW)
-def publish_user_metrics(db_path: Path, run_date: dt.date, records: int, k: int) -> Published:
-    """Publish the report tables and the markdown report with charts, small counts as `<k`."""
-    with open_db(db_path, get_settings().duckdb_lock_timeout_seconds) as con:
-        stored = report_results(con, run_date)
-        by_age = gmail_by_age_group(con, run_date)
-        history = report_history(con)
+@task(name="compose_reports", **_RAW)
+@raises_value_free
+def compose_user_metrics(
+    con: duckdb.DuckDBPyConnection, run_date: dt.date, records: int, k: int
+) -> Published:
+    """The report tables and the markdown report with charts, small counts as `<k` (not created)."""
+    # Read through the run's open transaction: the staged rows, not the committed ones.
+    stored = report_results(con, run_date)
+    by_age = gmail_by_age_group(con, run_date)
+    history = report_history(con)
     # Exact values stay in DuckDB; what people see hides counts of fewer than k people.
     reports = {key: _published(key, df, k) for key, df in stored.items()}
     figures = build_charts(
@@ -206,27 +213,28 @@ def publish_user_metrics(db_path: Path, run_date: dt.date, records: int, k: int)
     started = time.perf_counter()
     images = render_pngs(figures)  # one browser session for every chart; never raises
     seconds_charts = time.perf_counter() - started
-    contents = publish_reports(run_date, records, reports, images, note=small_cell_note(k))
+    artifacts = compose_reports(run_date, records, reports, images, note=small_cell_note(k))
     answers = [
         germany_share_sentence(reports["germany-gmail-share"]),
         top_countries_sentence(reports["top-gmail-countries"]),
         over_60_sentence(reports["gmail-users-over-60"]),
     ]
-    return Published(answers=answers, contents=contents, seconds_charts=seconds_charts)
+    return Published(answers=answers, artifacts=artifacts, seconds_charts=seconds_charts)
 
 
 @dataclass
 class Protected:
-    """Risk figures of the analytical batch and the k-anonymous extract written for the date."""
+    """Risk figures of the analytical batch and the k-anonymous extract, staged for the date."""
 
     metrics: RiskMetrics
     extract: ShareableExtract
-    extract_file: Path
+    writer: AtomicParquetWriter  # the staged extract file, renamed into place at the commit
 
 
 @task(name="protect_privacy", **_RAW)
+@raises_value_free
 def protect_privacy(
-    db_path: Path,
+    con: duckdb.DuckDBPyConnection,
     lake_dir: Path,
     analytical: pa.Table,
     run_date: dt.date,
@@ -234,32 +242,31 @@ def protect_privacy(
     k: int,
     quasi_identifiers: tuple[str, ...],
 ) -> Protected:
-    """Measure re-identification risk; build, load and export the k-anonymous extract."""
+    """Measure re-identification risk; build and stage the k-anonymous extract (table and file)."""
     metrics = risk_metrics(analytical, quasi_identifiers, k)
     extract = shareable_extract(analytical, k)
-    with open_db(db_path, get_settings().duckdb_lock_timeout_seconds) as con:
-        load_shareable(con, extract.table, run_date, flow_run_id)
-    path = write_shareable(extract.table, lake_dir, run_date, {"run_date": str(run_date)})
-    return Protected(metrics=metrics, extract=extract, extract_file=path)
+    stage_shareable(con, extract.table, run_date, flow_run_id)
+    metadata = {"run_date": str(run_date), "flow_run_id": flow_run_id}
+    writer = shareable_writer(extract.table, lake_dir, run_date, metadata, owner=flow_run_id)
+    return Protected(metrics=metrics, extract=extract, writer=writer)
 
 
 @task(name="scan_for_leaks", **_RAW)
+@raises_value_free
 def scan_for_leaks(
-    secrets: list[SecretHashes],
+    scanner: LeakScanner,
+    files: dict[str, Path],
+    con: duckdb.DuckDBPyConnection,
     run_date: dt.date,
-    files: list[Path],
-    db_path: Path,
     texts: dict[str, str],
     rows: dict[str, list[dict[str, Any]]],
     log_lines: list[str],
 ) -> LeakScanReport:
-    """Look for any raw value of the batch in everything the run wrote; names fields only."""
-    scanner = LeakScanner(secrets, run_date)
-    for path in files:
-        if path.exists():
-            scanner.scan_parquet(path)
-    with open_db(db_path, get_settings().duckdb_lock_timeout_seconds) as con:
-        scanner.scan_duckdb(con, run_date=run_date)
+    """Look for any raw value of the batch in everything the run staged; names fields only."""
+    for name, path in files.items():
+        scanner.scan_parquet(path, name)
+    # The run's own connection: its open transaction shows the staged rows.
+    scanner.scan_duckdb(con, run_date=run_date)
     for name, text in texts.items():
         scanner.scan_text(name, text)
     for name, table_rows in rows.items():

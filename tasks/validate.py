@@ -17,12 +17,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tasks import gx_suites
+from tasks.errors import PipelineError
 from tasks.gx_suites import EXPECTATIONS_DIR, SuiteLoadError, load_suite_file
 from tasks.lake import quarantine_path, write_table
 from tasks.schemas import AGE_GROUPS, ANALYTICAL_SCHEMA, MASK, MASKED_COLUMNS, RAW_SCHEMA
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from tasks.leak_scan import LeakScanner
 
 __all__ = [
     "ANALYTICAL_SUITE_PATH",
@@ -108,7 +111,7 @@ class ValidationSummary:
         )
 
 
-class ValidationError(RuntimeError):
+class ValidationError(PipelineError):
     """A batch failed its suite; carries the counts-only summary."""
 
     def __init__(self, summary: ValidationSummary) -> None:
@@ -318,29 +321,81 @@ def warm_up() -> None:
     validate_analytical(analytical, analytical.num_rows)
 
 
-def _remask(table: pa.Table) -> pa.Table:
-    """Force the masks again: a batch may be quarantined precisely because a mask was missed."""
-    for name in MASKED_COLUMNS:
-        if name in table.column_names:
-            column = table[name]
-            masked = pc.if_else(pc.is_null(column), column, pa.scalar(MASK, column.type))
-            index = table.schema.get_field_index(name)
-            table = table.set_column(index, table.schema.field(index), masked)
-    if "email" in table.column_names:
-        email = table["email"]
-        # Keep only the domain after the last "@"; no "@" means nothing is safe to keep.
-        kept = pc.replace_substring_regex(email, pattern="^.*@", replacement=f"{MASK}@")
-        masked = pc.if_else(pc.match_substring(email, "@"), kept, pa.scalar(MASK, email.type))
-        index = table.schema.get_field_index("email")
-        table = table.set_column(index, table.schema.field(index), masked)
-    return table
+# Quarantine keeps only what validation needs to show. Values that are ours (the pseudonym, the
+# run date, the age in years) stay; a source field stays only where its value has a known-safe
+# shape, and everything else becomes MASK: a batch may be quarantined precisely because the
+# source put a value where it does not belong (a full name in `gender`).
+_SAFE_COLUMNS = frozenset({"run_date", "age", "page"})
+_SAFE_SHAPES = {
+    "person_key": r"^[0-9a-f]{64}$",
+    "country_code": r"^[A-Z]{2}$",
+    "gender": r"^(male|female)$",
+    # letters, spaces and the punctuation of names like Côte d’Ivoire or St. Kitts & Nevis
+    "country": r"^[\pL][\pL .,&()’'-]{1,59}$",
+}
+_DOMAIN = r"^[a-z0-9-]+(\.[a-z0-9-]+)*\.[a-z]{2,}$"
+
+
+def _masked(column: pa.ChunkedArray, keep: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
+    """The column's value where `keep` is true, MASK elsewhere (nulls stay null)."""
+    text = pc.cast(column, pa.string())
+    return pc.if_else(pc.fill_null(keep, False), text, pa.scalar(MASK, pa.string()))
+
+
+def _quarantine_email(email: pa.ChunkedArray) -> pa.ChunkedArray:
+    found = pc.extract_regex(email, r"@(?P<d>[^@]*)$")
+    domain = pc.utf8_lower(pc.struct_field(found, "d"))
+    kept = pc.binary_join_element_wise(f"{MASK}@", domain, "")
+    return pc.if_else(
+        pc.fill_null(pc.match_substring_regex(domain, _DOMAIN), False),
+        kept,
+        pa.scalar(MASK, pa.string()),
+    )
+
+
+def quarantine_table(table: pa.Table, k: int) -> pa.Table:
+    """The batch as quarantine stores it: every column that is not known-safe is masked.
+
+    A country name is kept only where k or more rows share it, so a value the source put there
+    for one person (an e-mail address, a name) never is.
+    """
+    columns = []
+    for name in table.column_names:
+        column = table[name]
+        if name in _SAFE_COLUMNS and not pa.types.is_string(column.type):
+            columns.append(column)
+        elif name == "email":
+            columns.append(_quarantine_email(pc.cast(column, pa.string())))
+        elif name in _SAFE_SHAPES:
+            text = pc.cast(column, pa.string())
+            keep = pc.match_substring_regex(text, _SAFE_SHAPES[name])
+            if name == "country":
+                counts = pc.value_counts(text)
+                common = pc.filter(
+                    counts.field("values"), pc.greater_equal(counts.field("counts"), k)
+                )
+                keep = pc.and_(keep, pc.is_in(text, value_set=common))
+            columns.append(_masked(column, keep))
+        else:
+            columns.append(_masked(column, pa.repeat(pa.scalar(False), len(column))))
+    # The batch's own fields (nullability included) wherever the type stayed the same.
+    fields = [
+        field if field.type == column.type else pa.field(field.name, column.type)
+        for field, column in zip(table.schema, columns, strict=True)
+    ]
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
 
 
 def quarantine(
-    table: pa.Table, lake_dir: Path, run_date: date, name: str = "persons.parquet"
-) -> Path:
-    """Write a failing batch atomically to lake_dir/quarantine/YYYY/MM/DD/<name>, re-masked."""
-    if not name or Path(name).name != name:
-        raise ValueError(f"quarantine file name must be a plain file name, got {name!r}")
+    table: pa.Table, lake_dir: Path, run_date: date, k: int, scanner: LeakScanner | None = None
+) -> Path | None:
+    """Write a failing batch, masked as `quarantine_table` says, to the date's quarantine file.
+
+    With a scanner, the masked batch is leak-scanned first: a batch that still holds a raw
+    value is not written at all (None), and the scanner's report says where it was.
+    """
+    masked = quarantine_table(table, k)
+    if scanner is not None and scanner.scan_table("quarantine batch", masked):
+        return None
     # The shared atomic writer: a temp file beside the target, renamed into place.
-    return write_table(_remask(table), quarantine_path(lake_dir, run_date, name))
+    return write_table(masked, quarantine_path(lake_dir, run_date))

@@ -70,7 +70,18 @@ def test_smoke_run_writes_json_and_markdown(tmp_path: Path, capsys: pytest.Captu
     assert "| | 2,000 records |" in table
     assert "peak RSS MiB (flow process)" in table
     # The sampler (every 0.25 s) names the flow's stages in the order they ran.
-    order = ["fetch", "schema-drift", "validate", "lake", "load", "privacy", "reports", "leak-scan"]
+    order = [
+        "plan",
+        "fetch",
+        "schema-drift",
+        "validate",
+        "load",
+        "privacy",
+        "reports",
+        "verify",
+        "commit",
+        "publish",
+    ]
     seen = [stage for stage in run["peak_rss_mib_by_stage"] if stage != "start/end"]
     assert seen and seen == sorted(seen, key=order.index)
     assert max(run["peak_rss_mib_by_stage"].values()) <= run["peak_rss_mib"]

@@ -1,6 +1,6 @@
--- The source schema signature of the most recent successful run (any run date).
+-- The source schema signature of the most recent run whose batch was committed (any run date).
 select source_schema
 from pipeline_runs
-where status = 'completed' and source_schema is not null
-order by finished_at desc
+where (committed_at is not null or status = 'completed') and source_schema is not null
+order by coalesce(committed_at, finished_at) desc
 limit 1

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -23,6 +25,8 @@ from tests.conftest import TEST_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
+# Chart images need a headless browser (~2 s a run) and prove nothing about reliability.
+NO_BROWSER = "/nonexistent/no-charts-in-reliability-tests"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,8 +90,7 @@ def reliability_env(
         get_settings.cache_clear()
         hash_key.cache_clear()
 
-    # Chart images need a headless browser (~2 s a run) and prove nothing about reliability.
-    monkeypatch.setenv("BROWSER_PATH", "/nonexistent/no-charts-in-reliability-tests")
+    monkeypatch.setenv("BROWSER_PATH", NO_BROWSER)
     set_env()
     yield set_env
     # Pooled HTTP clients would keep connections to servers that are gone.
@@ -106,7 +109,7 @@ def lake_file(lake: Path, run_date: dt.date) -> Path:
 
 
 def temp_files(lake: Path) -> list[Path]:
-    """Dot-temp files the atomic writers leave behind if a process dies mid-write."""
+    """Dot-temp files the staging writers leave behind if a process dies before its commit."""
     return sorted(p for p in lake.rglob(".*.tmp")) if lake.exists() else []
 
 
@@ -182,7 +185,7 @@ def subprocess_env(pipeline_env: Path, prefect_api_url: str) -> dict[str, str]:
         PREFECT_HOME=str(prefect_home),
         PREFECT_API_URL=prefect_api_url,
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        BROWSER_PATH="/nonexistent/no-charts-in-reliability-tests",
+        BROWSER_PATH=NO_BROWSER,
         PYTHONPATH=str(ROOT),
         PYTHONUNBUFFERED="1",
     )
@@ -219,5 +222,83 @@ def error_lines(stderr: str) -> list[str]:
 
 
 def _is_log_line(line: str) -> bool:
-    # Prefect's console handler prints "HH:MM:SS.mmm | LEVEL | logger - message".
-    return " | " in line[:40] and line[:2].isdigit()
+    # Prefect's console handler prints "HH:MM:SS.mmm | LEVEL | logger - message"; its
+    # "Starting temporary server" message goes on with a second line of its own.
+    return (" | " in line[:40] and line[:2].isdigit()) or line.startswith(
+        "See https://www.prefect.io/docs"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+    """A folder holding `lake/` and `db/` after one clean run, and that run's id."""
+
+    root: Path
+    flow_run_id: str
+    run_date: dt.date
+    records: int
+
+    def restore(self, lake: Path, db: Path) -> None:
+        """Copy the clean lake and database to where the test's pipeline reads them."""
+        shutil.copytree(self.root / "lake", lake)
+        shutil.copytree(self.root / "db", db.parent)
+
+
+@pytest.fixture(scope="module")
+def baseline(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, prefect_storage
+) -> Baseline:
+    """One clean run of the module's BASELINE (run_date, records, page_size, seed), copied in
+    per case: loading it per case doubled the time of a drill module."""
+    from flows.user_metrics import user_metrics_pipeline
+    from local_api.server import LocalApiServer
+    from tasks.fetch import close_clients
+    from tasks.settings import get_settings
+    from tasks.steps import hash_key
+
+    params = request.module.BASELINE
+    root = tmp_path_factory.mktemp("baseline")
+    with pytest.MonkeyPatch.context() as mp, LocalApiServer(port=0) as clean:
+        mp.setenv("DATA_LAKE_DIR", str(root / "lake"))
+        mp.setenv("DUCKDB_PATH", str(root / "db" / "faker.duckdb"))
+        mp.setenv("PII_HASH_KEY", TEST_KEY)
+        mp.setenv("BROWSER_PATH", NO_BROWSER)
+        get_settings.cache_clear()
+        hash_key.cache_clear()
+        try:
+            summary = user_metrics_pipeline(api_url=clean.base_url, **params)
+        finally:
+            close_clients()
+            get_settings.cache_clear()
+            hash_key.cache_clear()
+    return Baseline(root, summary["flow_run_id"], params["run_date"], params["records"])
+
+
+def start_runner(
+    stage: str, marker: Path, env: dict[str, str], cli_args: list[str], release: Path | None = None
+) -> subprocess.Popen:
+    """The pipeline CLI in a subprocess with a drill hook at `stage` (crash_runner.py)."""
+    head = [stage, str(marker)] + ([str(release)] if release else [])
+    return subprocess.Popen(
+        [PYTHON, str(ROOT / "tests" / "reliability" / "crash_runner.py"), *head, "--", *cli_args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_marker(proc: subprocess.Popen, marker: Path, timeout: float = 180) -> None:
+    """Wait until the subprocess reached its stage; fail with its output if it exited first."""
+    wait_for(lambda: marker.exists() or proc.poll() is not None, timeout, f"marker {marker.name}")
+    if not marker.exists():
+        out, err = proc.communicate()
+        raise AssertionError(f"runner exited {proc.returncode} before its stage:\n{out}\n{err}")
+
+
+def kill(proc: subprocess.Popen) -> None:
+    """SIGKILL: no handler, no finally block, no atexit runs."""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL

@@ -1,15 +1,27 @@
-"""Run the pipeline CLI in this process, stopping at one stage so a test can SIGKILL or release it.
+"""Run the pipeline CLI in this process with one drill hook: stop, crash or fail at one point.
 
 Usage: python tests/reliability/crash_runner.py STAGE MARKER [RELEASE] -- CLI ARGS...
 
-STAGE is where to stop:
-  lake-write    after the first batch is written to the lake's temp file
-  duckdb-load   inside the load transaction, after the date's rows were deleted and re-inserted
-  hold-load     like duckdb-load, but carry on once the file RELEASE exists (holds the DB lock)
-  mark-connect  just before the run first asks for the DuckDB file (the lock), then carry on
+STAGE is where the hook acts. On reaching it the runner writes MARKER (so the test waits on a
+condition, never a fixed sleep), then blocks forever (the test SIGKILLs it there), waits for the
+file RELEASE, or raises, as listed:
 
-On reaching the stage it writes MARKER (so the test waits on a condition, never a fixed sleep)
-and, for the first two, blocks forever: the test kills the process there.
+  lake-write          block after the first batch is written to the staged lake file
+  duckdb-load         block inside the DuckDB transaction, after the date's rows were staged
+  hold-load           like duckdb-load, but carry on once RELEASE exists (holds the DB lock)
+  mark-connect        mark the first time the run asks for the DuckDB file (the lock), carry on
+  lock-load           before the run opens DuckDB to stage its batch, wait for RELEASE (the test
+                      takes the DuckDB lock meanwhile)
+  db-committed        block after the DuckDB commit, before any staged file is renamed
+  between-renames     block after the raw lake file's rename, before the extract's
+  before-publish      block after the commit, before the first artifact is created
+  mid-publish         block after the first artifact was created
+  raise-privacy       raise in the privacy stage
+  raise-reports       raise in the report stage
+  raise-publish       raise while creating the second artifact (the first one exists)
+
+Raised errors carry PLANTED, a made-up e-mail address and phone number: the test checks they
+reach no output.
 """
 
 from __future__ import annotations
@@ -19,6 +31,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+PLANTED = "boom for planted.person@example.org at +14155550123"
 
 
 def _block_forever() -> None:
@@ -30,16 +44,46 @@ def _wait_for(path: Path) -> None:
         time.sleep(0.02)
 
 
+def _raise(*_: Any, **__: Any) -> Any:
+    raise RuntimeError(PLANTED)
+
+
+def _on_call(owner: Any, name: str, nth: int, act: Any) -> None:
+    """Replace `owner.name` so its `nth` call (1-based) runs `act(self)` first."""
+    original = getattr(owner, name)
+    calls = {"n": 0}
+
+    def hooked(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == nth:
+            act(*args)
+        return original(*args, **kwargs)
+
+    setattr(owner, name, hooked)
+
+
 def _install(stage: str, marker: Path, release: Path | None) -> None:
+    import flows.stages
     import tasks.lake
     import tasks.load
+    import tasks.publish
+    import tasks.steps
+
+    def mark_and_block(*_: Any) -> None:
+        marker.write_text(stage)
+        _block_forever()
+
+    def mark_and_wait(*_: Any) -> None:
+        marker.write_text(stage)
+        assert release is not None
+        _wait_for(release)
 
     if stage == "lake-write":
         write = tasks.lake.AtomicParquetWriter.write
 
         def write_then_block(self: Any, table: Any) -> None:
             write(self, table)
-            marker.write_text(str(self._tmp))
+            marker.write_text(str(self.temp))
             _block_forever()
 
         tasks.lake.AtomicParquetWriter.write = write_then_block
@@ -71,6 +115,22 @@ def _install(stage: str, marker: Path, release: Path | None) -> None:
                 and getattr(module, "open_db", None) is open_db
             ):
                 module.open_db = marked_open_db
+    elif stage == "lock-load":
+        _on_call(flows.stages, "staging_db", 1, mark_and_wait)
+    elif stage == "db-committed":
+        _on_call(tasks.lake.AtomicParquetWriter, "commit", 1, mark_and_block)
+    elif stage == "between-renames":
+        _on_call(tasks.lake.AtomicParquetWriter, "commit", 2, mark_and_block)
+    elif stage == "before-publish":
+        _on_call(tasks.publish.Artifact, "create", 1, mark_and_block)
+    elif stage == "mid-publish":
+        _on_call(tasks.publish.Artifact, "create", 2, mark_and_block)
+    elif stage == "raise-privacy":
+        tasks.steps.shareable_extract = _raise
+    elif stage == "raise-reports":
+        tasks.steps.build_charts = _raise
+    elif stage == "raise-publish":
+        _on_call(tasks.publish.Artifact, "create", 2, _raise)
     else:
         raise SystemExit(f"unknown stage {stage!r}")
 

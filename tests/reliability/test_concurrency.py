@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from local_api.server import LocalApiServer
-from tests.reliability.conftest import PYTHON, ROOT, db_query
-from tests.reliability.test_crash import start_runner, wait_for_marker
+from tests.reliability.conftest import PYTHON, ROOT, db_query, start_runner, wait_for_marker
 
 DATE_A = dt.date(2026, 7, 1)
 DATE_B = dt.date(2026, 7, 2)

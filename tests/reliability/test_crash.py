@@ -1,84 +1,70 @@
-"""Crash safety: SIGKILL a real pipeline process during the lake write and during the DuckDB load.
+"""Crash windows: SIGKILL a real pipeline process in each window of its commit.
 
-Afterwards the lake must hold no partial file, DuckDB exactly the old batch of the date, and the
-next run must succeed and leave exactly one batch.
+Before the DuckDB commit, a killed run must leave the date exactly as it was (the staged files
+are leftovers, never visible). After it, the check (`--check`, or the next run's own) must roll
+the staged files forward, so the date holds one run's batch in every layer, and say the run's
+artifacts need a rerun. Either way the next run takes the date over cleanly.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
-import signal
-import subprocess
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from flows.user_metrics import user_metrics_pipeline
 from local_api.server import LocalApiServer
 from tests.reliability.conftest import (
-    PYTHON,
-    ROOT,
-    db_query,
-    lake_file,
-    snapshot,
+    Baseline,
+    kill,
+    run_cli,
+    start_runner,
     temp_files,
-    wait_for,
+    wait_for_marker,
+)
+from tests.reliability.drills import (
+    file_run,
+    latest_artifacts,
+    latest_run_id,
+    run_row,
+    stored_date,
+    zone_file,
 )
 
 RUN_DATE = dt.date(2026, 8, 20)
 OLD_RECORDS = 300
 NEW_RECORDS = 500
-RUNNER = Path(__file__).with_name("crash_runner.py")
+BASELINE = {"run_date": RUN_DATE, "records": OLD_RECORDS, "page_size": 100}
+REPORT_KEYS = ("germany-gmail-share", "top-gmail-countries", "gmail-users-over-60")
 
-
-def start_runner(
-    stage: str, marker: Path, env: dict[str, str], cli_args: list[str], release: Path | None = None
-) -> subprocess.Popen:
-    """The pipeline CLI in a subprocess that stops at `stage` and writes `marker` there."""
-    head = [stage, str(marker)] + ([str(release)] if release else [])
-    return subprocess.Popen(
-        [PYTHON, str(RUNNER), *head, "--", *cli_args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_for_marker(proc: subprocess.Popen, marker: Path, timeout: float = 180) -> None:
-    """Wait until the subprocess reached its stage; fail with its output if it exited first."""
-    wait_for(lambda: marker.exists() or proc.poll() is not None, timeout, f"marker {marker.name}")
-    if not marker.exists():
-        out, err = proc.communicate()
-        raise AssertionError(f"runner exited {proc.returncode} before its stage:\n{out}\n{err}")
-
-
-def kill(proc: subprocess.Popen) -> None:
-    """SIGKILL: no handler, no finally block, no atexit runs."""
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+# Where the kill lands, and whether DuckDB had committed the run's batch by then.
+WINDOWS = {
+    "lake-write": False,  # the staged raw file half written
+    "duckdb-load": False,  # inside the DuckDB transaction, rows staged
+    "db-committed": True,  # DuckDB committed, no file renamed yet
+    "between-renames": True,  # the raw file renamed, the extract not
+    "before-publish": True,  # both files in place, no artifact created
+    "mid-publish": True,  # one artifact created
+}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["lake-write", "duckdb-load"])
-def test_sigkill_leaves_old_batch_and_next_run_succeeds(
+@pytest.mark.parametrize("stage", WINDOWS)
+def test_sigkill_in_each_crash_window(
     stage: str,
     api: LocalApiServer,
     reliability_env,
     subprocess_env: dict[str, str],
     paths: tuple[Path, Path],
     tmp_path: Path,
+    baseline: Baseline,
 ) -> None:
     lake, db = paths
-    old = user_metrics_pipeline(
-        api_url=api.base_url, records=OLD_RECORDS, page_size=100, run_date=RUN_DATE
-    )
-    before = snapshot(lake, db, RUN_DATE)
-    assert len(before.rows) == OLD_RECORDS and before.flow_run_ids == {old["flow_run_id"]}
+    baseline.restore(lake, db)
+    before = stored_date(lake, db, RUN_DATE)
+    published_before = latest_artifacts()
+    assert before.runs("persons_anonymized") == {baseline.flow_run_id}
 
     marker = tmp_path / f"{stage}.marker"
     cli = ["--api-url", api.base_url, "--records", str(NEW_RECORDS), "--page-size", "100"]
@@ -86,42 +72,47 @@ def test_sigkill_leaves_old_batch_and_next_run_succeeds(
     try:
         wait_for_marker(proc, marker)
         if stage == "lake-write":
-            # The kill must land while a half-written temp file is on disk, or it proves little.
+            # The kill must land while a half-written staged file is on disk, or it proves little.
             assert Path(marker.read_text()).exists()
     finally:
         if proc.poll() is None:
             kill(proc)
+    killed = latest_run_id(db)
+    assert killed != baseline.flow_run_id
+    committed = WINDOWS[stage]
 
-    target = lake_file(lake, RUN_DATE)
-    after = snapshot(lake, db, RUN_DATE)
-    # DuckDB: exactly the old batch (the killed transaction never committed; WAL replay drops it).
-    assert after.rows == before.rows and after.reports == before.reports
-    if stage == "lake-write":
-        assert after.lake_bytes == before.lake_bytes, "the previous lake file changed"
+    if not committed:
+        # Nothing of the killed run is visible, before any repair.
+        assert stored_date(lake, db, RUN_DATE) == before
+        assert latest_artifacts() == published_before
+    check = run_cli(["--check"], subprocess_env)
+    print(f"{stage}: --check said:\n{check.stdout}")
+    after = stored_date(lake, db, RUN_DATE)
+    assert not temp_files(lake), f"staged files left after the check: {temp_files(lake)}"
+    row = run_row(db, killed)
+    if not committed:
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert after == before
+        assert row["status"] == "abandoned"
     else:
-        # The lake file was renamed into place before the load: whole, with the new batch.
-        assert pq.read_table(target).num_rows in (OLD_RECORDS, NEW_RECORDS)
-    leftovers = temp_files(lake)
-    killed = db_query(
-        db,
-        "select flow_run_id, status from pipeline_runs where run_date = ? and flow_run_id <> ?",
-        [RUN_DATE, old["flow_run_id"]],
-    )
-    print(f"{stage}: temp files after the kill: {[p.name for p in leftovers]}")
-    print(f"{stage}: pipeline_runs of the killed run: {killed}")
-    assert [status for _, status in killed] == ["running"], killed
+        # Rolled forward: every layer holds the killed run's batch.
+        assert check.returncode == 1 and "repair with: python -m flows.user_metrics" in check.stdout
+        assert file_run(zone_file(lake, "raw", RUN_DATE)) == killed
+        assert file_run(zone_file(lake, "shareable", RUN_DATE)) == killed
+        assert after.runs("persons_anonymized") == after.runs("persons_shareable") == {killed}
+        assert len(after.tables["persons_anonymized"]) == NEW_RECORDS
+        assert (row["status"], row["failed_stage"]) == ("failed", "publish")
+        # Its reports never reached the UI: the latest versions are those from before it.
+        assert latest_artifacts(REPORT_KEYS) == {k: published_before[k] for k in REPORT_KEYS}
 
-    # The next run takes over the date cleanly, in-process (it re-opens the killed run's file).
+    # The next run takes over the date cleanly (in-process), reports included.
     new = user_metrics_pipeline(
         api_url=api.base_url, records=NEW_RECORDS, page_size=100, run_date=RUN_DATE
     )
-    final = snapshot(lake, db, RUN_DATE)
-    assert len(final.rows) == NEW_RECORDS and final.flow_run_ids == {new["flow_run_id"]}
-    assert pq.read_table(target).num_rows == NEW_RECORDS
-    # "The lake has no partial file": a dot-temp file left by the killed writer is one.
-    assert not temp_files(lake), f"partial files left in the lake: {temp_files(lake)}"
-    # ...and the killed run is no longer shown as running: its process is gone.
-    (status,) = db_query(
-        db, "select status from pipeline_runs where flow_run_id = ?", [killed[0][0]]
-    )[0]
-    assert status == "abandoned"
+    final = stored_date(lake, db, RUN_DATE)
+    new_id = new["flow_run_id"]
+    assert final.runs("persons_anonymized") == final.runs("persons_shareable") == {new_id}
+    assert file_run(zone_file(lake, "raw", RUN_DATE)) == new["flow_run_id"]
+    assert not temp_files(lake)
+    latest = latest_artifacts(REPORT_KEYS)
+    assert {run for _, run in latest.values()} == {new["flow_run_id"]}

@@ -60,7 +60,8 @@ def test_failed_run_publishes_a_failure_artifact_and_logs_one_line(
     assert found is not None, "no run-failure artifact"
     text = found.data
     assert "fetch" in text and "page " in text and "HTTP 503" in text, text
-    assert "untouched" in text and "200" in text, text  # the previous batch's rows were kept
+    # Read back from disk: the previous run's 200 rows are what the date holds.
+    assert "Nothing of this run was committed" in text and "(200 rows)" in text, text
     hook_lines = [line for line in handler.lines if "run-failure" in line]
     assert len(hook_lines) == 1 and "\n" not in hook_lines[0], handler.lines
     (row,) = db_query(
@@ -80,13 +81,16 @@ def test_additive_drift_is_reported_and_the_run_continues(
         api_url=drifted.base_url, records=200, page_size=100, run_date=RUN_DATE
     )
     found = artifact(summary["flow_run_id"], "schema-drift")
-    assert found is not None and "title" in found.data
+    # The new field is counted, never named: a key name is the source's own text.
+    assert found is not None and "1 unexpected field(s) of type string" in found.data
+    assert "title" not in found.data
     (row,) = db_query(
         db,
         "select status, source_schema, schema_change from pipeline_runs where flow_run_id = ?",
         [summary["flow_run_id"]],
     )
-    assert row[0] == "completed" and "title" in row[1] and "title" in row[2], row
+    assert row[0] == "completed" and "unexpected:string=1" in row[1], row
+    assert "1 unexpected field(s)" in row[2] and "title" not in row[1] + row[2], row
 
 
 def test_readme_has_a_when_it_fails_section() -> None:

@@ -268,29 +268,3 @@ def test_empty_batch_clears_the_date(con: duckdb.DuckDBPyConnection) -> None:
     assert load_batch(con, analytical(0, DAY_1), DAY_1, "run-2") == 0
     assert batch_rows(con, DAY_1) == []
     assert stored_share(con, DAY_1) == [(0, 0, None, "run-2")]
-
-
-def test_runs_of_dead_processes_are_marked_abandoned(tmp_path) -> None:
-    import subprocess
-    import sys
-
-    from tasks.load import claim_run
-
-    con = connect(tmp_path / "runs.duckdb")
-    migrate(con)
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    start_run(con, "crashed", datetime.date(2026, 1, 1), 10)
-    con.execute(
-        "update pipeline_runs set host = ?, pid = ? where flow_run_id = 'crashed'",
-        [__import__("socket").gethostname(), int(dead.stdout)],
-    )
-    start_run(con, "alive", datetime.date(2026, 1, 2), 10)
-    assert claim_run(con, "alive") == ["crashed"]
-    rows = dict(con.execute("select flow_run_id, status from pipeline_runs").fetchall())
-    assert rows == {"crashed": "abandoned", "alive": "running"}
-    assert claim_run(con, "alive") == []  # a live run (this process) is left alone

@@ -208,14 +208,15 @@ def prefect_api(prefect_storage) -> Iterator[None]:
 
 
 @pytest.mark.slow
-def test_publish_reports_creates_the_four_artifacts(
+def test_composed_reports_become_the_four_artifacts(
     prefect_api: None, images: dict[str, bytes | None]
 ) -> None:
     reports = make_reports(top=TIED_TOP, share=None, german_users=0, german_gmail_users=0)
 
     @flow
     def publish_flow() -> list[str]:
-        return publish.publish_reports("2024-05-01", 30_000, reports, images)
+        artifacts = publish.compose_reports("2024-05-01", 30_000, reports, images)
+        return publish.create_artifacts(artifacts, [])
 
     state = publish_flow(return_state=True)
     keys = list(state.result())
@@ -261,7 +262,9 @@ def test_publish_reports_from_an_async_flow(prefect_api: None) -> None:
     # hand back unawaited coroutines there.
     @flow
     async def async_publish_flow() -> list[str]:
-        return publish.publish_reports("2024-05-02", 5, make_reports(), {})
+        return publish.create_artifacts(
+            publish.compose_reports("2024-05-02", 5, make_reports(), {}), []
+        )
 
     state = asyncio.run(async_publish_flow(return_state=True))
     keys = list(state.result())

@@ -544,31 +544,57 @@ def test_loader_rejects_malformed_files(tmp_path: Path, content: str) -> None:
 
 def test_quarantine_writes_atomically(tmp_path: Path) -> None:
     table = make_raw(10)
-    target = quarantine(table, tmp_path, RUN_DATE)
+    target = quarantine(table, tmp_path, RUN_DATE, k=2)
     assert target == tmp_path / "quarantine" / "2025" / "03" / "14" / "persons.parquet"
+    # A clean masked batch keeps every known-safe value (countries shared by >= k rows).
     assert pq.read_table(target).equals(table)
     assert sorted(p.name for p in target.parent.iterdir()) == ["persons.parquet"]
     # A rerun replaces the file.
-    again = quarantine(make_analytical(5), tmp_path, RUN_DATE)
+    again = quarantine(make_raw(5), tmp_path, RUN_DATE, k=1)
     assert again == target and pq.read_table(target).num_rows == 5
 
 
-def test_quarantine_masks_again(tmp_path: Path) -> None:
+def test_quarantine_masks_every_column_that_is_not_known_safe(tmp_path: Path) -> None:
     table = plant(plant(make_raw(10), "firstname", 0, "Zelda"), "email", 1, PLANTED)
     table = plant(table, "email", 2, "no-at-sign-Zelda")
-    target = quarantine(table, tmp_path, RUN_DATE, name="masked.parquet")
+    table = plant(table, "gender", 3, "Zelda Planted")  # a full name in a kept field
+    table = plant(table, "country", 4, PLANTED)
+    table = plant(table, "country_code", 5, "Zelda")
+    target = quarantine(table, tmp_path, RUN_DATE, k=2)
     stored = pq.read_table(target)
     assert stored.schema == RAW_SCHEMA
     assert pc.all(pc.equal(stored["firstname"], MASK)).as_py()
     assert stored["email"][1].as_py() == f"{MASK}@example.org"
     assert stored["email"][2].as_py() == MASK
-    assert b"Zelda" not in target.read_bytes()
+    assert stored["gender"][3].as_py() == MASK and stored["gender"][2].as_py() == "female"
+    assert stored["country"][4].as_py() == MASK and stored["country_code"][5].as_py() == MASK
+    # Ours and typed: kept as they are.
+    assert stored["person_key"].equals(table["person_key"]) and stored["age"].equals(table["age"])
+    blob = target.read_bytes()
+    assert b"Zelda" not in blob and b"Planted" not in blob
 
 
-@pytest.mark.parametrize("name", ["", "../x.parquet", "a/b.parquet"])
-def test_quarantine_rejects_paths_as_names(tmp_path: Path, name: str) -> None:
-    with pytest.raises(ValueError):
-        quarantine(make_raw(1), tmp_path, RUN_DATE, name=name)
+def test_quarantine_keeps_a_country_only_where_k_rows_share_it(tmp_path: Path) -> None:
+    table = plant(make_raw(12), "country", 0, "Atlantis")  # a country-shaped value, once
+    stored = pq.read_table(quarantine(table, tmp_path, RUN_DATE, k=2))
+    assert stored["country"][0].as_py() == MASK
+    assert stored["country"].to_pylist()[1:] == table["country"].to_pylist()[1:]
+
+
+def test_a_batch_that_still_holds_a_raw_value_is_not_quarantined(tmp_path: Path) -> None:
+    from tasks.leak_scan import LeakScanner
+
+    # "Gladyce" is a raw street name of the batch; masking leaves a country-shaped value alone
+    # when k rows share it, so only the leak scan can stop it.
+    source = pa.table({"street_name": ["Gladyce Bypass"], "email": [PLANTED]})
+    table = make_raw(10)
+    table = table.set_column(
+        table.schema.get_field_index("country"), "country", pa.array(["Gladyce Bypass"] * 10)
+    )
+    scanner = LeakScanner(source, RUN_DATE)
+    assert quarantine(table, tmp_path, RUN_DATE, k=2, scanner=scanner) is None
+    assert not (tmp_path / "quarantine").exists()
+    assert scanner.report.hit_fields() == ["quarantine batch:country (street_name)"]
 
 
 def test_gx_keeps_nothing_of_a_validated_batch() -> None:
