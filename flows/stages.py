@@ -94,7 +94,12 @@ class RunRecord:
         """The leak scanner over this run's raw-value hashes (built once, when first needed)."""
         if self._scanner is None:
             self._scanner = LeakScanner(self.secrets, run_date)
+            self.secrets = []  # merged into the scanner's index; no need to hold them twice
         return self._scanner
+
+    def has_secrets(self) -> bool:
+        """Whether any raw-value hashes were taken (the run got as far as masking)."""
+        return self._scanner is not None or bool(self.secrets)
 
 
 def plan(cfg: RunConfig) -> tuple[int, list[PageRange]]:
@@ -389,7 +394,7 @@ def report_failure(cfg: RunConfig | None, run: RunRecord, exc: BaseException) ->
     """
     from prefect.artifacts import create_markdown_artifact
 
-    scanner = run.scanner(cfg.run_date) if cfg is not None and run.secrets else None
+    scanner = run.scanner(cfg.run_date) if cfg is not None and run.has_secrets() else None
     raised = value_free(exc, failure_text(exc, scanner))
     error = failure_text(raised)
     held: dict[str, Any] = {}

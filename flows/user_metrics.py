@@ -103,12 +103,13 @@ def user_metrics_pipeline(
         # in it, and it is closed however the run ends.
         with capture_logs() as log_lines, prestart_charts():
             outcome = run_stages(cfg, run, previous_schema, log_lines)
+        run.stage = "finish"
+        run.figures["seconds_total"] = time.perf_counter() - started
+        record_end(cfg, run.run_id, "completed", run.figures, lock_timeout)
     except BaseException as exc:
         run.figures["seconds_total"] = time.perf_counter() - started
         # Raised without its cause: a traceback must not print a library's original message.
         raise report_failure(cfg, run, exc) from None
-    run.figures["seconds_total"] = time.perf_counter() - started
-    record_end(cfg, run.run_id, "completed", run.figures, lock_timeout)
     logger.info(
         "loaded %d records for %s; lake file %s; %.1fs",
         run.figures["records_loaded"],

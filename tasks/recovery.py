@@ -160,14 +160,17 @@ def _mismatches(lake_dir: Path, db_runs: dict[tuple[str, dt.date], set[str]]) ->
                 files[(layer, where[1])] = _run_id(path)
     for layer, run_date in sorted(set(files) | set(db_runs)):
         zone = next(z for z, name in LAYERS.items() if name == layer)
-        in_file = files.get((layer, run_date), "none")
         in_db = db_runs.get((layer, run_date), set())
-        if in_file is None:
+        if (layer, run_date) not in files:
+            in_file = f"there is no {zone} file"
+        elif (run_id := files[(layer, run_date)]) is None:
             continue  # written before files carried their run id: nothing to compare
-        if in_db == {in_file}:
+        elif in_db == {run_id}:
             continue
+        else:
+            in_file = f"{zone} file is from run {run_id}"
         held = ", ".join(sorted(in_db)) or "none"
-        what = f"{zone} file is from run {in_file}, {layer} rows from {held}"
+        what = f"{in_file}, {layer} rows from {held}"
         findings.append(Finding(what, run_date, command=rerun_command(run_date)))
     return findings
 

@@ -124,3 +124,11 @@ def test_a_date_whose_layers_disagree_names_the_command(con, tmp_path) -> None:
     assert not finding.repaired and finding.command == rerun_command(DAY)
     assert "raw file is from run r3, persons_anonymized rows from r1" in finding.line()
     assert pq.read_table(raw_path(lake, DAY)).num_rows == 2  # nothing deleted
+
+
+def test_rows_without_a_lake_file_name_the_command(con, tmp_path) -> None:
+    load_batch(con, analytical(4, DAY), DAY, "r1")
+    (tmp_path / "lake").mkdir()
+    (finding,) = check(con, tmp_path / "lake")
+    assert "there is no raw file, persons_anonymized rows from r1" in finding.line()
+    assert finding.command == rerun_command(DAY)
