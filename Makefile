@@ -13,7 +13,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export UV_PYTHON_DOWNLOADS ?= never
 # Arrow's default pool (mimalloc) keeps freed memory; jemalloc hands it back between stages
-# (a million-record run peaks at ~1.1 GB instead of ~1.5 GB; tasks/allocator.py).
+# (a million-record run peaks at ~1.1 GB instead of ~1.5 GB; tasks/common/allocator.py).
 export ARROW_DEFAULT_MEMORY_POOL ?= jemalloc
 
 .PHONY: help setup uv venv browser run test lint fmt clean serve trigger stop bench

@@ -82,7 +82,7 @@ def stop(proc: subprocess.Popen[str]) -> None:
 
 
 def _fetch_config(api_url: str, concurrency: int = 8, rpm: int = 0) -> Any:
-    from tasks.fetch import FetchConfig
+    from tasks.ingest.fetch import FetchConfig
 
     # The same request parameters the flow sends, so warmed responses are the ones it asks for.
     return FetchConfig(
@@ -95,8 +95,8 @@ def _fetch_config(api_url: str, concurrency: int = 8, rpm: int = 0) -> Any:
 
 def warm_api(api_url: str, records: int, page_size: int) -> float:
     """Request every page of a run once, so the server answers the run from its cache."""
-    from tasks.fetch import close_clients, fetch_page
-    from tasks.plan import plan_pages, run_seed_for
+    from tasks.ingest.fetch import close_clients, fetch_page
+    from tasks.ingest.plan import plan_pages, run_seed_for
 
     pages = plan_pages(records, page_size, run_seed_for(RUN_DATE, SEED))
     config = _fetch_config(api_url)
@@ -117,8 +117,8 @@ def _server_stats(api_url: str) -> dict[str, Any]:
 
 def fetch_throughput() -> dict[str, Any]:
     """30 pages, 200 ms each, concurrency 8; and the spacing a requests-per-minute budget gives."""
-    from tasks.fetch import close_clients, fetch_page
-    from tasks.plan import plan_pages
+    from tasks.ingest.fetch import close_clients, fetch_page
+    from tasks.ingest.plan import plan_pages
 
     proc, url = start_api("--latency-ms", str(THROUGHPUT_LATENCY_MS))
     try:
@@ -175,7 +175,7 @@ def child(args: argparse.Namespace) -> int:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     from flows.user_metrics import user_metrics_pipeline
-    from tasks.validate import warm_up
+    from tasks.quality.validate import warm_up
 
     seconds_import = time.perf_counter() - t0
 
@@ -202,11 +202,11 @@ def child(args: argparse.Namespace) -> int:
     main_thread = threading.get_ident()
 
     def current_stage() -> str:
-        # The stage the flow is in: `run.stage` of the running `run_stages` frame (the flow
-        # body runs in this, the main, thread). Benchmark-only introspection.
+        # The stage the flow is in: `run.stage` of the running flow's frame (the flow body
+        # runs in this, the main, thread). Benchmark-only introspection.
         frame = sys._current_frames().get(main_thread)
         while frame is not None:
-            if frame.f_code.co_name == "run_stages":
+            if frame.f_code.co_name == "user_metrics_pipeline":
                 return str(getattr(frame.f_locals.get("run"), "stage", "?"))
             frame = frame.f_back
         return "start/end"
@@ -297,7 +297,7 @@ def run_size(api_url: str, records: int, page_size: int, workdir: Path) -> dict[
         "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
         "PII_HASH_KEY": os.environ.get("PII_HASH_KEY", BENCH_KEY),
         "PII_HASH_KEY_BLOCK": "",
-        # As `make run` and the deployment set it (tasks/allocator.py).
+        # As `make run` and the deployment set it (tasks/common/allocator.py).
         "ARROW_DEFAULT_MEMORY_POOL": os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "jemalloc"),
     }
     cmd = [sys.executable, "-m", "bench.run", "--child", "--api-url", api_url]

@@ -10,9 +10,9 @@ import pyarrow as pa
 
 from local_api.pools import get_pools
 from local_api.records import DEFAULT_BIRTHDAY_START, build_records, parse_query
-from tasks.generalize import generalize
-from tasks.mask import mask_pii
-from tasks.source_schema import to_source_table
+from tasks.ingest.mask import mask_pii
+from tasks.ingest.source_schema import to_source_table
+from tasks.privacy.generalize import generalize
 
 RUN_DATE = dt.date(2026, 3, 1)
 KEY = b"bench-key-0123456789abcdef"

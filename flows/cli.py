@@ -1,11 +1,31 @@
-"""Command-line parsing and printing for `python -m flows.user_metrics` (no Prefect here)."""
+"""The command line: `python -m flows.user_metrics` (and `make run`, through flows/local_demo.py).
+
+Flags come from the flows' own options (`tasks.common.inputs.RunOptions`), every input is checked
+before Prefect starts, and every failure is one `error:` line: never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, NoReturn
+
+from pydantic import ValidationError
+
+from tasks.common.errors import failure_text, redact
+from tasks.common.inputs import InputError, RunOptions, date_range, settings_error_line
+from tasks.common.run_config import checked_run_config
+from tasks.common.settings import get_settings
+
+# Prefect gives its temporary API server 20 s to start; a first run took 21-33 s on a busy
+# 2-core machine. The CLI, `make run` and backfills give it this long unless the user says.
+STARTUP_BUDGET_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+STARTUP_BUDGET_SECONDS = 180
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -16,14 +36,17 @@ class _OneLineParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def _option_type(name: str) -> type:
+    annotation = str(RunOptions.model_fields[name].annotation)
+    return int if "int" in annotation else str
+
+
 def parse_args(argv: list[str] | None, description: str | None) -> argparse.Namespace:
-    """Flags of the pipeline CLI; a single date or a backfill range."""
+    """Flags of the pipeline CLI: the run's options, then a single date or a backfill range."""
     parser = _OneLineParser(prog="python -m flows.user_metrics", description=description)
-    parser.add_argument("--api-url", help="Faker API base URL (default: FAKER_API_URL)")
-    parser.add_argument("--records", type=int, help="records to fetch (default: FAKER_RECORDS)")
-    parser.add_argument("--page-size", type=int, help="records per request, 1..1000")
-    parser.add_argument("--seed", type=int, help="run seed (default: derived from the run date)")
-    parser.add_argument("--locale", help="Faker locale (default: FAKER_LOCALE)")
+    for name, info in RunOptions.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, type=_option_type(name), help=f"{info.description}")
     parser.add_argument("--run-date", help="YYYY-MM-DD (default: today, UTC)")
     parser.add_argument("--start-date", help="backfill: first date, YYYY-MM-DD")
     parser.add_argument("--end-date", help="backfill: last date, YYYY-MM-DD")
@@ -46,6 +69,119 @@ def parse_args(argv: list[str] | None, description: str | None) -> argparse.Name
         parser.error("--check looks at every date; it takes no dates")
     args.backfill = backfill
     return args
+
+
+def preflight(args: argparse.Namespace) -> dict[str, Any]:
+    """The flow's parameters, once every input is checked: before Prefect starts, any request
+    is made or anything is written."""
+    settings = get_settings()
+    options = RunOptions(**{name: getattr(args, name) for name in RunOptions.model_fields})
+    if args.backfill:
+        days: list[dt.date] = date_range(args.start_date, args.end_date, settings.backfill_max_days)
+        checked_run_config(settings, options, days[0])
+        return {
+            "start_date": days[0],
+            "end_date": days[-1],
+            "force": args.force,
+            "options": options,
+        }
+    run_date = checked_run_config(settings, options, args.run_date).run_date
+    return {**options.model_dump(), "run_date": run_date}
+
+
+@contextmanager
+def startup_budget() -> Iterator[int]:
+    """Give Prefect's temporary API server STARTUP_BUDGET_SECONDS, unless the user set it."""
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as BUDGET
+    from prefect.settings import temporary_settings
+
+    if os.environ.get(STARTUP_BUDGET_ENV):
+        yield BUDGET.value()
+        return
+    with temporary_settings({BUDGET: STARTUP_BUDGET_SECONDS}):
+        yield STARTUP_BUDGET_SECONDS
+
+
+def outside_flow_error(exc: BaseException, budget: int) -> str:
+    """One line for a failure before or around the flow run (no traceback, no values)."""
+    if "ephemeral Prefect API server" in str(exc):
+        return (
+            f"Prefect's temporary API server did not start within {budget} s: raise "
+            f"{STARTUP_BUDGET_ENV}, or run one server for every run (`make serve`, or "
+            "PREFECT_API_URL pointing at a running server)"
+        )
+    return f"{failure_text(exc)} (before the flow run could record it)"
+
+
+def run_check() -> int:
+    """`--check`: repair what killed runs left; exit 1 if a date still needs a rerun."""
+    from tasks.storage.database import open_db
+    from tasks.storage.migrations import migrate
+    from tasks.storage.recovery import check
+
+    settings = get_settings()
+    with open_db(settings.duckdb_path, settings.duckdb_lock_timeout_seconds) as con:
+        migrate(con)
+        findings = check(con, settings.data_lake_dir)
+    for finding in findings:
+        print(finding.line())
+    left = [f for f in findings if not f.repaired]
+    repaired = len(findings) - len(left)
+    print(f"check: {len(findings)} finding(s), {repaired} repaired, {len(left)} left")
+    return 1 if left else 0
+
+
+def run_flow(args: argparse.Namespace, params: dict[str, Any]) -> int:
+    """Run the pipeline or the backfill flow; print its summary or its one error line."""
+    from flows.user_metrics import user_metrics_backfill, user_metrics_pipeline
+    from tasks.reporting.artifacts import RUN_ARTIFACT_KEYS
+
+    budget = STARTUP_BUDGET_SECONDS
+    try:
+        with startup_budget() as budget:
+            flow = user_metrics_backfill if args.backfill else user_metrics_pipeline
+            state = flow(**params, return_state=True)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        print(f"error: {outside_flow_error(exc, budget)}", file=sys.stderr)
+        return 1
+    if not state.is_completed():
+        exc = state.result(raise_on_failure=False)
+        text = failure_text(exc) if isinstance(exc, BaseException) else redact(str(state.message))
+        print(f"error: {text}", file=sys.stderr)
+        return 1
+    if args.backfill:
+        print_backfill(state.result())
+    else:
+        print_summary(state.result(), RUN_ARTIFACT_KEYS)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point: exit 0 on success, 2 on bad input, 1 on a failed run; errors in one line.
+
+    No traceback reaches the user: every failure, inside the flow run or around it, is one
+    `error: ...` line naming the cause and what to do.
+    """
+    from flows.user_metrics import user_metrics_pipeline
+
+    args = parse_args(argv, user_metrics_pipeline.__doc__)
+    one_line_console()  # Prefect prints a failed run's traceback; the UI keeps it, not the terminal
+    try:
+        if args.check:
+            return run_check()
+        params = preflight(args)
+    except ValidationError as exc:  # pydantic: a bad environment value
+        print(f"error: {settings_error_line(exc)}", file=sys.stderr)
+        return 2
+    except (InputError, RuntimeError, ValueError) as exc:
+        # Nothing has been fetched yet: the message is about the user's own input.
+        lines = str(exc).strip().splitlines()
+        print(f"error: {redact(lines[0] if lines else type(exc).__name__)}", file=sys.stderr)
+        return 2
+    return run_flow(args, params)
 
 
 class _OneLine(logging.Formatter):

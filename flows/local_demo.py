@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tasks.secrets import ensure_demo_key
+from tasks.common.secrets import ensure_demo_key
 
 DEMO_KEY_FILE = Path(".secrets/pii_hash_key")
 
@@ -36,7 +36,7 @@ def main() -> int:
     proc, url = start_local_api()
     print(f"Local Faker API at {url}", flush=True)
     try:
-        from flows.user_metrics import main as run_flow
+        from flows.cli import main as run_flow
 
         return run_flow(["--api-url", url, *sys.argv[1:]])
     finally:

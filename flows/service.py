@@ -303,7 +303,7 @@ def _worker_env(env: dict[str, str], api_url: str) -> dict[str, str]:
     worker_env = {**env, "FAKER_API_URL": api_url}
     worker_env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "5")
     if not env.get("PII_HASH_KEY") and not env.get("PII_HASH_KEY_BLOCK"):
-        from tasks.secrets import ensure_demo_key
+        from tasks.common.secrets import ensure_demo_key
 
         # As `make run`: a random local key in the git-ignored .secrets/, never one in the repo.
         worker_env.setdefault("PII_HASH_KEY_FILE", str(ensure_demo_key(DEMO_KEY_FILE)))

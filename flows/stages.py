@@ -1,4 +1,4 @@
-"""The stages of one pipeline run, wired in order; the work itself lives in tasks/.
+"""The stages of one pipeline run, in the order the flow calls them; the work lives in tasks/.
 
 A run stages every output where no reader sees it (temp files beside their targets, DuckDB
 writes in one open transaction, artifacts composed in memory), verifies what it staged, and
@@ -8,49 +8,82 @@ commit, the date's lake files, DuckDB rows and latest artifacts are the previous
 
 from __future__ import annotations
 
-import datetime as dt
+import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import get_run_logger
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.futures import PrefectFuture
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
 from prefect.logging import get_logger
 
-from tasks.drift import accepts, compare_signatures, drift_markdown, enforce_policy
-from tasks.errors import PipelineError, failure_text, redact, value_free
-from tasks.lake import AtomicParquetWriter, quarantine_path, raw_writer
-from tasks.leak_scan import LeakScanner, SecretHashes
-from tasks.load import DatabaseBusyError, finish_run, open_db, run_columns, utc_now
-from tasks.plan import PageRange, group_ranges, plan_pages, range_count
-from tasks.privacy_report import privacy_artifact, privacy_markdown, privacy_run_columns
-from tasks.publish import Artifact, create_artifacts
-from tasks.run_config import RunConfig
-from tasks.runs import failure_markdown, kept_columns, read_back, record_end
-from tasks.settings import get_settings
-from tasks.steps import (
-    DRIFT_ARTIFACT_KEY,
-    FAILURE_ARTIFACT_KEY,
+from tasks.common import PipelineError, RunConfig, RunRecord, value_free
+from tasks.common.errors import failure_text, redact
+from tasks.common.settings import get_settings
+from tasks.ingest import (
     MaskedRange,
-    compose_user_metrics,
-    fetch_page_range,
-    generalize_persons,
-    load_persons,
-    mask_page_range,
-    protect_privacy,
-    scan_for_leaks,
-    validate_analytical_batch,
-    validate_masked_batch,
+    PageRange,
+    fetch_page_range_task,
+    group_ranges,
+    mask_page_range_task,
+    plan_pages,
+    range_count,
+)
+from tasks.ingest.plan import run_seed_for
+from tasks.privacy import (
+    LeakScanReport,
+    Protected,
+    generalize_persons_task,
+    protect_privacy_task,
+    scan_for_leaks_task,
+)
+from tasks.quality import (
+    ValidationError,
+    accepts,
+    compare_signatures,
+    drift_markdown,
+    enforce_policy,
+    quarantine,
+    validate_analytical_task,
+    validate_masked_task,
     validation_artifact,
 )
-from tasks.validate import ValidationError as BatchValidationError
-from tasks.validate import quarantine
+from tasks.reporting import (
+    DRIFT_ARTIFACT_KEY,
+    FAILURE_ARTIFACT_KEY,
+    Artifact,
+    Published,
+    compose_user_metrics_task,
+    create_artifacts,
+    failure_markdown,
+    privacy_artifact,
+    privacy_markdown,
+    privacy_run_columns,
+)
+from tasks.storage import (
+    AtomicParquetWriter,
+    DatabaseBusyError,
+    finish_run,
+    kept_columns,
+    open_db,
+    quarantine_path,
+    raw_writer,
+    read_back,
+    record_end,
+    record_start,
+    run_columns,
+    stage_batch_task,
+    utc_now,
+)
 
 PROGRESS_SECONDS = 1.0
 # How long a failure report waits for the DuckDB file: briefly when the lock is what failed.
@@ -58,53 +91,84 @@ READ_BACK_SECONDS = 30.0
 BUSY_WAIT_SECONDS = 5.0
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def in_stage(
+    name: str,
+) -> Callable[
+    [Callable[Concatenate[RunConfig, RunRecord, P], R]],
+    Callable[Concatenate[RunConfig, RunRecord, P], R],
+]:
+    """Decorator: the function runs as stage `name` of its run (`RunRecord.entered`)."""
+
+    def decorate(
+        fn: Callable[Concatenate[RunConfig, RunRecord, P], R],
+    ) -> Callable[Concatenate[RunConfig, RunRecord, P], R]:
+        @functools.wraps(fn)
+        def staged(cfg: RunConfig, run: RunRecord, *args: P.args, **kwargs: P.kwargs) -> R:
+            with run.entered(name):
+                return fn(cfg, run, *args, **kwargs)
+
+        return staged
+
+    return decorate
+
+
 @dataclass
-class RunRecord:
-    """What a run has done so far: the stage it is in, its figures, what it published."""
+class Staged:
+    """Everything a run has staged so far, none of it visible until `commit`."""
 
-    run_id: str
-    stage: str = "start"
-    figures: dict[str, Any] = field(default_factory=dict)  # pipeline_runs columns
-    published: list[str] = field(default_factory=list)  # artifact keys, as created
-    details: list[str] = field(default_factory=list)  # value-free lines for the failure report
-    secrets: list[SecretHashes] = field(default_factory=list)  # hashes of the batch's raw values
-    _scanner: LeakScanner | None = None
+    raw: AtomicParquetWriter
+    stack: ExitStack  # drops whatever is staged and not committed when the run ends
+    artifacts: list[Artifact] = field(default_factory=list)
+    con: duckdb.DuckDBPyConnection | None = None
+    protected: Protected | None = None
+    published: Published | None = None
+    scan: LeakScanReport | None = None
 
-    @contextmanager
-    def entered(self, stage: str) -> Iterator[None]:
-        """Run a stage: the failure report names it, and its seconds add up in the figures."""
-        # Arrow's allocators keep freed pages for reuse (mimalloc for good, jemalloc for a
-        # while): without handing them back, a stage's transient peak is carried into the next.
-        pa.default_memory_pool().release_unused()
-        self.stage = stage
-        with self.timed(stage):
-            yield
+    @property
+    def files(self) -> dict[str, AtomicParquetWriter]:
+        """The staged lake files, by the name the leak scan reports them under."""
+        files = {"raw lake file": self.raw}
+        if self.protected is not None:
+            files["shareable extract file"] = self.protected.writer
+        return files
 
-    @contextmanager
-    def timed(self, name: str) -> Iterator[None]:
-        """Add the block's seconds to `seconds_<name>`."""
-        key = f"seconds_{name.replace('-', '_')}"
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.figures[key] = self.figures.get(key, 0.0) + time.perf_counter() - started
-
-    def scanner(self, run_date: dt.date) -> LeakScanner:
-        """The leak scanner over this run's raw-value hashes (built once, when first needed)."""
-        if self._scanner is None:
-            self._scanner = LeakScanner(self.secrets, run_date)
-            self.secrets = []  # merged into the scanner's index; no need to hold them twice
-        return self._scanner
-
-    def has_secrets(self) -> bool:
-        """Whether any raw-value hashes were taken (the run got as far as masking)."""
-        return self._scanner is not None or bool(self.secrets)
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        """The open DuckDB transaction (the run has reached its load)."""
+        if self.con is None:
+            raise RuntimeError("nothing is staged in DuckDB yet")
+        return self.con
 
 
-def plan(cfg: RunConfig) -> tuple[int, list[PageRange]]:
-    """(pages, page ranges) of the run: one fetch task per range."""
-    pages = plan_pages(cfg.records, cfg.page_size, cfg.run_seed)
+def start(cfg: RunConfig, run: RunRecord) -> str | None:
+    """Migrate, repair what killed runs left, record this run; the last committed schema."""
+    previous_schema, findings = record_start(
+        cfg, run.run_id, get_settings().duckdb_lock_timeout_seconds
+    )
+    for finding in findings:
+        get_run_logger().warning("check: %s", finding.line())
+    return previous_schema
+
+
+@contextmanager
+def staged_outputs(cfg: RunConfig, run: RunRecord) -> Iterator[Staged]:
+    """Where the run stages its outputs; whatever is not committed is dropped at the end."""
+    metadata = {
+        "pii_hash_key_id": run.figures.hash_key_id or "",
+        "run_date": str(cfg.run_date),
+        "flow_run_id": run.run_id,
+    }
+    with ExitStack() as stack:
+        raw = stack.enter_context(raw_writer(cfg.lake_dir, cfg.run_date, metadata, run.run_id))
+        yield Staged(raw=raw, stack=stack)
+
+
+def plan(cfg: RunConfig) -> list[PageRange]:
+    """The run's page ranges: one fetch task per range."""
+    pages = plan_pages(cfg.records, cfg.page_size, run_seed_for(cfg.run_date, cfg.seed))
     fetch_tasks = range_count(len(pages), cfg.fetch.concurrency, cfg.max_fetch_tasks)
     ranges = group_ranges(pages, fetch_tasks)
     get_run_logger().info(
@@ -116,105 +180,95 @@ def plan(cfg: RunConfig) -> tuple[int, list[PageRange]]:
         len(ranges),
         cfg.api_url,
     )
-    return len(pages), ranges
+    return ranges
 
 
-def submit_fetches(
-    cfg: RunConfig, ranges: list[PageRange]
-) -> list[tuple[PrefectFuture[Any], PrefectFuture[MaskedRange]]]:
-    """A fetch task per range, each with its mask task right behind it."""
-    # The task runner starts tasks in submission order, so a range is masked (and its raw rows
-    # dropped) as soon as it lands. Mapping all fetches first would hold every raw row of the run
-    # until the last fetch.
+@in_stage("fetch")
+def fetch_and_mask(cfg: RunConfig, run: RunRecord, staged: Staged) -> pa.Table:
+    """Fetch and mask every range, streaming the masked rows, in page order, into the staged
+    lake file; report progress as pages land."""
+    ranges = plan(cfg)
+    total = sum(len(r.pages) for r in ranges)
+    # Each mask task is submitted right behind its fetch: the task runner starts tasks in
+    # submission order, so a range is masked (and its raw rows dropped) as soon as it lands.
     submitted = []
     for page_range in ranges:
-        fetch = fetch_page_range.submit(cfg.fetch, page_range)
-        submitted.append((fetch, mask_page_range.submit(fetch, cfg.run_date)))
-    return submitted
-
-
-def ingest(
-    cfg: RunConfig,
-    submitted: list[tuple[PrefectFuture[Any], PrefectFuture[MaskedRange]]],
-    writer: AtomicParquetWriter,
-    run: RunRecord,
-    total_pages: int,
-) -> pa.Table:
-    """Stream masked ranges, in page order, into the staged lake file; report progress."""
-    logger = get_run_logger()
+        fetch = fetch_page_range_task.submit(cfg.fetch, page_range)
+        submitted.append((fetch, mask_page_range_task.submit(fetch, cfg.run_date)))
     progress = create_progress_artifact(
         progress=0.0, description=f"Pages fetched and masked for run date {cfg.run_date}"
     )
-    tables, signatures = [], set()
-    counts = dict.fromkeys(("pages", "retries"), 0)
-    updated = time.monotonic()
+    tables, signatures, updated = [], set(), time.monotonic()
+    run.figures.pages = run.figures.retries = 0
     for fetch, mask in submitted:
         # A failed fetch leaves its mask task never run: surface the fetch's own error.
         fetch.wait()
         if fetch.state.is_failed():
             fetch.result()
-        part = mask.result()
-        table = part.take_table()
-        with run.timed("lake"):
-            writer.write(table)
-        tables.append(table)
-        run.secrets.append(part.secrets)
+        part: MaskedRange = mask.result()
+        tables.append(take_range(run, staged, part, total))
         signatures |= part.signatures
-        counts["pages"] += part.pages
-        counts["retries"] += part.retries
-        # Summed over mask task runs, which overlap with fetching and with each other.
-        for key, seconds in (
-            ("seconds_mask", part.seconds_mask),
-            ("seconds_leak_hash", part.seconds_hash),
-        ):
-            run.figures[key] = run.figures.get(key, 0.0) + seconds
         # At most one update a second (each is a call to the Prefect API), and always the last.
-        if counts["pages"] == total_pages or time.monotonic() - updated >= PROGRESS_SECONDS:
-            update_progress_artifact(progress, progress=100.0 * counts["pages"] / total_pages)
+        if run.figures.pages == total or time.monotonic() - updated >= PROGRESS_SECONDS:
+            update_progress_artifact(progress, progress=100.0 * run.figures.pages / total)
             updated = time.monotonic()
-        logger.info(
-            "pages %d/%d done (%d records, %d retries so far)",
-            counts["pages"],
-            total_pages,
-            writer.rows,
-            counts["retries"],
-        )
-    run.figures.update(
-        counts, records_fetched=writer.rows, source_schema=" | ".join(sorted(signatures))
-    )
+    run.figures.records_fetched = staged.raw.rows
+    run.figures.source_schema = " | ".join(sorted(signatures))
     return pa.concat_tables(tables)
 
 
-def check_drift(cfg: RunConfig, previous: str | None, run: RunRecord) -> list[Artifact]:
+def take_range(run: RunRecord, staged: Staged, part: MaskedRange, total: int) -> pa.Table:
+    """A masked range into the staged lake file and the run's figures; returns its rows."""
+    table = part.take_table()
+    with run.timed("lake"):
+        staged.raw.write(table)
+    run.secrets.append(part.secrets)
+    run.figures.pages = (run.figures.pages or 0) + part.pages
+    run.figures.retries = (run.figures.retries or 0) + part.retries
+    # Summed over mask task runs, which overlap with fetching and with each other.
+    run.add_seconds("mask", part.seconds_mask)
+    run.add_seconds("leak_hash", part.seconds_hash)
+    get_run_logger().info(
+        "pages %d/%d done (%d records, %d retries so far)",
+        run.figures.pages,
+        total,
+        staged.raw.rows,
+        run.figures.retries,
+    )
+    return table
+
+
+@in_stage("schema-drift")
+def check_drift(cfg: RunConfig, run: RunRecord, staged: Staged, previous: str | None) -> None:
     """Compare the source's shape with the last committed run's; compose the report, apply the
     policy (a stopped run reports the change in its failure report instead)."""
     policy = get_settings().schema_drift_policy
-    change = compare_signatures(previous, run.figures["source_schema"])
+    change = compare_signatures(previous, run.figures.source_schema or "")
     if change is None:
-        return []
-    run.figures["schema_change"] = change.describe()
+        return
+    run.figures.schema_change = change.describe()
     run.details.append(f"Source schema change: {change.describe()}")
     get_run_logger().warning("source schema changed: %s", change.describe())
     markdown = drift_markdown(change, policy, accepts(change, policy))
     enforce_policy(change, policy)
     description = f"Source schema drift detected on run date {cfg.run_date}."
-    return [Artifact(DRIFT_ARTIFACT_KEY, description, markdown=markdown)]
+    staged.artifacts.append(Artifact(DRIFT_ARTIFACT_KEY, description, markdown=markdown))
 
 
-def validate_batch(
-    cfg: RunConfig, batch: pa.Table, run: RunRecord, k: int
-) -> tuple[pa.Table, Artifact]:
+@in_stage("validate")
+def validate(cfg: RunConfig, run: RunRecord, staged: Staged, batch: pa.Table) -> pa.Table:
     """Both GX suites and the generalization between them; a failing batch is quarantined."""
-    summaries = [validate_masked_batch(batch, cfg.records)]
+    k = get_settings().privacy_k
+    summaries = [validate_masked_task(batch, cfg.records)]
     analytical = None
     if summaries[0].success:
         # generalize refuses batches the raw suite rejects (e.g. null keys), so only run it after.
         with run.timed("generalize"):
-            generalized = generalize_persons(batch, cfg.run_date, k)
-        run.figures["domains_collapsed"] = generalized.domains_collapsed
-        run.figures["records_domain_collapsed"] = generalized.records_collapsed
+            generalized = generalize_persons_task(batch, cfg.run_date, k)
+        run.figures.domains_collapsed = generalized.domains_collapsed
+        run.figures.records_domain_collapsed = generalized.records_collapsed
         analytical = generalized.table
-        summaries.append(validate_analytical_batch(analytical, cfg.records))
+        summaries.append(validate_analytical_task(analytical, cfg.records))
     failed = [s for s in summaries if not s.success]
     if failed or analytical is None:
         run.details += [f"Validation: {s.failures_text()}" for s in summaries]
@@ -228,12 +282,13 @@ def validate_batch(
         get_run_logger().error(
             "batch failed validation; %s", f"quarantined at {path}" if path else "not quarantined"
         )
-        raise BatchValidationError(failed[0])
-    return analytical, validation_artifact(summaries, cfg.run_date)
+        raise ValidationError(failed[0])
+    staged.artifacts.append(validation_artifact(summaries, cfg.run_date))
+    return analytical
 
 
 @contextmanager
-def staging_db(cfg: RunConfig) -> Iterator[duckdb.DuckDBPyConnection]:
+def _transaction(cfg: RunConfig) -> Iterator[duckdb.DuckDBPyConnection]:
     """The DuckDB file under its lock with a transaction open: rolled back unless committed."""
     with open_db(cfg.duckdb_path, get_settings().duckdb_lock_timeout_seconds) as con:
         con.begin()
@@ -245,178 +300,143 @@ def staging_db(cfg: RunConfig) -> Iterator[duckdb.DuckDBPyConnection]:
                 con.rollback()
 
 
-def verify(
-    cfg: RunConfig,
-    run: RunRecord,
-    con: duckdb.DuckDBPyConnection,
-    files: dict[str, AtomicParquetWriter],
-    artifacts: list[Artifact],
-    log_lines: list[str],
-) -> Any:
+def stage(cfg: RunConfig, run: RunRecord, staged: Staged, analytical: pa.Table) -> None:
+    """Stage the batch, the extract and the reports: DuckDB in one open transaction, the
+    extract as a temp file, the report artifacts composed in memory."""
+    settings = get_settings()
+    k = settings.privacy_k
+    with run.timed("lake"):
+        staged.raw.finish()
+    con = staged.con = staged.stack.enter_context(_transaction(cfg))
+    with run.entered("load"):
+        run.figures.records_loaded = stage_batch_task(con, analytical, cfg.run_date, run.run_id)
+    with run.entered("privacy"):
+        qis = settings.quasi_identifiers
+        staged.protected = protect_privacy_task(
+            con, cfg.lake_dir, analytical, cfg.run_date, run.run_id, k, qis
+        )
+        staged.stack.enter_context(staged.protected.writer)
+    protected, collapsed = staged.protected, run.figures.domains_collapsed or 0
+    run.figures.update(privacy_run_columns(protected.metrics, protected.extract, collapsed))
+    with run.entered("reports"):
+        staged.published = compose_user_metrics_task(con, cfg.run_date, cfg.records, k)
+    run.figures.seconds["charts"] = staged.published.seconds_charts
+    staged.artifacts += staged.published.artifacts
+
+
+@in_stage("verify")
+def verify(cfg: RunConfig, run: RunRecord, staged: Staged, log_lines: list[str]) -> None:
     """Check what is staged: row counts, then the leak scan of every staged output."""
-    for name, writer in files.items():
+    for name, writer in staged.files.items():
         rows = pq.ParquetFile(writer.temp).metadata.num_rows
         if rows != writer.rows:
             raise PipelineError(f"staged {name} holds {rows} rows, {writer.rows} were written")
-    if run.figures["records_loaded"] != cfg.records:
+    if run.figures.records_loaded != cfg.records:
         raise PipelineError(
-            f"staged {run.figures['records_loaded']} rows in DuckDB, {cfg.records} were requested"
+            f"staged {run.figures.records_loaded} rows in DuckDB, {cfg.records} were requested"
         )
     with run.timed("leak_scan"):
-        texts = {f"artifact {a.key}": a.markdown for a in artifacts if a.markdown is not None}
-        rows = {f"artifact {a.key}": a.table for a in artifacts if a.table is not None}
-        scan = scan_for_leaks(
+        artifacts = staged.artifacts
+        scan = scan_for_leaks_task(
             run.scanner(cfg.run_date),
-            {name: writer.temp for name, writer in files.items()},
-            con,
+            {name: writer.temp for name, writer in staged.files.items()},
+            staged.connection(),
             cfg.run_date,
-            texts,
-            rows,
+            {f"artifact {a.key}": a.markdown for a in artifacts if a.markdown is not None},
+            {f"artifact {a.key}": a.table for a in artifacts if a.table is not None},
             log_lines,
         )
     run.figures.update(scan.as_run_columns())
-    if not scan.clean:
-        run.details += [
-            f"Leak scan hit: {hit.label()}, {hit.count} cell(s) or line(s)" for hit in scan.hits
-        ]
+    run.details += [f"Leak scan hit: {hit.label()}, {hit.count} cell(s)" for hit in scan.hits]
     scan.raise_if_leaked()
-    return scan
+    staged.scan = scan
+    assert staged.protected is not None  # staged before the scan
+    markdown = privacy_markdown(
+        staged.protected.metrics,
+        staged.protected.extract,
+        run.figures.domains_collapsed or 0,
+        scan,
+        run_date=cfg.run_date,
+        records_collapsed=run.figures.records_domain_collapsed,
+    )
+    staged.artifacts.append(privacy_artifact(redact(markdown), cfg.run_date))
 
 
-def commit(
-    cfg: RunConfig,
-    run: RunRecord,
-    con: duckdb.DuckDBPyConnection,
-    files: dict[str, AtomicParquetWriter],
-) -> None:
+@in_stage("commit")
+def commit(cfg: RunConfig, run: RunRecord, staged: Staged) -> None:
     """Make the staged outputs the date's: DuckDB first, then the file renames.
 
-    A crash between the two leaves complete staged files that `tasks.recovery.check` rolls
-    forward (the DuckDB rows name the run that staged them).
+    A crash between the two leaves complete staged files that `tasks.storage.recovery.check`
+    rolls forward (the DuckDB rows name the run that staged them).
     """
+    con = staged.connection()
     columns = run_columns(con)
-    figures = {k: v for k, v in run.figures.items() if k in columns}
+    figures = {k: v for k, v in run.figures.as_columns().items() if k in columns}
     finish_run(con, run.run_id, "committed", committed_at=utc_now(), **figures)
     con.commit()
-    for writer in files.values():
+    for writer in staged.files.values():
         # From here on a failure must not drop the staged files: they are the committed batch.
         writer.keep = True
-    for writer in files.values():
+    for writer in staged.files.values():
         writer.commit()
     # The date is good now: an older run's quarantined batch no longer describes it.
     quarantine_path(cfg.lake_dir, cfg.run_date).unlink(missing_ok=True)
-
-
-def run_stages(
-    cfg: RunConfig, run: RunRecord, previous_schema: str | None, log_lines: list[str]
-) -> dict[str, Any]:
-    """Fetch -> mask -> validate -> stage -> verify -> commit -> publish."""
-    settings = get_settings()
-    k = settings.privacy_k
-    with run.entered("plan"):
-        total_pages, ranges = plan(cfg)
-    metadata = {
-        "pii_hash_key_id": run.figures["hash_key_id"],
-        "run_date": str(cfg.run_date),
-        "flow_run_id": run.run_id,
-    }
-    with ExitStack() as staged:
-        raw = staged.enter_context(raw_writer(cfg.lake_dir, cfg.run_date, metadata, run.run_id))
-        with run.entered("fetch"):
-            batch = ingest(cfg, submit_fetches(cfg, ranges), raw, run, total_pages)
-        with run.entered("schema-drift"):
-            artifacts = check_drift(cfg, previous_schema, run)
-        with run.entered("validate"):
-            analytical, validation = validate_batch(cfg, batch, run, k)
-        artifacts.append(validation)
-        del batch  # staged in the lake file; keep memory for what follows
-        with run.timed("lake"):
-            raw.finish()
-        con = staged.enter_context(staging_db(cfg))
-        with run.entered("load"):
-            run.figures["records_loaded"] = load_persons(con, analytical, cfg.run_date, run.run_id)
-        with run.entered("privacy"):
-            protected = protect_privacy(
-                con,
-                cfg.lake_dir,
-                analytical,
-                cfg.run_date,
-                run.run_id,
-                k,
-                settings.quasi_identifiers,
-            )
-            staged.enter_context(protected.writer)
-        collapsed = run.figures["domains_collapsed"]
-        run.figures.update(privacy_run_columns(protected.metrics, protected.extract, collapsed))
-        del analytical  # staged in DuckDB and summarized; the leak scan reads what was staged
-        with run.entered("reports"):
-            published = compose_user_metrics(con, cfg.run_date, cfg.records, k)
-        run.figures["seconds_charts"] = published.seconds_charts
-        artifacts += published.artifacts
-        files = {"raw lake file": raw, "shareable extract file": protected.writer}
-        with run.entered("verify"):
-            scan = verify(cfg, run, con, files, artifacts, log_lines)
-            markdown = privacy_markdown(
-                protected.metrics,
-                protected.extract,
-                collapsed,
-                scan,
-                run_date=cfg.run_date,
-                records_collapsed=run.figures.get("records_domain_collapsed"),
-            )
-            artifacts.append(privacy_artifact(redact(markdown), cfg.run_date))
-        with run.entered("commit"):
-            commit(cfg, run, con, files)
     get_run_logger().info(
-        "committed %d records for %s; privacy: k_min %d (table) / %d (extract, k=%d); "
-        "leak scan %d outputs, 0 hits",
-        run.figures["records_loaded"],
+        "committed %d records for %s; leak scan: %d outputs, 0 hits",
+        run.figures.records_loaded,
         cfg.run_date,
-        protected.metrics.k_min,
-        protected.extract.k_min,
-        k,
-        len(scan.outputs_scanned),
+        run.figures.leak_outputs_scanned,
     )
-    with run.entered("publish"):
-        create_artifacts(artifacts, run.published)
+
+
+@in_stage("publish")
+def publish(cfg: RunConfig, run: RunRecord, staged: Staged) -> None:
+    """Create the composed artifacts, in order (each key is recorded as it is created)."""
+    create_artifacts(staged.artifacts, run.published)
+
+
+@in_stage("finish")
+def finish(cfg: RunConfig, run: RunRecord, staged: Staged) -> dict[str, Any]:
+    """Mark the run completed; return what the CLI prints."""
+    run.stop_clock()
+    figures = run.figures.as_columns()
+    record_end(cfg, run.run_id, "completed", figures, get_settings().duckdb_lock_timeout_seconds)
+    assert staged.protected is not None and staged.published is not None
+    get_run_logger().info(
+        "loaded %d records for %s; lake file %s; %.1fs",
+        run.figures.records_loaded,
+        cfg.run_date,
+        staged.raw.target,
+        run.figures.seconds["total"],
+    )
     return {
-        "lake_file": str(raw.target),
-        "extract_file": str(protected.writer.target),
-        "answers": published.answers,
+        **figures,
+        "lake_file": str(staged.raw.target),
+        "extract_file": str(staged.protected.writer.target),
+        "answers": staged.published.answers,
+        "flow_run_id": run.run_id,
+        "run_date": cfg.run_date.isoformat(),
+        "records_requested": cfg.records,
+        "duckdb_path": str(cfg.duckdb_path),
     }
 
 
 def report_failure(cfg: RunConfig | None, run: RunRecord, exc: BaseException) -> BaseException:
     """Record the failed run (pipeline_runs + `run-failure`); return the error to raise.
 
-    The returned error holds no source value (`tasks.errors.value_free`), and its line is the
-    one recorded. What the date holds is read back from disk; the report never assumes it.
+    The returned error holds no source value (`tasks.common.errors.value_free`), and its line is
+    the one recorded. What the date holds is read back from disk; the report never assumes it.
     """
-    from prefect.artifacts import create_markdown_artifact
-
+    run.stop_clock()
     scanner = run.scanner(cfg.run_date) if cfg is not None and run.has_secrets() else None
     raised = value_free(exc, failure_text(exc, scanner))
     error = failure_text(raised)
     held: dict[str, Any] = {}
     try:
         if cfg is not None:
-            # The database may be what failed: wait for it briefly, never a whole lock timeout.
-            wait = BUSY_WAIT_SECONDS if isinstance(exc, DatabaseBusyError) else READ_BACK_SECONDS
-            wait = min(wait, get_settings().duckdb_lock_timeout_seconds)
-            held = read_back(cfg, wait)
-            if run.stage != "start":
-                figures = {**run.figures, **kept_columns(held), "error": error}
-                try:
-                    record_end(
-                        cfg, run.run_id, "failed", {**figures, "failed_stage": run.stage}, wait
-                    )
-                except DatabaseBusyError:
-                    run.details.append(
-                        "The run's pipeline_runs row could not be updated: another run held the "
-                        "database; the next run's check marks it abandoned."
-                    )
+            held = _record_failure(cfg, run, error, busy=isinstance(exc, DatabaseBusyError))
     finally:
-        details = [redact(line) for line in run.details]
+        details = [f"- {redact(line)}" for line in run.details]
         create_markdown_artifact(
             markdown=failure_markdown(
                 cfg.run_date if cfg else None,
@@ -425,12 +445,31 @@ def report_failure(cfg: RunConfig | None, run: RunRecord, exc: BaseException) ->
                 error,
                 held,
                 run.published,
-                [f"- {line}" for line in details],
+                details,
             ),
             key=FAILURE_ARTIFACT_KEY,
             description="Why the last run failed and what the date holds now.",
         )
     return raised
+
+
+def _record_failure(cfg: RunConfig, run: RunRecord, error: str, busy: bool) -> dict[str, Any]:
+    """Read back what the date holds and record it with the failure; returns what was read."""
+    # The database may be what failed: wait for it briefly, never a whole lock timeout.
+    wait = BUSY_WAIT_SECONDS if busy else READ_BACK_SECONDS
+    wait = min(wait, get_settings().duckdb_lock_timeout_seconds)
+    held = read_back(cfg, wait)
+    if run.stage == "start":
+        return held  # the run never got its pipeline_runs row
+    figures = {**run.figures.as_columns(), **kept_columns(held), "error": error}
+    try:
+        record_end(cfg, run.run_id, "failed", {**figures, "failed_stage": run.stage}, wait)
+    except DatabaseBusyError:
+        run.details.append(
+            "The run's pipeline_runs row could not be updated: another run held the "
+            "database; the next run's check marks it abandoned."
+        )
+    return held
 
 
 def log_failure(flow: Any, flow_run: Any, state: Any) -> None:

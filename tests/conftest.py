@@ -54,8 +54,8 @@ def prefect_storage(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture
 def pipeline_env(monkeypatch: pytest.MonkeyPatch, tmp_path):
     """Settings for a flow run: lake and database under tmp_path, a test key, fast retries."""
-    from tasks.settings import get_settings
-    from tasks.steps import hash_key
+    from tasks.common.secrets import hash_key
+    from tasks.common.settings import get_settings
 
     monkeypatch.setenv("DATA_LAKE_DIR", str(tmp_path / "lake"))
     monkeypatch.setenv("DUCKDB_PATH", str(tmp_path / "db" / "faker.duckdb"))

@@ -11,7 +11,7 @@ import duckdb
 import httpx
 import pyarrow.parquet as pq
 
-from tasks.plan import plan_pages, run_seed_for
+from tasks.ingest.plan import plan_pages, run_seed_for
 
 _DECIMAL = re.compile(r"-?\d+\.\d+")
 PII_FIELDS = ("firstname", "lastname", "email", "phone", "birthday")

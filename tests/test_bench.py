@@ -71,7 +71,7 @@ def test_smoke_run_writes_json_and_markdown(tmp_path: Path, capsys: pytest.Captu
     assert "peak RSS MiB (flow process)" in table
     # The sampler (every 0.25 s) names the flow's stages in the order they ran.
     order = [
-        "plan",
+        "start",
         "fetch",
         "schema-drift",
         "validate",
@@ -81,6 +81,7 @@ def test_smoke_run_writes_json_and_markdown(tmp_path: Path, capsys: pytest.Captu
         "verify",
         "commit",
         "publish",
+        "finish",
     ]
     seen = [stage for stage in run["peak_rss_mib_by_stage"] if stage != "start/end"]
     assert seen and seen == sorted(seen, key=order.index)

@@ -1,4 +1,4 @@
--- Initial schema. Applied once by tasks.load.migrate, which records it in schema_migrations;
+-- Initial schema. Applied once by tasks.storage.database.migrate, which records it in schema_migrations;
 -- `if not exists` keeps a half-initialised database (e.g. created by hand) from blocking it.
 
 create table if not exists schema_migrations (
@@ -8,7 +8,7 @@ create table if not exists schema_migrations (
 );
 
 -- The analytical layer: generalized, pseudonymous rows only, one batch per run_date
--- (tasks.load.load_batch replaces a date's rows in one transaction). No primary key or index on
+-- (tasks.storage.database.load_batch replaces a date's rows in one transaction). No primary key or index on
 -- purpose: DuckDB's ART indexes reject a delete followed by a re-insert of the same key inside one
 -- transaction, and run_date filters are served by DuckDB's min/max zone maps anyway.
 create table if not exists persons_anonymized (
@@ -24,7 +24,7 @@ create table if not exists persons_anonymized (
 
 -- Age-group dimension: reports derive "60 or over" and the chart's full label set from the
 -- bounds here instead of comparing label strings ('[90+]' does not sort or parse like the others).
--- Must match tasks.schemas.AGE_GROUPS (asserted by the tests).
+-- Must match tasks.common.schemas.AGE_GROUPS (asserted by the tests).
 create table if not exists age_groups (
     age_group varchar primary key,
     position integer not null,

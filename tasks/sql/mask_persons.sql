@@ -1,6 +1,6 @@
--- The computed columns of one masked batch, in input order (tasks.mask adds the constant and
+-- The computed columns of one masked batch, in input order (tasks.ingest.mask adds the constant and
 -- pass-through columns in Arrow, where they cost nothing). Source: the Arrow table registered as
--- `source`, with `identity` prepared by tasks.mask (null where only DuckDB's own lower/trim give
+-- `source`, with `identity` prepared by tasks.ingest.mask (null where only DuckDB's own lower/trim give
 -- the exact identity). Nothing identifying survives except the keyed pseudonym; the birthday is
 -- reduced to the age at the run date, which is all the analytical layer needs.
 -- $ipad / $opad: the HMAC key XOR-ed with the RFC 2104 pads, so person_key equals

@@ -8,7 +8,7 @@ import duckdb
 import pytest
 
 from flows.service import PROJECT_DIR, State
-from flows.user_metrics import ARTIFACTS
+from tasks.reporting.artifacts import RUN_ARTIFACT_KEYS as ARTIFACTS
 from tests.e2e.conftest import E2E_RECORDS, Run, Service, run_service_cli
 
 pytestmark = pytest.mark.e2e

@@ -11,10 +11,10 @@ import pytest
 
 from flows.runners import make_task_runner
 from flows.user_metrics import user_metrics_pipeline
-from tasks.fetch import close_clients
-from tasks.lake import raw_path
-from tasks.settings import get_settings
-from tasks.steps import hash_key
+from tasks.common.secrets import hash_key
+from tasks.common.settings import get_settings
+from tasks.ingest.fetch import close_clients
+from tasks.storage.lake import raw_path
 
 RUN_DATE = dt.date(2026, 9, 30)
 PARAMS = {"records": 3000, "page_size": 500, "run_date": RUN_DATE, "seed": 77}

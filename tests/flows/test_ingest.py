@@ -8,9 +8,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from flows.user_metrics import main, user_metrics_pipeline
-from tasks.fetch import close_clients
-from tasks.schemas import MASK, RAW_SCHEMA
+from flows.cli import main
+from flows.user_metrics import user_metrics_pipeline
+from tasks.common.schemas import MASK, RAW_SCHEMA
+from tasks.ingest.fetch import close_clients
 from tests.helpers import file_bytes, leaked, parquet_cells, raw_values, served_records
 
 RUN_DATE = dt.date(2026, 11, 20)
@@ -139,14 +140,14 @@ def test_unreachable_url_fails_before_any_write(api, pipeline_env, capsys):
 
 
 def test_missing_key_fails_clearly(api, pipeline_env, monkeypatch, capsys):
-    from tasks.steps import hash_key
+    from tasks.common.secrets import hash_key
 
     monkeypatch.delenv("PII_HASH_KEY")
     hash_key.cache_clear()
     code = main(["--api-url", api.base_url, "--records", "10"])
     assert code == 2 and "PII_HASH_KEY" in capsys.readouterr().err
     monkeypatch.setenv("PII_HASH_KEY", "")
-    from tasks.settings import get_settings
+    from tasks.common.settings import get_settings
 
     get_settings.cache_clear()
     hash_key.cache_clear()

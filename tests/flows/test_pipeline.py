@@ -21,9 +21,9 @@ from prefect.client.schemas.filters import (
 from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
 
 from flows.user_metrics import user_metrics_pipeline
-from tasks.fetch import close_clients
-from tasks.publish import REPORT_COLUMNS
-from tasks.validate import ValidationError
+from tasks.ingest.fetch import close_clients
+from tasks.quality.validate import ValidationError
+from tasks.reporting.artifacts import REPORT_COLUMNS
 from tests.helpers import (
     duckdb_cells,
     expected_reports,

@@ -8,10 +8,11 @@ import logging
 import duckdb
 import pytest
 
-import tasks.steps
+import tasks.ingest.ranges
+import tasks.reporting.compose
 from flows.user_metrics import user_metrics_pipeline
-from tasks.fetch import close_clients
-from tasks.leak_scan import LeakError
+from tasks.ingest.fetch import close_clients
+from tasks.privacy.leak_scan import LeakError
 from tests.helpers import served_records
 
 RUN_DATE = dt.date(2026, 9, 30)
@@ -32,14 +33,14 @@ def failed_run_row(db) -> tuple:
 
 
 def test_a_raw_value_in_the_log_fails_the_run(api, pipeline_env, prefect_storage, monkeypatch):
-    real_mask = tasks.steps.mask_pii
+    real_mask = tasks.ingest.ranges.mask_pii
 
     def leaky_mask(source, run_date, key):
         # the kind of debug line someone might add one day
-        logging.getLogger("tasks.mask").warning("first email: %s", source.column("email")[0])
+        logging.getLogger("tasks.ingest.mask").warning("first email: %s", source.column("email")[0])
         return real_mask(source, run_date, key)
 
-    monkeypatch.setattr(tasks.steps, "mask_pii", leaky_mask)
+    monkeypatch.setattr(tasks.ingest.ranges, "mask_pii", leaky_mask)
     state = user_metrics_pipeline(
         api_url=api.base_url, records=300, run_date=RUN_DATE, return_state=True
     )
@@ -53,7 +54,9 @@ def test_a_raw_value_in_the_log_fails_the_run(api, pipeline_env, prefect_storage
 
 def test_a_raw_value_in_an_artifact_fails_the_run(api, pipeline_env, prefect_storage, monkeypatch):
     name = served_records(api.base_url, 200, 1000, RUN_DATE, seed=3)[0]["lastname"]
-    monkeypatch.setattr(tasks.steps, "small_cell_note", lambda k: f"Reviewed by {name}.")
+    monkeypatch.setattr(
+        tasks.reporting.compose, "small_cell_note", lambda k: f"Reviewed by {name}."
+    )
     state = user_metrics_pipeline(
         api_url=api.base_url, records=200, run_date=RUN_DATE, seed=3, return_state=True
     )

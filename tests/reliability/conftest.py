@@ -80,9 +80,9 @@ def reliability_env(
     pipeline_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Callable[..., None]]:
     """pipeline_env plus a setter for more env values that also clears the settings caches."""
-    from tasks.fetch import close_clients
-    from tasks.settings import get_settings
-    from tasks.steps import hash_key
+    from tasks.common.secrets import hash_key
+    from tasks.common.settings import get_settings
+    from tasks.ingest.fetch import close_clients
 
     def set_env(**values: str) -> None:
         for name, value in values.items():
@@ -252,9 +252,9 @@ def baseline(
     per case: loading it per case doubled the time of a drill module."""
     from flows.user_metrics import user_metrics_pipeline
     from local_api.server import LocalApiServer
-    from tasks.fetch import close_clients
-    from tasks.settings import get_settings
-    from tasks.steps import hash_key
+    from tasks.common.secrets import hash_key
+    from tasks.common.settings import get_settings
+    from tasks.ingest.fetch import close_clients
 
     params = request.module.BASELINE
     root = tmp_path_factory.mktemp("baseline")

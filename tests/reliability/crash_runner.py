@@ -64,10 +64,12 @@ def _on_call(owner: Any, name: str, nth: int, act: Any) -> None:
 
 def _install(stage: str, marker: Path, release: Path | None) -> None:
     import flows.stages
-    import tasks.lake
-    import tasks.load
-    import tasks.publish
-    import tasks.steps
+    import tasks.privacy.extract
+    import tasks.reporting.artifacts
+    import tasks.reporting.compose
+    import tasks.storage.batches
+    import tasks.storage.database
+    import tasks.storage.lake
 
     def mark_and_block(*_: Any) -> None:
         marker.write_text(stage)
@@ -79,16 +81,16 @@ def _install(stage: str, marker: Path, release: Path | None) -> None:
         _wait_for(release)
 
     if stage == "lake-write":
-        write = tasks.lake.AtomicParquetWriter.write
+        write = tasks.storage.lake.AtomicParquetWriter.write
 
         def write_then_block(self: Any, table: Any) -> None:
             write(self, table)
             marker.write_text(str(self.temp))
             _block_forever()
 
-        tasks.lake.AtomicParquetWriter.write = write_then_block
+        tasks.storage.lake.AtomicParquetWriter.write = write_then_block
     elif stage in ("duckdb-load", "hold-load"):
-        store_reports = tasks.load.store_reports
+        store_reports = tasks.storage.batches.store_reports
 
         def store_then_stop(con: Any, *args: Any, **kwargs: Any) -> None:
             store_reports(con, *args, **kwargs)
@@ -98,17 +100,17 @@ def _install(stage: str, marker: Path, release: Path | None) -> None:
             assert release is not None
             _wait_for(release)
 
-        tasks.load.store_reports = store_then_stop
+        tasks.storage.batches.store_reports = store_then_stop
     elif stage == "mark-connect":
         # open_db is where a run queues for the DuckDB file lock; mark the first attempt.
-        open_db = tasks.load.open_db
+        open_db = tasks.storage.database.open_db
 
         def marked_open_db(*args: Any, **kwargs: Any) -> Any:
             if not marker.exists():
                 marker.write_text("asking for the DuckDB lock")
             return open_db(*args, **kwargs)
 
-        tasks.load.open_db = marked_open_db
+        tasks.storage.database.open_db = marked_open_db
         for name, module in list(sys.modules.items()):
             if (
                 name.startswith(("flows.", "tasks."))
@@ -118,19 +120,19 @@ def _install(stage: str, marker: Path, release: Path | None) -> None:
     elif stage == "lock-load":
         _on_call(flows.stages, "staging_db", 1, mark_and_wait)
     elif stage == "db-committed":
-        _on_call(tasks.lake.AtomicParquetWriter, "commit", 1, mark_and_block)
+        _on_call(tasks.storage.lake.AtomicParquetWriter, "commit", 1, mark_and_block)
     elif stage == "between-renames":
-        _on_call(tasks.lake.AtomicParquetWriter, "commit", 2, mark_and_block)
+        _on_call(tasks.storage.lake.AtomicParquetWriter, "commit", 2, mark_and_block)
     elif stage == "before-publish":
-        _on_call(tasks.publish.Artifact, "create", 1, mark_and_block)
+        _on_call(tasks.reporting.artifacts.Artifact, "create", 1, mark_and_block)
     elif stage == "mid-publish":
-        _on_call(tasks.publish.Artifact, "create", 2, mark_and_block)
+        _on_call(tasks.reporting.artifacts.Artifact, "create", 2, mark_and_block)
     elif stage == "raise-privacy":
-        tasks.steps.shareable_extract = _raise
+        tasks.privacy.extract.shareable_extract = _raise
     elif stage == "raise-reports":
-        tasks.steps.build_charts = _raise
+        tasks.reporting.compose.build_charts = _raise
     elif stage == "raise-publish":
-        _on_call(tasks.publish.Artifact, "create", 2, _raise)
+        _on_call(tasks.reporting.artifacts.Artifact, "create", 2, _raise)
     else:
         raise SystemExit(f"unknown stage {stage!r}")
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from flows.user_metrics import main, user_metrics_pipeline
+from flows.cli import main
+from flows.user_metrics import user_metrics_pipeline
 from local_api.server import LocalApiServer
-from tasks.params import InputError
+from tasks.common.inputs import InputError, RunOptions
 from tests.reliability.conftest import error_lines
 
 TODAY = dt.datetime.now(dt.UTC).date()
@@ -244,8 +245,7 @@ def test_backfill_flow_backward_range(
     state = user_metrics_backfill(
         start_date=dt.date(2026, 6, 3),
         end_date=dt.date(2026, 6, 1),
-        api_url=api.base_url,
-        records=100,
+        options=RunOptions(api_url=api.base_url, records=100),
         return_state=True,
     )
     error = state.result(raise_on_failure=False)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from flows.user_metrics import main
+from flows.cli import main
 from local_api.server import LocalApiServer
 from tests.helpers import duckdb_cells, leaked, parquet_cells, raw_values, served_records
 from tests.reliability.conftest import Baseline, error_lines

@@ -10,6 +10,7 @@ import pytest
 
 from flows.user_metrics import user_metrics_pipeline
 from local_api.server import LocalApiServer
+from tasks.common.inputs import RunOptions
 from tests.reliability.conftest import db_query, error_lines, lake_file, run_cli, snapshot
 
 DAYS = [dt.date(2026, 6, 1), dt.date(2026, 6, 2), dt.date(2026, 6, 3)]
@@ -54,7 +55,7 @@ def test_backfill_loads_skips_and_forces(
     from flows.user_metrics import user_metrics_backfill
 
     lake, db = paths
-    kwargs = {"api_url": api.base_url, "records": 200, "page_size": 100}
+    kwargs = {"options": RunOptions(api_url=api.base_url, records=200, page_size=100)}
     first = user_metrics_backfill(start_date=DAYS[0], end_date=DAYS[-1], **kwargs)
     assert first == {d.isoformat(): "loaded" for d in DAYS}
     assert batches(db) == [(d, 200, 1) for d in DAYS]
@@ -83,9 +84,8 @@ def test_backfill_fills_only_the_gaps(
 
     _, db = paths
     user_metrics_pipeline(api_url=api.base_url, records=200, page_size=100, run_date=DAYS[1])
-    outcome = user_metrics_backfill(
-        start_date=DAYS[0], end_date=DAYS[-1], api_url=api.base_url, records=200, page_size=100
-    )
+    options = RunOptions(api_url=api.base_url, records=200, page_size=100)
+    outcome = user_metrics_backfill(start_date=DAYS[0], end_date=DAYS[-1], options=options)
     assert outcome == {
         DAYS[0].isoformat(): "loaded",
         DAYS[1].isoformat(): "skipped",
@@ -143,7 +143,7 @@ def test_backfill_cli_in_a_subprocess(
 def test_backward_range_is_bad_input(
     api: LocalApiServer, reliability_env, paths: tuple[Path, Path], capsys
 ) -> None:
-    from flows.user_metrics import main
+    from flows.cli import main
 
     lake, db = paths
     code = main(

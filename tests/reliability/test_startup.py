@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 
-from flows.user_metrics import STARTUP_BUDGET_ENV, STARTUP_BUDGET_SECONDS, startup_budget
+from flows.cli import STARTUP_BUDGET_ENV, STARTUP_BUDGET_SECONDS, startup_budget
 from local_api.server import LocalApiServer
 from tests.conftest import TEST_KEY
 from tests.reliability.conftest import NO_BROWSER, ROOT, error_lines, run_cli

@@ -1,0 +1,133 @@
+"""Failure texts that hold no source values: our own errors, and a safety net for all others.
+
+Every failure text a run writes (the CLI's error line, Prefect's state message and logs,
+`run-failure`, `pipeline_runs.error`) comes from `failure_text`. Our own errors are written to
+name fields, pages, kinds and counts, never values; a library's message can quote the value it
+choked on (Arrow's "Integer value -72201712000000000 not in range" was a person's latitude), so
+those are reduced to their type. Whatever passes is still run through the leak scanner's
+patterns (e-mail addresses, E.164 phone numbers) and, where the run has them, the hashes of the
+batch's raw values.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from tasks.privacy.leak_scan import LeakScanner
+
+MAX_TEXT = 500
+WITHHELD = "message withheld: a library's message may quote source values"
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# The leak scanner's two value-free patterns (tasks/privacy/leak_scan.py uses the same ones).
+EMAIL_PATTERN = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
+PHONE_PATTERN = re.compile(r"(?<![A-Za-z0-9+/=])\+[0-9]{8,15}(?![0-9])")
+
+
+class PipelineError(RuntimeError):
+    """An error whose message we wrote: it names fields, pages, kinds and counts, never values."""
+
+
+class BatchError(PipelineError, ValueError):
+    """A batch breaks a contract between stages; the message names columns and counts."""
+
+
+class StageError(PipelineError):
+    """A library error inside a stage, by type only (its own message may quote a value)."""
+
+
+def display_url(url: object) -> str:
+    """scheme://host:port/path of a URL: never its credentials or query string."""
+    parts = urlsplit(str(url).strip())
+    if not parts.scheme or not parts.hostname:
+        # Not a URL we can take apart: what follows any "user:password@", as typed.
+        return str(url).strip().rsplit("@", 1)[-1][:100]
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def redact(text: str) -> str:
+    """The text with anything shaped like an e-mail address or a phone number withheld."""
+    text = EMAIL_PATTERN.sub("<e-mail withheld>", text)
+    return PHONE_PATTERN.sub("<phone number withheld>", text)
+
+
+def _first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def _own_text(exc: BaseException) -> str:
+    """What an exception may say about itself without quoting data."""
+    if isinstance(exc, PipelineError):
+        return _first_line(str(exc))
+    if isinstance(exc, OSError) and exc.strerror:
+        # errno and the system's wording; file names are ours (lake, database, key file).
+        return f"[Errno {exc.errno}] {exc.strerror}"
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    request = getattr(exc, "request", None)
+    if isinstance(status, int) and request is not None:  # httpx.HTTPStatusError (Prefect's API)
+        return f"HTTP {status} from {display_url(request.url)}"
+    # Where it was raised helps whoever debugs it, and holds no value.
+    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
+    where = f"raised at {Path(frames[-1].filename).name}:{frames[-1].lineno}; " if frames else ""
+    return f"{where}{WITHHELD}" if str(exc).strip() else where.removesuffix("; ")
+
+
+def failure_text(exc: BaseException, scanner: LeakScanner | None = None) -> str:
+    """`Type: first line` of a failure, free of source values, short enough for a table cell."""
+    own = _own_text(exc)
+    text = redact(f"{type(exc).__name__}: {own}" if own else type(exc).__name__)[:MAX_TEXT]
+    if scanner is not None:
+        hits = scanner.scan_text("failure text", text)
+        if hits:
+            kinds = ", ".join(sorted({hit.kind for hit in hits}))
+            count = sum(hit.count for hit in hits)
+            return f"{type(exc).__name__}: message withheld: it held {count} raw value(s) ({kinds})"
+    return text
+
+
+def value_free(exc: BaseException, text: str | None = None) -> BaseException:
+    """The exception to raise in place of `exc`: ours with a redacted message, else a StageError.
+
+    Our own errors keep their type (callers and tests tell failures apart by it); a library's
+    error becomes a StageError naming only its type. Either way the result has no chained
+    cause, so no traceback prints the original message. `text` is the failure text already
+    worked out for it (by `failure_text`, with the run's scanner), if any.
+    """
+    if not isinstance(exc, Exception):
+        return exc  # KeyboardInterrupt, SystemExit, Prefect's cancellation signals
+    text = text or failure_text(exc)
+    if isinstance(exc, PipelineError):
+        message = text.partition(": ")[2]
+        if str(exc) != message:
+            exc.args = (message,)
+        if str(exc) == message:
+            exc.__cause__, exc.__context__, exc.__suppress_context__ = None, None, True
+            return exc
+    error = StageError(text)
+    error.__suppress_context__ = True
+    return error
+
+
+def raises_value_free(fn: Callable[P, R]) -> Callable[P, R]:
+    """Decorator: any exception leaving `fn` is `value_free` (for the bodies of Prefect tasks)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            raise value_free(exc) from None
+
+    return wrapper

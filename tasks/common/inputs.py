@@ -1,0 +1,132 @@
+"""Checks on what a user types (flags, parameters, env), run before any request or write."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.common.errors import PipelineError, display_url
+
+# The bounds of every input, here and nowhere else (settings and flow parameters use them).
+MAX_PAGE_SIZE = 1000  # the API clamps larger requests to 1000 without saying so
+MAX_RECORDS = 10_000_000
+MAX_SEED = 2**31 - 1  # the API's seeds are 32-bit; 0 means "no seed" there
+
+
+class RunOptions(BaseModel):
+    """A run's options, declared once: flow parameters, CLI flags and the backfill's options.
+
+    Unset (None) means the setting of the same name (FAKER_API_URL, FAKER_RECORDS, ...). Values
+    are checked by `tasks.common.run_config.resolve_run_config`, which names a bad one.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    api_url: str | None = Field(None, description="Faker API base URL, up to the version.")
+    records: int | None = Field(None, description=f"Records to fetch, 1..{MAX_RECORDS:,}.")
+    page_size: int | None = Field(
+        None, description=f"Records per request, 1..{MAX_PAGE_SIZE} (the API clamps above)."
+    )
+    seed: int | None = Field(
+        None, description=f"Run seed, 1..{MAX_SEED}; unset: derived from the run date."
+    )
+    locale: str | None = Field(None, description="Faker locale, e.g. en_US.")
+
+
+class InputError(PipelineError, ValueError):
+    """A user-supplied value is unusable; the message names the value (URLs without credentials)."""
+
+
+def check_api_url(url: str) -> str:
+    """Return the URL without a trailing slash, or raise if it is not an http(s) URL with a host."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError(f"api_url {display_url(url)!r} is not an http(s) URL with a host")
+    return url.strip().rstrip("/")
+
+
+def check_records(records: int) -> int:
+    """Records must be a positive count we can hold in a day's batch."""
+    if not 1 <= records <= MAX_RECORDS:
+        raise InputError(f"records={records} must be between 1 and {MAX_RECORDS:,}")
+    return records
+
+
+def check_seed(seed: int | None) -> int | None:
+    """A run seed is 1..MAX_SEED, or None for one derived from the run date."""
+    if seed is not None and not 1 <= seed <= MAX_SEED:
+        raise InputError(f"seed={seed} must be between 1 and {MAX_SEED} (0 means 'no seed')")
+    return seed
+
+
+def check_page_size(page_size: int) -> int:
+    """Page size must be 1..1000: above 1000 the API would silently return fewer records."""
+    if not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise InputError(f"page_size={page_size} must be between 1 and {MAX_PAGE_SIZE}")
+    return page_size
+
+
+def parse_run_date(value: str | dt.date | None, today: dt.date | None = None) -> dt.date:
+    """Parse YYYY-MM-DD (default: today, UTC); a future date is refused, ages would be negative."""
+    today = today or dt.datetime.now(dt.UTC).date()
+    if value is None:
+        return today
+    if isinstance(value, dt.datetime):
+        value = value.date()
+    if isinstance(value, dt.date):
+        parsed = value
+    else:
+        try:
+            parsed = dt.date.fromisoformat(value.strip())
+        except ValueError:
+            raise InputError(f"run_date {value!r} is not a date in YYYY-MM-DD form") from None
+        if len(value.strip()) != 10:
+            raise InputError(f"run_date {value!r} is not a date in YYYY-MM-DD form")
+    if parsed > today:
+        raise InputError(f"run_date {parsed.isoformat()} is in the future (today is {today})")
+    return parsed
+
+
+def check_reachable(url: str, timeout: float = 5.0) -> None:
+    """Open (and close) a TCP connection to the API host, so a dead URL fails before any work."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or exc.__class__.__name__
+        raise InputError(
+            f"api_url {display_url(url)!r} is unreachable ({host}:{port}: {reason})"
+        ) from None
+
+
+def date_range(start: dt.date | str, end: dt.date | str, max_days: int) -> list[dt.date]:
+    """Every date from start to end inclusive; refuses backward, future or overlong ranges."""
+    first, last = parse_run_date(start), parse_run_date(end)
+    if last < first:
+        raise InputError(f"date range is backwards: end {last} is before start {first}")
+    days = (last - first).days + 1
+    if days > max_days:
+        raise InputError(
+            f"date range {first}..{last} covers {days} days, more than {max_days} "
+            "(BACKFILL_MAX_DAYS)"
+        )
+    return [first + dt.timedelta(days=i) for i in range(days)]
+
+
+def settings_error_line(exc: Exception) -> str:
+    """One line naming each bad setting by its environment variable (secrets never echoed)."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc).strip().splitlines()[0]
+    parts = []
+    for error in errors():
+        name = str(error["loc"][0]).upper() if error.get("loc") else "settings"
+        shown = "" if "KEY" in name else f" (got {error.get('input')!r})"
+        parts.append(f"{name}{shown}: {error['msg']}")
+    return "invalid setting " + "; ".join(parts)

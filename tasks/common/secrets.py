@@ -1,0 +1,73 @@
+"""The HMAC key behind person_key: from the environment, a Prefect Secret block, or a demo file."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from functools import cache
+from pathlib import Path
+
+from tasks.common.errors import PipelineError
+from tasks.common.settings import Settings
+
+MIN_KEY_LENGTH = 16
+
+
+class MissingKeyError(PipelineError):
+    """No usable HMAC key was configured."""
+
+
+def _checked(raw: str, origin: str) -> bytes:
+    key = raw.strip().encode()
+    if len(key) < MIN_KEY_LENGTH:
+        raise MissingKeyError(
+            f"the HMAC key from {origin} is {'empty' if not key else 'too short'}: "
+            f"use at least {MIN_KEY_LENGTH} characters (e.g. `openssl rand -hex 32`)"
+        )
+    return key
+
+
+def resolve_hash_key(settings: Settings) -> bytes:
+    """The pseudonymization key: PII_HASH_KEY, else the Secret block, else the demo key file."""
+    key = settings.pii_hash_key
+    env_key = key.get_secret_value() if key is not None else None
+    # An empty PII_HASH_KEY next to a named block (compose passes both) defers to the block;
+    # alone, it is a mistake worth a clear error rather than a silent fallback.
+    if env_key is not None and (env_key.strip() or not settings.pii_hash_key_block):
+        return _checked(env_key, "PII_HASH_KEY")
+    if settings.pii_hash_key_block:
+        from prefect.blocks.system import Secret
+
+        value = Secret.load(settings.pii_hash_key_block).get()
+        return _checked(str(value), f"Prefect Secret block {settings.pii_hash_key_block!r}")
+    if settings.pii_hash_key_file is not None and settings.pii_hash_key_file.is_file():
+        return _checked(
+            settings.pii_hash_key_file.read_text(encoding="utf-8"), str(settings.pii_hash_key_file)
+        )
+    raise MissingKeyError(
+        "no HMAC key for person_key: set PII_HASH_KEY (>= 16 characters), or name a Prefect "
+        "Secret block in PII_HASH_KEY_BLOCK; `make run` creates a local demo key for you"
+    )
+
+
+@cache
+def hash_key() -> bytes:
+    """The HMAC key, resolved once per process (so it is never a task parameter)."""
+    from tasks.common.settings import get_settings
+
+    return resolve_hash_key(get_settings())
+
+
+def key_id(key: bytes) -> str:
+    """A short, non-reversible id of the key, stored with each batch so rotations are traceable."""
+    return hmac.new(key, b"faker-api-dataflow key id", hashlib.sha256).hexdigest()[:12]
+
+
+def ensure_demo_key(path: Path) -> Path:
+    """Create a random local key file (mode 600) for the offline demo if it does not exist."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_hex(32), encoding="utf-8")
+    return path

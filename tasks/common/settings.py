@@ -1,0 +1,144 @@
+"""Typed settings for the pipeline, read from the environment (and `.env`) once per process."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PUBLIC_API_URL = "https://fakerapi.it/api/v2"
+
+
+class Settings(BaseSettings):
+    """Every knob of the pipeline; flow parameters override these per run."""
+
+    # The issue fixes the env names (FAKER_API_URL, DATA_LAKE_DIR, DUCKDB_PATH, PII_HASH_KEY), so
+    # fields are named after their variables instead of sharing one prefix.
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    faker_api_url: str = Field(
+        PUBLIC_API_URL, description="Base URL of the Faker API, up to the version (…/api/v2)."
+    )
+    faker_records: int = Field(30_000, description="Records to fetch per run.", ge=1, le=10_000_000)
+    faker_page_size: int = Field(
+        1000, description="Records per request; the API clamps above 1000.", ge=1, le=1000
+    )
+    faker_locale: str = Field("en_US", description="Faker locale sent as `_locale`.")
+    faker_seed: int | None = Field(
+        None,
+        description="Run seed; page seeds derive from it so a run is reproducible. "
+        "Unset: derived from the run date, so each day differs and a rerun repeats its day.",
+        ge=1,
+        le=2**31 - 1,
+    )
+    fetch_concurrency: int = Field(8, description="Requests in flight at once.", ge=1, le=64)
+    fetch_max_tasks: int = Field(
+        32,
+        description="Upper bound on fetch task runs; pages are grouped into this many ranges.",
+        ge=1,
+        le=1000,
+    )
+    requests_per_minute: int = Field(
+        0,
+        description="Request budget per minute across the run; 0 means unlimited "
+        "(the public API allows about 30).",
+        ge=0,
+    )
+    task_runner: Literal["threads", "dask"] = Field(
+        "threads",
+        description="Where tasks run: `threads` (one process) or `dask` (prefect-dask: a local "
+        "cluster of DASK_WORKERS processes, or the scheduler at DASK_ADDRESS). Read when the "
+        "flow module is imported.",
+    )
+    dask_address: str | None = Field(
+        None, description="Scheduler of an existing Dask cluster, e.g. tcp://scheduler:8786."
+    )
+    dask_workers: int = Field(
+        2, description="Worker processes of the local Dask cluster (no DASK_ADDRESS).", ge=1, le=256
+    )
+    http_connect_timeout_seconds: float = Field(5.0, description="TCP connect timeout.", gt=0)
+    http_read_timeout_seconds: float = Field(30.0, description="Read timeout per request.", gt=0)
+    retry_max_attempts: int = Field(
+        6, description="Attempts per page, the first one included.", ge=1, le=50
+    )
+    retry_backoff_base_seconds: float = Field(
+        0.5, description="First backoff delay; doubles per attempt, with full jitter.", ge=0
+    )
+    retry_backoff_max_seconds: float = Field(30.0, description="Cap on one backoff delay.", ge=0)
+    retry_after_max_seconds: float = Field(
+        60.0, description="Cap on a server's Retry-After before we give up waiting.", ge=0
+    )
+    data_lake_dir: Path = Field(Path("./data_lake"), description="Root of the Parquet lake.")
+    duckdb_path: Path = Field(Path("./db/faker.duckdb"), description="DuckDB database file.")
+    duckdb_lock_timeout_seconds: float = Field(
+        600.0,
+        description="How long a run waits for another run's DuckDB writes (one writer per file).",
+        gt=0,
+    )
+    schema_drift_policy: Literal["additive", "fail", "ignore"] = Field(
+        "additive",
+        description="When the source's shape differs from the last successful run: `additive` "
+        "continues if fields were only added and fails otherwise, `fail` fails on any change, "
+        "`ignore` only reports it. Required fields missing or retyped always fail.",
+    )
+    backfill_max_days: int = Field(
+        366, description="Longest date range one backfill may cover.", ge=1
+    )
+    privacy_k: int = Field(
+        5,
+        description="k of k-anonymity: smallest acceptable class in the shareable extract; "
+        "published counts below it show as `<k`; rarer email domains become `other`.",
+        ge=2,
+        le=1000,
+    )
+    privacy_quasi_identifiers: str = Field(
+        "age_group,gender,country,email_domain",
+        description="Comma-separated quasi-identifiers for the re-identification risk figures.",
+    )
+    pii_hash_key: SecretStr | None = Field(
+        None, description="HMAC-SHA-256 key for person_key pseudonyms (>= 16 characters)."
+    )
+    pii_hash_key_block: str | None = Field(
+        None, description="Name of a Prefect Secret block holding the HMAC key, if not in env."
+    )
+    pii_hash_key_file: Path | None = Field(
+        None,
+        description="File holding the HMAC key; used by the local demo (`make run`), git-ignored.",
+    )
+
+    @field_validator("privacy_quasi_identifiers")
+    @classmethod
+    def _known_columns(cls, value: str) -> str:
+        from tasks.common.schemas import ANALYTICAL_SCHEMA
+
+        names = [n.strip() for n in value.split(",") if n.strip()]
+        unknown = sorted(set(names) - set(ANALYTICAL_SCHEMA.names) - {"person_key", "run_date"})
+        if not names or unknown or {"person_key", "run_date"} & set(names):
+            raise ValueError(
+                f"quasi-identifiers must be analytical columns such as age_group, gender, "
+                f"country, country_code, email_domain (got {value!r})"
+            )
+        return ",".join(names)
+
+    @property
+    def quasi_identifiers(self) -> tuple[str, ...]:
+        """PRIVACY_QUASI_IDENTIFIERS as a tuple."""
+        return tuple(self.privacy_quasi_identifiers.split(","))
+
+    @field_validator("faker_api_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        from tasks.common.inputs import check_api_url
+
+        return check_api_url(value)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

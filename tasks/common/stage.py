@@ -1,0 +1,33 @@
+"""The one way a stage function becomes a Prefect task: `x_task = stage_task(x)`, beside `x`.
+
+Rule of the house: every stage is a plain typed function that tests call directly; its Prefect
+task is defined right below it, named `<function>_task`, with the function's name in the UI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.common.errors import raises_value_free
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def stage_task(fn: Callable[P, R], **options: Any) -> Task[P, R]:
+    """A Prefect task running `fn`: results in memory only, errors free of source values.
+
+    Some stages hold raw records, and none needs Prefect's result persistence or cache: results
+    are never persisted and batches never hashed for cache keys. Any error leaving the stage is
+    `tasks.common.errors.value_free` before Prefect logs it.
+    """
+    return task(  # type: ignore[no-any-return]
+        name=fn.__name__,
+        persist_result=False,
+        cache_policy=NO_CACHE,
+        **options,
+    )(raises_value_free(fn))

@@ -1,0 +1,15 @@
+"""Ingest: plan the pages, fetch them from the Faker API with retries, check their shape and mask
+them; raw rows exist only here, in memory, and end in the mask task."""
+
+from tasks.ingest.plan import PageRange, group_ranges, plan_pages, range_count
+from tasks.ingest.ranges import MaskedRange, fetch_page_range_task, mask_page_range_task
+
+__all__ = [
+    "MaskedRange",
+    "PageRange",
+    "fetch_page_range_task",
+    "group_ranges",
+    "mask_page_range_task",
+    "plan_pages",
+    "range_count",
+]

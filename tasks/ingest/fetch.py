@@ -1,0 +1,246 @@
+"""Fetching pages of persons from the Faker API: one pooled client, bounded concurrency, retries."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+import orjson
+import pyarrow as pa
+
+from tasks.common.errors import PipelineError, display_url
+from tasks.common.handoff import HandsOverTable
+from tasks.common.run_config import FetchConfig
+from tasks.ingest.plan import Page, PageRange
+from tasks.ingest.source_schema import to_source_table
+
+log = logging.getLogger(__name__)
+
+Sleep = Callable[[float], None]
+
+
+class FetchError(PipelineError):
+    """A page could not be fetched; the message names the page and the last cause."""
+
+
+@dataclass
+class FetchedRange(HandsOverTable):
+    """A range's raw records as one Arrow table (memory only) plus what it cost to get them."""
+
+    table: pa.Table | None
+    pages: int
+    attempts: int
+    signatures: set[str]
+
+    @property
+    def retries(self) -> int:
+        """Attempts beyond the first, over all pages of the range."""
+        return self.attempts - self.pages
+
+
+class RateLimiter:
+    """Spaces requests evenly so a run stays within a requests-per-minute budget, across threads."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = 60.0 / per_minute if per_minute > 0 else 0.0
+        self._clock = clock
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def acquire(self, sleep: Sleep = time.sleep) -> None:
+        """Wait for this caller's slot."""
+        if not self.interval:
+            return
+        with self._lock:
+            now = self._clock()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        if slot > now:
+            sleep(slot - now)
+
+
+@dataclass
+class _Transport:
+    client: httpx.Client
+    gate: threading.BoundedSemaphore
+    limiter: RateLimiter
+    users: int = field(default=0)
+
+
+_transports: dict[tuple, _Transport] = {}
+_transports_lock = threading.Lock()
+
+
+def _transport(config: FetchConfig) -> _Transport:
+    """The process-wide pooled client for this config: connections are reused across tasks."""
+    key = (
+        config.concurrency,
+        config.requests_per_minute,
+        config.connect_timeout,
+        config.read_timeout,
+    )
+    with _transports_lock:
+        transport = _transports.get(key)
+        if transport is None:
+            client = httpx.Client(
+                timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout),
+                limits=httpx.Limits(
+                    max_connections=config.concurrency,
+                    max_keepalive_connections=config.concurrency,
+                ),
+                headers={"User-Agent": "faker-api-dataflow", "Accept": "application/json"},
+                follow_redirects=True,
+            )
+            transport = _Transport(
+                client=client,
+                gate=threading.BoundedSemaphore(config.concurrency),
+                limiter=RateLimiter(config.requests_per_minute),
+            )
+            _transports[key] = transport
+        return transport
+
+
+def close_clients() -> None:
+    """Close the pooled clients (end of a run, or tests)."""
+    with _transports_lock:
+        for transport in _transports.values():
+            transport.client.close()
+        _transports.clear()
+
+
+def retry_after_seconds(value: str | None, now: dt.datetime | None = None) -> float | None:
+    """Parse a Retry-After header given in seconds or as an HTTP date; None if absent or junk."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    now = now or dt.datetime.now(dt.UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def backoff_seconds(attempt: int, config: FetchConfig, rng: random.Random) -> float:
+    """Exponential backoff with equal jitter: half fixed, half random, capped."""
+    ceiling = min(config.backoff_max, config.backoff_base * 2 ** (attempt - 1))
+    return ceiling / 2 + rng.uniform(0, ceiling / 2)
+
+
+class _Retryable(Exception):
+    def __init__(self, cause: str, retry_after: float | None = None) -> None:
+        super().__init__(cause)
+        self.cause = cause
+        self.retry_after = retry_after
+
+
+def _attempt(client: httpx.Client, url: str, page: Page, config: FetchConfig) -> list[dict]:
+    params: dict[str, str | int] = {
+        "_quantity": page.quantity,
+        "_seed": page.seed,
+        "_locale": config.locale,
+    }
+    if config.birthday_end:
+        params["_birthday_start"] = "1900-01-01"
+        params["_birthday_end"] = config.birthday_end
+    try:
+        response = client.get(url, params=params)
+    except httpx.TimeoutException as exc:
+        raise _Retryable(f"timeout ({type(exc).__name__})") from None
+    except httpx.TransportError as exc:
+        raise _Retryable(f"connection error ({type(exc).__name__})") from None
+    status = response.status_code
+    if status == 429 or status >= 500:
+        retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+        # The body's `message` is the source's own text (one held an e-mail and a phone
+        # number): the status says what happened, and the body is never quoted.
+        raise _Retryable(f"HTTP {status}", retry_after)
+    if status != 200:
+        raise FetchError(
+            f"page {page.index}: HTTP {status} from {display_url(url)} "
+            "(not retryable: check the URL and parameters)"
+        )
+    try:
+        # orjson (already installed with Prefect) parses a page faster than the json module.
+        payload = orjson.loads(response.content)
+    except ValueError:  # orjson.JSONDecodeError is a ValueError
+        raise _Retryable("truncated or non-JSON body") from None
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if not isinstance(data, list):
+        raise _Retryable("response has no `data` list")
+    if len(data) != page.quantity:
+        # The API clamps and may come back short; a short page is retried, never accepted.
+        raise _Retryable(f"short page: got {len(data)} of {page.quantity} records")
+    return data
+
+
+def fetch_page(
+    config: FetchConfig,
+    page: Page,
+    *,
+    sleep: Sleep = time.sleep,
+    rng: random.Random | None = None,
+) -> tuple[list[dict], int]:
+    """Fetch one page with retries; returns its records and the attempts it took."""
+    transport = _transport(config)
+    rng = rng or random.Random()
+    url = f"{config.api_url}/persons"
+    cause = "no attempt made"
+    for attempt in range(1, config.max_attempts + 1):
+        transport.limiter.acquire(sleep)
+        try:
+            with transport.gate:
+                return _attempt(transport.client, url, page, config), attempt
+        except _Retryable as exc:
+            cause = exc.cause
+            if attempt == config.max_attempts:
+                break
+            delay = (
+                min(exc.retry_after, config.retry_after_max)
+                if exc.retry_after is not None
+                else backoff_seconds(attempt, config, rng)
+            )
+            log.warning(
+                "page %d attempt %d/%d: %s; retrying in %.2fs",
+                page.index,
+                attempt,
+                config.max_attempts,
+                cause,
+                delay,
+            )
+            sleep(delay)
+    raise FetchError(
+        f"page {page.index} failed after {config.max_attempts} attempts; last cause: {cause}"
+    )
+
+
+def fetch_range(
+    config: FetchConfig,
+    page_range: PageRange,
+    *,
+    sleep: Sleep = time.sleep,
+    rng: random.Random | None = None,
+) -> FetchedRange:
+    """Fetch every page of a range and turn the records into one Arrow table (never persisted)."""
+    tables, attempts, signatures = [], 0, set()
+    for page in page_range.pages:
+        records, used = fetch_page(config, page, sleep=sleep, rng=rng)
+        attempts += used
+        table, signature = to_source_table(records, page.index)
+        signatures.add(signature)
+        tables.append(table)
+    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    return FetchedRange(
+        table=table, pages=len(page_range.pages), attempts=attempts, signatures=signatures
+    )

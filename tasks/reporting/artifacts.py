@@ -1,0 +1,345 @@
+"""The report as people read it (markdown with charts) and its publication as Prefect artifacts."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tasks.reporting.charts import CHART_AGE_GROUPS, CHART_HISTORY, CHART_TOP_COUNTRIES
+
+GERMANY_GMAIL_SHARE = "germany-gmail-share"
+TOP_GMAIL_COUNTRIES = "top-gmail-countries"
+GMAIL_USERS_OVER_60 = "gmail-users-over-60"
+USER_METRICS_REPORT = "user-metrics-report"
+
+# Keys of the artifacts a run publishes besides the reports, and of a failed run's report.
+VALIDATION_ARTIFACT_KEY = "validation-results"
+DRIFT_ARTIFACT_KEY = "schema-drift"
+PRIVACY_REPORT_KEY = "privacy-report"
+FAILURE_ARTIFACT_KEY = "run-failure"
+
+# Stable keys, so the Prefect UI shows each report's history (lowercase letters, digits, dashes).
+ARTIFACT_KEYS: tuple[str, ...] = (
+    GERMANY_GMAIL_SHARE,
+    TOP_GMAIL_COUNTRIES,
+    GMAIL_USERS_OVER_60,
+    USER_METRICS_REPORT,
+)
+
+# The columns each report's table artifact carries, in this order.
+REPORT_COLUMNS: dict[str, tuple[str, ...]] = {
+    GERMANY_GMAIL_SHARE: ("german_users", "german_gmail_users", "gmail_share_pct"),
+    TOP_GMAIL_COUNTRIES: ("rank", "country", "gmail_users"),
+    GMAIL_USERS_OVER_60: ("gmail_users_over_60",),
+}
+
+REPORT_TITLES: dict[str, str] = {
+    GERMANY_GMAIL_SHARE: "Gmail share of users in Germany",
+    TOP_GMAIL_COUNTRIES: "Top 3 countries by Gmail users",
+    GMAIL_USERS_OVER_60: "Gmail users aged 60 or over",
+}
+
+# Every key a successful run publishes, in the order the CLI lists them.
+RUN_ARTIFACT_KEYS: tuple[str, ...] = (*ARTIFACT_KEYS, VALIDATION_ARTIFACT_KEY, PRIVACY_REPORT_KEY)
+
+# Our cap on the markdown artifact: base64 images make it large and the UI renders it whole.
+MAX_MARKDOWN_BYTES = 1_000_000
+
+NO_IMAGE_NOTE = "_Chart not rendered: no headless browser available._"
+OMITTED_IMAGE_NOTE = "_Chart left out: the report would exceed its 1 MB size limit._"
+
+_ALT_TEXT = {
+    CHART_TOP_COUNTRIES: "Top Gmail countries",
+    CHART_AGE_GROUPS: "Gmail users by age group",
+    CHART_HISTORY: "Gmail share in Germany per run date",
+}
+
+_MISSING = "n/a"
+
+# Characters that would turn a value into markup inside a table cell.
+_MD_ESCAPES = str.maketrans(
+    {c: "\\" + c for c in "\\`*_[]|#"} | {"<": "&lt;", ">": "&gt;", "\n": " ", "\r": " "}
+)
+
+
+# --- values ---------------------------------------------------------------------------------------
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def json_safe(value: Any) -> Any:
+    """A JSON-serialisable Python value: numpy/decimal to int/float, NaN/NA to None."""
+    if _is_missing(value):
+        return None
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, decimal.Decimal):
+        if not value.is_finite():
+            return None
+        # DuckDB hands sums and rounded shares back as DECIMAL; keep whole counts as int.
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, float | np.floating):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    if isinstance(value, pd.Timestamp | dt.date | dt.datetime):
+        return value.isoformat()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def report_records(key: str, df: pd.DataFrame) -> list[dict[str, Any]]:
+    """The report's rows as JSON-safe dicts with exactly its columns, in its column order."""
+    columns = REPORT_COLUMNS[key]
+    if missing := [c for c in columns if c not in df.columns]:
+        raise ValueError(f"report {key!r} lacks columns {missing}; it has {list(df.columns)}")
+    return [
+        {c: json_safe(v) for c, v in zip(columns, row, strict=True)}
+        for row in df.loc[:, list(columns)].itertuples(index=False, name=None)
+    ]
+
+
+def _int(value: Any) -> int:
+    safe = json_safe(value)
+    return int(safe) if safe is not None else 0
+
+
+def _hidden(value: Any) -> bool:
+    # Small-cell suppression replaces a count with a label such as "<5".
+    return isinstance(value, str)
+
+
+def _count(value: Any) -> str:
+    return str(value) if _hidden(value) else f"{_int(value):,}"
+
+
+def _cell(value: Any) -> str:
+    value = json_safe(value)
+    if value is None:
+        return _MISSING
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    return str(value).translate(_MD_ESCAPES)
+
+
+def markdown_table(records: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
+    """A GitHub-style markdown table; numbers right-aligned, missing values as n/a."""
+    # Column names are our own snake_case identifiers; GFM leaves intraword underscores alone.
+    header = "| " + " | ".join(columns) + " |"
+    numeric = [
+        all(isinstance(r[c], int | float) or r[c] is None for r in records) and bool(records)
+        for c in columns
+    ]
+    rule = "|" + "|".join("---:" if n else ":---" for n in numeric) + "|"
+    rows = ["| " + " | ".join(_cell(r[c]) for c in columns) + " |" for r in records]
+    if not rows:
+        rows = ["| " + " | ".join(_MISSING for _ in columns) + " |"]
+    return "\n".join([header, rule, *rows])
+
+
+# --- answers in words -----------------------------------------------------------------------------
+
+
+def germany_share_sentence(df: pd.DataFrame) -> str:
+    """The Germany Gmail share as a sentence, including no German users and hidden small cells."""
+    none = "There are no users in Germany in this batch, so there is no Gmail share."
+    if df.empty:
+        return none
+    row = df.iloc[0]
+    german, gmail = row["german_users"], row["german_gmail_users"]
+    if _hidden(german) or _hidden(gmail):
+        return (
+            f"{_count(gmail)} of {_count(german)} users in Germany use Gmail "
+            "(the share is not shown: a count is below the small-cell threshold)."
+        )
+    share = json_safe(row["gmail_share_pct"])
+    if _int(german) == 0 or share is None:
+        return none
+    people = "user" if _int(german) == 1 else "users"
+    return (
+        f"{_int(gmail):,} of {_int(german):,} {people} in Germany ({float(share):.1f} %) use Gmail."
+    )
+
+
+def top_countries_sentence(df: pd.DataFrame) -> str:
+    """The top countries by Gmail users as a sentence; tied countries are named together."""
+    if df.empty:
+        return "No Gmail users in this batch, so there are no top countries."
+    parts = []
+    for rank, group in df.sort_values(["rank", "country"]).groupby("rank", sort=True):
+        countries = [str(c).translate(_MD_ESCAPES) for c in group["country"]]
+        users = group["gmail_users"].iloc[0]
+        noun = "Gmail user" if not _hidden(users) and _int(users) == 1 else "Gmail users"
+        each = " each" if len(countries) > 1 else ""
+        parts.append(f"{_int(rank)}. {', '.join(countries)} ({_count(users)} {noun}{each})")
+    tie = " Countries with equal counts share a rank." if df["rank"].duplicated().any() else ""
+    return "Top countries by Gmail users: " + "; ".join(parts) + "." + tie
+
+
+def over_60_sentence(df: pd.DataFrame) -> str:
+    """The number of Gmail users aged 60 or over as a sentence."""
+    count = df["gmail_users_over_60"].iloc[0] if not df.empty else 0
+    if not _hidden(count) and _int(count) == 1:
+        return "1 Gmail user is aged 60 or over."
+    return f"{_count(count)} Gmail users are aged 60 or over."
+
+
+# --- markdown -------------------------------------------------------------------------------------
+
+
+def _image_block(name: str, png: bytes | None, omitted: set[str]) -> str:
+    if name in omitted:
+        return OMITTED_IMAGE_NOTE
+    if png is None:
+        return NO_IMAGE_NOTE
+    encoded = base64.b64encode(png).decode("ascii")
+    return f"![{_ALT_TEXT.get(name, name)}](data:image/png;base64,{encoded})"
+
+
+def _compose(
+    run_date: Any,
+    records: int,
+    reports: Mapping[str, pd.DataFrame],
+    images: Mapping[str, bytes | None],
+    omitted: set[str],
+    note: str | None = None,
+) -> str:
+    sentences = {
+        GERMANY_GMAIL_SHARE: germany_share_sentence,
+        TOP_GMAIL_COUNTRIES: top_countries_sentence,
+        GMAIL_USERS_OVER_60: over_60_sentence,
+    }
+    charts_after = {TOP_GMAIL_COUNTRIES: CHART_TOP_COUNTRIES, GMAIL_USERS_OVER_60: CHART_AGE_GROUPS}
+    lines = [
+        f"# User metrics report, {run_date}",
+        "",
+        f"**Run date:** {run_date} · **Records:** {records:,}",
+        "",
+    ]
+    for key, title in REPORT_TITLES.items():
+        df = reports[key]
+        lines += [f"## {title}", "", sentences[key](df), ""]
+        lines += [markdown_table(report_records(key, df), REPORT_COLUMNS[key]), ""]
+        if key == GERMANY_GMAIL_SHARE and CHART_HISTORY in images:
+            lines += [_image_block(CHART_HISTORY, images[CHART_HISTORY], omitted), ""]
+        if (chart := charts_after.get(key)) and chart in images:
+            lines += [_image_block(chart, images[chart], omitted), ""]
+    # Charts the caller rendered beyond the known ones still belong in the report.
+    for name, png in images.items():
+        if name not in _ALT_TEXT:
+            lines += [_image_block(name, png, omitted), ""]
+    if note:
+        lines += ["---", "", f"_{note}_", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def report_markdown(
+    run_date: Any,
+    records: int,
+    reports: Mapping[str, pd.DataFrame],
+    images: Mapping[str, bytes | None],
+    note: str | None = None,
+) -> str:
+    """The markdown report: answers in words, tables and embedded PNG charts, under 1 MB."""
+    omitted: set[str] = set()
+    markdown = _compose(run_date, records, reports, images, omitted, note)
+    # Drop the largest images first until the report fits; text and tables always stay.
+    by_size = sorted((n for n, p in images.items() if p), key=lambda n: -len(images[n] or b""))
+    while len(markdown.encode("utf-8")) >= MAX_MARKDOWN_BYTES and by_size:
+        omitted.add(by_size.pop(0))
+        markdown = _compose(run_date, records, reports, images, omitted, note)
+    size = len(markdown.encode("utf-8"))
+    if size >= MAX_MARKDOWN_BYTES:
+        raise ValueError(f"report markdown is {size:,} bytes even without charts")
+    return markdown
+
+
+# --- publishing -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """An artifact composed in memory; nothing is visible until `create` (after the commit)."""
+
+    key: str
+    description: str
+    markdown: str | None = None
+    table: list[dict[str, Any]] | None = None
+
+    @property
+    def text(self) -> str | list[dict[str, Any]]:
+        """What the artifact shows: its markdown or its rows."""
+        return self.markdown if self.markdown is not None else (self.table or [])
+
+    def create(self) -> str:
+        """Create the artifact in the current flow run; return its key."""
+        from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+        # _sync=True: the caller is sync, but Prefect would hand back an unawaited coroutine
+        # when it is called from an async flow or task.
+        if self.markdown is not None:
+            create_markdown_artifact(
+                markdown=self.markdown,
+                key=self.key,
+                description=self.description,
+                _sync=True,  # type: ignore[call-arg]
+            )
+        else:
+            create_table_artifact(
+                table=self.table or [],
+                key=self.key,
+                description=self.description,
+                _sync=True,  # type: ignore[call-arg]
+            )
+        return self.key
+
+
+def create_artifacts(artifacts: Sequence[Artifact], created: list[str]) -> list[str]:
+    """Create each artifact in order, appending its key to `created` as it goes."""
+    for artifact in artifacts:
+        created.append(artifact.create())
+    return created
+
+
+def compose_reports(
+    run_date: Any,
+    records: int,
+    reports: Mapping[str, pd.DataFrame],
+    images: Mapping[str, bytes | None],
+    note: str | None = None,
+) -> list[Artifact]:
+    """The three table artifacts and the markdown report, composed but not yet created."""
+    descriptions = {
+        GERMANY_GMAIL_SHARE: f"Gmail users among users in Germany, run {run_date}.",
+        TOP_GMAIL_COUNTRIES: f"Top 3 countries by Gmail users (dense rank), run {run_date}.",
+        GMAIL_USERS_OVER_60: f"Gmail users aged 60 or over, run {run_date}.",
+    }
+    artifacts = [
+        Artifact(key, descriptions[key], table=report_records(key, reports[key]))
+        for key in REPORT_COLUMNS
+    ]
+    markdown = report_markdown(run_date, records, reports, images, note)
+    description = f"User metrics report with charts, run {run_date}, {records:,} records."
+    artifacts.append(Artifact(USER_METRICS_REPORT, description, markdown=markdown))
+    return artifacts

@@ -1,0 +1,69 @@
+"""The `run-failure` artifact: what failed, where, and what the date holds now (read back)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+
+def _whose(text: str | None, run_id: str) -> str:
+    if text is None:
+        return "unknown"
+    return text.replace(f"run {run_id}", f"run {run_id} (this run)")
+
+
+def _verdict(held: dict[str, Any], run_id: str) -> str:
+    layers = [str(held.get(name)) for name in ("lake", "db", "extract", "db_extract")]
+    ours = sum(f"run {run_id}" in layer for layer in layers)
+    if ours == 0:
+        return (
+            "Nothing of this run was committed. Fix the cause and rerun the date: a rerun "
+            "replaces the date's batch in one commit."
+        )
+    if ours < len(layers):
+        return (
+            "This run committed its DuckDB rows but not every lake file: the next run's check "
+            "(or `python -m flows.user_metrics --check`) rolls the staged files forward."
+        )
+    return (
+        "This run's batch was committed before the failure: rerun the date to publish its reports."
+    )
+
+
+def failure_markdown(
+    run_date: dt.date | None,
+    run_id: str,
+    stage: str,
+    error: str,
+    held: dict[str, Any],
+    published: Sequence[str] = (),
+    details: Sequence[str] = (),
+) -> str:
+    """The `run-failure` artifact: what failed, where, and what the date holds now."""
+    lines = [
+        "# Run failed",
+        "",
+        f"- **Run date:** {run_date or 'not resolved (bad input)'}",
+        f"- **Flow run:** `{run_id}`",
+        f"- **Stage:** `{stage}`",
+        f"- **Error:** `{error}`",
+    ]
+    if held:
+        quarantine = held.get("quarantine")
+        lines += [
+            "",
+            "## What the date holds now (read back after the failure)",
+            "",
+            f"- Raw lake file: {_whose(held.get('lake'), run_id)}",
+            f"- DuckDB rows (persons_anonymized): {_whose(held.get('db'), run_id)}",
+            f"- Shareable extract file: {_whose(held.get('extract'), run_id)}",
+            f"- Extract rows (persons_shareable): {_whose(held.get('db_extract'), run_id)}",
+            f"- Quarantined batch: {f'`{quarantine}`' if quarantine else 'none'}",
+            f"- Artifacts this run published: {', '.join(published) or 'none'}",
+            "",
+            _verdict(held, run_id),
+        ]
+    if details:
+        lines += ["", "## Details", "", *details]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,72 @@
+"""The DuckDB file: one connection at a time under a file lock, and the transaction helper."""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+from tasks.common.errors import PipelineError
+
+
+def connect(db_path: Path) -> duckdb.DuckDBPyConnection:
+    """Open (creating if needed) the DuckDB database file, creating its directory first."""
+    db_path = Path(db_path)
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    return duckdb.connect(str(db_path))
+
+
+class DatabaseBusyError(PipelineError):
+    """Another run held the DuckDB file for longer than the lock timeout."""
+
+
+@contextmanager
+def open_db(db_path: Path, timeout: float = 600.0) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection held under an exclusive file lock, so concurrent runs wait their turn.
+
+    DuckDB allows one writing process per file and fails at once otherwise; the lock turns that
+    failure into a bounded wait. The OS drops the lock when a process dies, even by SIGKILL.
+    """
+    db_path = Path(db_path)
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(db_path.with_name(db_path.name + ".lock"), "a+") as lock:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise DatabaseBusyError(
+                        f"{db_path} is busy: another run held it for over {timeout:.0f}s "
+                        "(DUCKDB_LOCK_TIMEOUT_SECONDS)"
+                    ) from None
+                time.sleep(0.05)  # polling a lock: flock has no timed wait
+        try:
+            with connect(db_path) as con:
+                yield con
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def utc_now() -> datetime.datetime:
+    """Now, as naive UTC."""
+    # Timestamp columns hold naive UTC so they do not depend on the session's time zone setting.
+    return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Begin; commit if the block ends normally, roll back (and re-raise) otherwise."""
+    con.begin()
+    try:
+        yield
+    except BaseException:
+        con.rollback()
+        raise
+    con.commit()

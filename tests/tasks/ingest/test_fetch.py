@@ -1,0 +1,230 @@
+"""Fetching against the real local API with injected faults; sleeps are recorded, not slept."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime as dt
+import random
+
+import pytest
+
+from tasks.ingest.fetch import (
+    FetchConfig,
+    FetchError,
+    RateLimiter,
+    backoff_seconds,
+    close_clients,
+    fetch_page,
+    fetch_range,
+    retry_after_seconds,
+)
+from tasks.ingest.plan import group_ranges, plan_pages
+from tasks.ingest.source_schema import SchemaDriftError
+
+
+@pytest.fixture(autouse=True)
+def _fresh_clients():
+    yield
+    close_clients()
+
+
+class Sleeps(list):
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+def config(server, **over) -> FetchConfig:
+    base = {"api_url": server.base_url, "max_attempts": 5, "backoff_base": 0.01, "read_timeout": 2}
+    return FetchConfig(**{**base, **over})
+
+
+def fetch_all(cfg: FetchConfig, records: int, page_size: int, sleeps=None):
+    pages = plan_pages(records, page_size, run_seed=11)
+    ranges = group_ranges(pages, 4)
+    results = [
+        fetch_range(cfg, r, sleep=Sleeps() if sleeps is None else sleeps, rng=random.Random(0))
+        for r in ranges
+    ]
+    return results
+
+
+def test_clean_fetch_is_complete_and_typed(api):
+    results = fetch_all(config(api), records=2500, page_size=1000)
+    assert sum(r.table.num_rows for r in results) == 2500
+    assert sum(r.retries for r in results) == 0
+    assert all(r.signatures for r in results)
+    assert api.stats()["total"] == 3
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        {"fail_first": 2},
+        {"fail_first": 2, "error_statuses": (502, 503)},
+        {"fail_first": 1, "truncate_rate": 0.0, "error_statuses": (500,)},
+        {"truncate_rate": 0.5, "fault_seed": 3},
+        {"truncate_rate": 0.5, "truncate_mode": "connection", "fault_seed": 3},
+        {"reset_rate": 0.4, "fault_seed": 5},
+        {"short_rate": 0.5, "fault_seed": 7},
+        {"error_rate": 0.3, "error_statuses": (500, 502, 503), "fault_seed": 9},
+        {"hang_rate": 0.3, "hang_seconds": 3, "fault_seed": 1},
+    ],
+    ids=[
+        "fail-first-500",
+        "fail-first-502-503",
+        "one-500",
+        "truncated-json",
+        "truncated-connection",
+        "connection-reset",
+        "short-pages",
+        "random-5xx",
+        "read-timeouts",
+    ],
+)
+def test_retryable_faults_recover_to_exactly_the_records(start_api, faults):
+    server = start_api(**faults)
+    cfg = config(server, read_timeout=1.0, max_attempts=8)
+    sleeps = Sleeps()
+    results = fetch_all(cfg, records=1234, page_size=100, sleeps=sleeps)
+    assert sum(r.table.num_rows for r in results) == 1234
+    assert sum(r.retries for r in results) == len(sleeps) > 0
+
+
+def test_clean_and_faulty_runs_give_identical_records(start_api):
+    clean = fetch_all(config(start_api()), records=300, page_size=100)
+    faulty = fetch_all(config(start_api(fail_first=1)), records=300, page_size=100)
+    assert [r.table for r in clean] == [r.table for r in faulty]
+
+
+@pytest.mark.parametrize("fmt", ["seconds", "http-date"])
+def test_retry_after_is_honoured(start_api, fmt):
+    server = start_api(rate_limit=1, rate_window=3, retry_after=fmt)
+    sleeps = Sleeps()
+    cfg = config(server, retry_after_max=60, max_attempts=3)
+    page = plan_pages(2, 1, run_seed=1)
+    fetch_page(cfg, page[0], sleep=sleeps)
+    with pytest.raises(FetchError, match=r"page 1 failed after 3 attempts; last cause: HTTP 429"):
+        fetch_page(cfg, page[1], sleep=sleeps)
+    # the server asked for about 3 s (an HTTP date rounds to whole seconds)
+    assert len(sleeps) == 2
+    assert all(1.0 <= s <= 3.5 for s in sleeps), sleeps
+
+
+def test_retry_after_is_capped(start_api):
+    server = start_api(rate_limit=1, rate_window=3600)
+    sleeps = Sleeps()
+    cfg = config(server, retry_after_max=0.25, max_attempts=2)
+    pages = plan_pages(2, 1, run_seed=1)
+    fetch_page(cfg, pages[0], sleep=sleeps)
+    with pytest.raises(FetchError):
+        fetch_page(cfg, pages[1], sleep=sleeps)
+    assert sleeps == [0.25]
+
+
+def test_retry_after_parsing():
+    now = dt.datetime(2026, 11, 25, 12, 0, 0, tzinfo=dt.UTC)
+    assert retry_after_seconds("7") == 7.0
+    assert retry_after_seconds("Wed, 25 Nov 2026 12:00:30 GMT", now=now) == 30.0
+    assert retry_after_seconds("Wed, 25 Nov 2026 11:00:00 GMT", now=now) == 0.0
+    assert retry_after_seconds("soon") is None
+    assert retry_after_seconds(None) is None
+
+
+def test_backoff_grows_with_jitter_and_cap():
+    cfg = FetchConfig(api_url="http://x", backoff_base=1.0, backoff_max=8.0)
+    rng = random.Random(1)
+    delays = [backoff_seconds(a, cfg, rng) for a in range(1, 7)]
+    for attempt, delay in enumerate(delays, start=1):
+        ceiling = min(8.0, 2 ** (attempt - 1))
+        assert ceiling / 2 <= delay <= ceiling
+    assert len({round(d, 6) for d in delays}) == len(delays)
+
+
+def test_non_retryable_4xx_fails_at_once(api):
+    cfg = config(api, api_url=api.base_url.rsplit("/api/", 1)[0] + "/api/v9")
+    sleeps = Sleeps()
+    with pytest.raises(FetchError, match=r"page 0: HTTP 404 .*not retryable"):
+        fetch_page(cfg, plan_pages(5, 5, 1)[0], sleep=sleeps)
+    assert sleeps == []
+    assert api.stats()["total"] == 1
+
+
+def test_exhausted_page_names_page_and_cause(start_api):
+    server = start_api(down=True)
+    sleeps = Sleeps()
+    with pytest.raises(FetchError, match=r"page 0 failed after 4 attempts; last cause: HTTP 503"):
+        fetch_page(config(server, max_attempts=4), plan_pages(5, 5, 1)[0], sleep=sleeps)
+    assert len(sleeps) == 3
+    assert server.stats()["total"] == 4
+
+
+def test_connection_refused_is_retried_then_fails(api):
+    url = api.base_url
+    api.stop()
+    sleeps = Sleeps()
+    with pytest.raises(FetchError, match="last cause: connection error"):
+        fetch_page(config(api, api_url=url, max_attempts=2), plan_pages(1, 1, 1)[0], sleep=sleeps)
+    assert len(sleeps) == 1
+
+
+@pytest.mark.parametrize(
+    ("drift", "message"),
+    [
+        ("county_code", r"'address\.country_code' is missing .*address\.county_code"),
+        ("missing-email", "'email' is missing"),
+        ("wrong-type", "has type"),
+    ],
+)
+def test_schema_drift_names_the_field(start_api, drift, message):
+    server = start_api(drift=(drift,))
+    with pytest.raises(SchemaDriftError, match=message):
+        fetch_all(config(server), records=10, page_size=10)
+
+
+def test_additive_drift_is_absorbed(start_api):
+    server = start_api(drift=("extra-field",))
+    (result,) = fetch_all(config(server), records=10, page_size=10)
+    assert result.table.num_rows == 10
+
+
+def test_rate_limiter_spaces_requests():
+    clock = [0.0]
+    sleeps = Sleeps()
+    limiter = RateLimiter(per_minute=30, clock=lambda: clock[0])
+    for _ in range(4):
+        limiter.acquire(sleep=sleeps)
+    assert sleeps == [2.0, 4.0, 6.0]
+
+
+def test_pooled_client_reuses_connections(api):
+    cfg = config(api)
+    pages = plan_pages(50, 5, 3)
+    for page in pages:
+        fetch_page(cfg, page)
+    from tasks.ingest.fetch import _transport
+
+    # sequential requests on one pooled client ride a single kept-alive connection
+    pool = _transport(cfg).client._transport._pool
+    assert len(pool.connections) == 1
+
+
+def test_concurrency_bound_holds_at_the_server(start_api):
+    # 50 ms per request and twice as many threads as the gate allows: without the gate the server
+    # would see up to 8 requests at once.
+    server = start_api(latency_ms=50)
+    cfg = config(server, concurrency=3)
+    pages = plan_pages(16 * 5, 5, run_seed=3)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        done = list(pool.map(lambda page: fetch_page(cfg, page), pages))
+    assert [len(records) for records, _ in done] == [5] * 16
+    stats = server.stats()
+    assert stats["total"] == 16
+    # Equal to the bound, not just under it: the gate is the limit, not too few threads.
+    assert stats["max_in_flight"] == 3
+
+
+def test_the_apis_own_error_message_is_never_quoted(start_api):
+    server = start_api(down=True, error_message="Down for jane.doe@example.org, +14155550123")
+    with pytest.raises(FetchError) as info:
+        fetch_page(config(server, max_attempts=2), plan_pages(5, 5, 1)[0], sleep=Sleeps())
+    assert str(info.value) == "page 0 failed after 2 attempts; last cause: HTTP 503"

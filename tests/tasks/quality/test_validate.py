@@ -1,0 +1,613 @@
+"""Tests for tasks.quality.validate: real GX, ephemeral context, imported once per session."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.common.schemas import AGE_GROUPS, ANALYTICAL_SCHEMA, MASK, MASKED_COLUMNS, RAW_SCHEMA
+from tasks.quality import gx_suites
+from tasks.quality.validate import (
+    ANALYTICAL_SUITE_PATH,
+    CODES_PER_COUNTRY,
+    MASKED_SUITE_PATH,
+    RESULT_FORMAT,
+    SuiteLoadError,
+    ValidationError,
+    ValidationSummary,
+    _regex_columns,
+    _validation_frame,
+    _warm_up_batches,
+    ensure_valid,
+    load_suite_file,
+    quarantine,
+    validate_analytical,
+    validate_masked,
+    warm_up,
+)
+
+RUN_DATE = date(2025, 3, 14)
+ROWS = 200
+PLANTED = "Zelda.Planted@example.org"
+COUNTRIES = [
+    ("Germany", "DE"),
+    ("France", "FR"),
+    ("C\u00f4te d\u2019Ivoire", "CI"),
+    ("Bosnia & Herzegovina", "BA"),
+]
+DOMAINS = ["gmail.com", "hotmail.com", "yahoo.com", "fahey-jerde.example.co.uk"]
+
+
+def _key(i: int) -> str:
+    return hashlib.sha256(f"person-{i}".encode()).hexdigest()
+
+
+def make_raw(n: int = ROWS) -> pa.Table:
+    """A valid masked raw batch of n rows."""
+    country = [COUNTRIES[i % len(COUNTRIES)] for i in range(n)]
+    columns: dict[str, list] = {
+        "person_key": [_key(i) for i in range(n)],
+        "run_date": [RUN_DATE] * n,
+        "page": [i // 1000 for i in range(n)],
+        "email": [f"{MASK}@{DOMAINS[i % len(DOMAINS)]}" for i in range(n)],
+        "age": [i % 131 for i in range(n)],
+        "gender": ["male" if i % 2 else "female" for i in range(n)],
+        "country": [name for name, _ in country],
+        "country_code": [code for _, code in country],
+    }
+    for name in MASKED_COLUMNS:
+        columns[name] = [MASK] * n
+    return pa.table({name: columns[name] for name in RAW_SCHEMA.names}, schema=RAW_SCHEMA)
+
+
+def make_analytical(n: int = ROWS) -> pa.Table:
+    """A valid analytical batch of n rows."""
+    country = [COUNTRIES[i % len(COUNTRIES)] for i in range(n)]
+    columns = {
+        "person_key": [_key(i) for i in range(n)],
+        "run_date": [RUN_DATE] * n,
+        "gender": ["male" if i % 2 else "female" for i in range(n)],
+        "age_group": [AGE_GROUPS[i % len(AGE_GROUPS)] for i in range(n)],
+        "email_domain": [DOMAINS[i % len(DOMAINS)] for i in range(n)],
+        "country": [name for name, _ in country],
+        "country_code": [code for _, code in country],
+    }
+    return pa.table(columns, schema=ANALYTICAL_SCHEMA)
+
+
+def plant(table: pa.Table, column: str, row: int, value: object) -> pa.Table:
+    """The table with one cell replaced."""
+    values = table[column].to_pylist()
+    values[row] = value
+    index = table.schema.get_field_index(column)
+    return table.set_column(index, table.schema.field(index), pa.array(values, table[column].type))
+
+
+def assert_no_leak(summary: ValidationSummary, *secrets: str) -> None:
+    """No planted value appears anywhere a summary can travel to."""
+    texts = [
+        repr(summary),
+        str(summary),
+        json.dumps(summary.to_rows(), default=str),
+        summary.failures_text(),
+        str(ValidationError(summary)),
+    ]
+    for secret in secrets:
+        for text in texts:
+            assert secret not in text
+
+
+@pytest.fixture(scope="session", autouse=True)
+def gx_ready() -> None:
+    """Pay the GX import, context and suite loading once for the whole session."""
+    gx_suites.context()
+    gx_suites.suite(MASKED_SUITE_PATH)
+    gx_suites.suite(ANALYTICAL_SUITE_PATH)
+
+
+def test_import_does_not_import_great_expectations() -> None:
+    code = "import sys, tasks.quality.validate; sys.exit('great_expectations' in sys.modules)"
+    root = Path(__file__).resolve().parents[3]
+    assert subprocess.run([sys.executable, "-c", code], cwd=root, check=False).returncode == 0
+
+
+def test_valid_batches_pass() -> None:
+    masked = validate_masked(make_raw(), ROWS)
+    analytical = validate_analytical(make_analytical(), ROWS)
+    for summary, count in ((masked, 31), (analytical, 17)):
+        assert summary.success, summary.failures_text()
+        assert (summary.failed, summary.evaluated, summary.rows) == (0, count, ROWS)
+        assert all(outcome.success for outcome in summary.results)
+        assert "all" in summary.failures_text()
+        assert ensure_valid(summary) is summary
+    assert masked.suite == "masked_persons"
+    assert analytical.suite == "analytical_persons"
+
+
+Mutation = Callable[[pa.Table], pa.Table]
+
+Defect = tuple[str, Mutation, set[str], str]
+
+# Both suites check country codes and person keys the same way.
+SHARED_DEFECTS: list[Defect] = [
+    (
+        "lower-case country code",
+        lambda t: plant(t, "country_code", 0, "de"),
+        {
+            "expect_column_values_to_match_regex(country_code)",
+            f"expect_column_values_to_be_between({CODES_PER_COUNTRY})",
+        },
+        "'de'",
+    ),
+    (
+        "one country with two codes",
+        lambda t: plant(t, "country_code", 4, "ZQ"),
+        {f"expect_column_values_to_be_between({CODES_PER_COUNTRY})"},
+        "ZQ",
+    ),
+    (
+        "duplicate person_key",
+        lambda t: plant(t, "person_key", 1, t["person_key"][0].as_py()),
+        {"expect_column_values_to_be_unique(person_key)"},
+        _key(0),
+    ),
+]
+
+RAW_DEFECTS: list[Defect] = [
+    (
+        "unmasked firstname",
+        lambda t: plant(t, "firstname", 7, "ZeldaPlanted"),
+        {"expect_column_values_to_be_in_set(firstname)"},
+        "ZeldaPlanted",
+    ),
+    (
+        "email without mask",
+        lambda t: plant(t, "email", 3, PLANTED),
+        {"expect_column_values_to_match_regex(email)"},
+        PLANTED,
+    ),
+    (
+        "unmasked latitude",
+        lambda t: plant(t, "latitude", 5, "52.5200066"),
+        {"expect_column_values_to_be_in_set(latitude)"},
+        "52.5200066",
+    ),
+    (
+        "age out of range",
+        lambda t: plant(t, "age", 9, 131),
+        {"expect_column_values_to_be_between(age)"},
+        "131",
+    ),
+    (
+        "gender outside the set",
+        lambda t: plant(t, "gender", 4, "ZeldaGender"),
+        {"expect_column_values_to_be_in_set(gender)"},
+        "ZeldaGender",
+    ),
+    *SHARED_DEFECTS,
+    (
+        "malformed person_key",
+        lambda t: plant(t, "person_key", 2, "ZELDA" * 4),
+        {"expect_column_values_to_match_regex(person_key)"},
+        "ZELDA",
+    ),
+    (
+        "extra column",
+        lambda t: t.append_column("ssn", pa.array([PLANTED] * t.num_rows)),
+        {"expect_table_columns_to_match_ordered_list"},
+        PLANTED,
+    ),
+    (
+        "missing column",
+        lambda t: t.drop_columns(["gender"]),
+        {
+            "expect_table_columns_to_match_ordered_list",
+            "expect_column_values_to_not_be_null(gender)",
+            "expect_column_values_to_be_in_set(gender)",
+        },
+        PLANTED,
+    ),
+    (
+        "null country",
+        lambda t: plant(t, "country", 6, None),
+        {"expect_column_values_to_not_be_null(country)"},
+        PLANTED,
+    ),
+]
+
+ANALYTICAL_DEFECTS: list[Defect] = [
+    (
+        "bad age_group",
+        lambda t: plant(t, "age_group", 3, "[Zelda-Planted]"),
+        {"expect_column_values_to_be_in_set(age_group)"},
+        "Zelda-Planted",
+    ),
+    (
+        "upper-case email_domain",
+        lambda t: plant(t, "email_domain", 3, "Zelda.Planted.ORG"),
+        {"expect_column_values_to_match_regex(email_domain)"},
+        "Zelda.Planted",
+    ),
+    (
+        "email_domain without a dot",
+        lambda t: plant(t, "email_domain", 3, "zeldaplanted"),
+        {"expect_column_values_to_match_regex(email_domain)"},
+        "zeldaplanted",
+    ),
+    *SHARED_DEFECTS,
+    (
+        "two run dates",
+        lambda t: plant(t, "run_date", 1, date(2025, 3, 15)),
+        {"expect_column_unique_value_count_to_be_between(run_date)"},
+        "2025-03-15",
+    ),
+    (
+        "extra column",
+        lambda t: t.append_column("email", pa.array([PLANTED] * t.num_rows)),
+        {"expect_table_columns_to_match_ordered_list"},
+        PLANTED,
+    ),
+    (
+        "missing column",
+        lambda t: t.drop_columns(["email_domain"]),
+        {
+            "expect_table_columns_to_match_ordered_list",
+            "expect_column_values_to_not_be_null(email_domain)",
+            "expect_column_values_to_match_regex(email_domain)",
+        },
+        PLANTED,
+    ),
+]
+
+
+def _check_defect(summary: ValidationSummary, expected: set[str], secret: str) -> None:
+    failed = {outcome.label() for outcome in summary.failures()}
+    assert not summary.success
+    assert failed == expected, summary.failures_text()
+    assert summary.failed == len(expected)
+    for label in expected:
+        assert label in summary.failures_text()
+    assert_no_leak(summary, secret)
+    with pytest.raises(ValidationError) as raised:
+        ensure_valid(summary)
+    assert raised.value.summary is summary
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected", "secret"),
+    [case[1:] for case in RAW_DEFECTS],
+    ids=[case[0] for case in RAW_DEFECTS],
+)
+def test_masked_defect_fails(mutate: Mutation, expected: set[str], secret: str) -> None:
+    _check_defect(validate_masked(mutate(make_raw()), ROWS), expected, secret)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected", "secret"),
+    [case[1:] for case in ANALYTICAL_DEFECTS],
+    ids=[case[0] for case in ANALYTICAL_DEFECTS],
+)
+def test_analytical_defect_fails(mutate: Mutation, expected: set[str], secret: str) -> None:
+    _check_defect(validate_analytical(mutate(make_analytical()), ROWS), expected, secret)
+
+
+@pytest.mark.parametrize("validate", [validate_masked, validate_analytical])
+@pytest.mark.parametrize("requested", [ROWS - 1, ROWS + 1])
+def test_wrong_row_count_fails(validate: Callable, requested: int) -> None:
+    table = make_raw() if validate is validate_masked else make_analytical()
+    summary = validate(table, requested)
+    assert [outcome.label() for outcome in summary.failures()] == [
+        "expect_table_row_count_to_equal"
+    ]
+    assert summary.rows == ROWS
+
+
+def test_failing_outcome_reports_counts() -> None:
+    table = plant(plant(make_raw(), "firstname", 1, "Zelda"), "firstname", 2, "Zelda")
+    summary = validate_masked(table, ROWS)
+    (outcome,) = summary.failures()
+    assert (outcome.element_count, outcome.unexpected_count) == (ROWS, 2)
+    assert outcome.unexpected_percent == pytest.approx(1.0)
+    assert summary.results[0] is outcome  # failures come first in artifacts
+    assert "[2 rows]" in summary.failures_text()
+    row = summary.to_rows()[0]
+    assert set(row) == {
+        "suite",
+        "expectation",
+        "column",
+        "success",
+        "element_count",
+        "unexpected_count",
+        "unexpected_percent",
+        "raised_exception",
+    }
+
+
+def test_gx_result_itself_carries_no_values() -> None:
+    """The result format keeps values out of GX's own result too, in case anyone logs it."""
+    table = plant(make_raw(), "email", 3, PLANTED)
+    batch = gx_suites.batch_definition("masked_persons").get_batch(
+        batch_parameters={"dataframe": _validation_frame(table)}
+    )
+    result = batch.validate(
+        gx_suites.suite(MASKED_SUITE_PATH),
+        result_format=RESULT_FORMAT,
+        expectation_parameters={"expected_rows": ROWS},
+    )
+    assert not result.success
+    assert PLANTED not in json.dumps(result.to_json_dict(), default=str)
+
+
+def test_codes_per_country_is_derived_per_batch() -> None:
+    frame = _validation_frame(plant(make_raw(8), "country_code", 0, "XX"))
+    germany = frame[frame["country"] == "Germany"][CODES_PER_COUNTRY]
+    france = frame[frame["country"] == "France"][CODES_PER_COUNTRY]
+    assert set(germany) == {2} and set(france) == {1}
+
+
+def test_regex_columns_follow_the_suites() -> None:
+    assert _regex_columns(gx_suites.suite(MASKED_SUITE_PATH)) == {
+        "person_key",
+        "email",
+        "country_code",
+    }
+    assert _regex_columns(gx_suites.suite(ANALYTICAL_SUITE_PATH)) == {
+        "person_key",
+        "email_domain",
+        "country_code",
+    }
+
+
+def test_validation_frame_changes_representations_not_values() -> None:
+    # Several chunks, as the flow's concatenated page ranges arrive.
+    table = pa.concat_tables([make_raw(1500).slice(0, 700), make_raw(1500).slice(700)])
+    table = plant(table, "city", 3, None)
+    frame = _validation_frame(table, plain={"email", "country_code"})
+    assert list(frame.columns) == [*table.column_names, CODES_PER_COUNTRY]
+    dtypes = {name: str(frame[name].dtype) for name in table.column_names}
+    # Repeated values as categoricals, unique keys and regex-checked columns as plain strings,
+    # narrow integers widened for GX's vectorized `between`.
+    assert dtypes["firstname"] == dtypes["gender"] == dtypes["country"] == "category"
+    assert dtypes["person_key"] == dtypes["email"] == dtypes["country_code"] == "str"
+    assert dtypes["age"] == dtypes["page"] == "int64"
+    plain = table.to_pandas(date_as_object=False)
+    for name in table.column_names:
+        assert frame[name].astype(object).tolist() == plain[name].astype(object).tolist(), name
+    assert frame[CODES_PER_COUNTRY].eq(1).all()
+
+
+def test_warm_up_batches_are_valid() -> None:
+    # A warm-up that failed validation would warm up the failure paths instead.
+    masked, analytical = _warm_up_batches()
+    assert validate_masked(masked, masked.num_rows).success
+    assert validate_analytical(analytical, analytical.num_rows).success
+    frame = _validation_frame(masked)
+    assert str(frame["firstname"].dtype) == "category"
+    assert str(frame["person_key"].dtype) == "str"
+    warm_up()
+
+
+def test_data_fingerprint_is_skipped() -> None:
+    # gx_suites turns off GX's per-row md5 of every batch (~2 s per million rows); a GX release
+    # that renames the constant would bring that cost back silently.
+    from great_expectations.execution_engine import pandas_execution_engine
+
+    assert pandas_execution_engine.HASH_THRESHOLD == 0
+
+
+def test_concurrent_validations_do_not_mix_batches() -> None:
+    good, bad = make_raw(), plant(make_raw(), "firstname", 0, "Zelda")
+    results: dict[int, bool] = {}
+
+    def run(i: int) -> None:
+        results[i] = validate_masked(good if i % 2 else bad, ROWS).success
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == {i: bool(i % 2) for i in range(6)}
+
+
+def test_validation_time_30k_rows(capsys: pytest.CaptureFixture[str]) -> None:
+    table = make_raw(30_000)
+    start = time.perf_counter()
+    summary = validate_masked(table, 30_000)
+    elapsed = time.perf_counter() - start
+    assert summary.success, summary.failures_text()
+    with capsys.disabled():
+        print(
+            f"\n[timing] validate_masked, 30,000 rows x {summary.evaluated} expectations: "
+            f"{elapsed:.3f} s"
+        )
+
+
+# --- suite files -------------------------------------------------------------------------------
+
+
+def _suite_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _kwargs(data: dict, type_: str, column: str | None = None) -> list[dict]:
+    return [
+        e["kwargs"]
+        for e in data["expectations"]
+        if e["type"] == type_ and (column is None or e["kwargs"].get("column") == column)
+    ]
+
+
+@pytest.mark.parametrize("path", [MASKED_SUITE_PATH, ANALYTICAL_SUITE_PATH])
+def test_shipped_suites_load_completely(path: Path) -> None:
+    suite, count = load_suite_file(path)
+    assert count == len(_suite_json(path)["expectations"]) == len(suite.expectations)
+
+
+@pytest.mark.parametrize(
+    ("path", "schema"),
+    [(MASKED_SUITE_PATH, RAW_SCHEMA), (ANALYTICAL_SUITE_PATH, ANALYTICAL_SCHEMA)],
+)
+def test_suite_files_follow_the_schemas(path: Path, schema: pa.Schema) -> None:
+    data = _suite_json(path)
+    (columns,) = _kwargs(data, "expect_table_columns_to_match_ordered_list")
+    assert columns["column_list"] == [*schema.names, CODES_PER_COUNTRY]
+    (rows,) = _kwargs(data, "expect_table_row_count_to_equal")
+    assert rows["value"] == {"$PARAMETER": "expected_rows"}
+    assert _kwargs(data, "expect_column_values_to_be_between", CODES_PER_COUNTRY) == [
+        {"column": CODES_PER_COUNTRY, "min_value": 1, "max_value": 1}
+    ]
+    (gender,) = _kwargs(data, "expect_column_values_to_be_in_set", "gender")
+    assert set(gender["value_set"]) == {"male", "female"}
+    not_null = {k["column"] for k in _kwargs(data, "expect_column_values_to_not_be_null")}
+    assert {"person_key", "run_date", "gender", "country", "country_code"} <= not_null
+    assert _kwargs(data, "expect_column_values_to_be_unique", "person_key")
+
+
+def test_masked_suite_checks_every_masked_column() -> None:
+    data = _suite_json(MASKED_SUITE_PATH)
+    for name in MASKED_COLUMNS:
+        assert _kwargs(data, "expect_column_values_to_be_in_set", name) == [
+            {"column": name, "value_set": [MASK]}
+        ]
+    (age,) = _kwargs(data, "expect_column_values_to_be_between", "age")
+    assert (age["min_value"], age["max_value"]) == (0, 130)
+
+
+def test_analytical_suite_age_groups() -> None:
+    (groups,) = _kwargs(
+        _suite_json(ANALYTICAL_SUITE_PATH), "expect_column_values_to_be_in_set", "age_group"
+    )
+    assert groups["value_set"] == list(AGE_GROUPS)
+
+
+def test_loader_rejects_unknown_expectation_type(tmp_path: Path) -> None:
+    data = _suite_json(MASKED_SUITE_PATH)
+    data["expectations"].append(
+        {"type": "expect_column_values_to_be_bogus", "kwargs": {"column": "gender"}}
+    )
+    path = tmp_path / "bogus.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(SuiteLoadError, match="expect_column_values_to_be_bogus") as raised:
+        load_suite_file(path)
+    assert "1 of 32" in str(raised.value)
+
+
+def test_loader_rejects_invalid_kwargs(tmp_path: Path) -> None:
+    path = tmp_path / "bad_kwargs.json"
+    path.write_text(
+        json.dumps(
+            {
+                "name": "bad",
+                "expectations": [
+                    {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "a"}},
+                    {"type": "expect_column_values_to_be_in_set", "kwargs": {}},
+                ],
+            }
+        ),
+        encoding="utf-8",
+    )
+    with pytest.raises(SuiteLoadError, match="expect_column_values_to_be_in_set"):
+        load_suite_file(path)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "not json",
+        json.dumps({"expectations": []}),
+        json.dumps({"name": "old", "expectations": [{"expectation_type": "x", "kwargs": {}}]}),
+    ],
+    ids=["not-json", "no-name", "gx0-key"],
+)
+def test_loader_rejects_malformed_files(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "suite.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(SuiteLoadError):
+        load_suite_file(path)
+
+
+# --- quarantine --------------------------------------------------------------------------------
+
+
+def test_quarantine_writes_atomically(tmp_path: Path) -> None:
+    table = make_raw(10)
+    target = quarantine(table, tmp_path, RUN_DATE, k=2)
+    assert target == tmp_path / "quarantine" / "2025" / "03" / "14" / "persons.parquet"
+    # A clean masked batch keeps every known-safe value (countries shared by >= k rows).
+    assert pq.read_table(target).equals(table)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["persons.parquet"]
+    # A rerun replaces the file.
+    again = quarantine(make_raw(5), tmp_path, RUN_DATE, k=1)
+    assert again == target and pq.read_table(target).num_rows == 5
+
+
+def test_quarantine_masks_every_column_that_is_not_known_safe(tmp_path: Path) -> None:
+    table = plant(plant(make_raw(10), "firstname", 0, "Zelda"), "email", 1, PLANTED)
+    table = plant(table, "email", 2, "no-at-sign-Zelda")
+    table = plant(table, "gender", 3, "Zelda Planted")  # a full name in a kept field
+    table = plant(table, "country", 4, PLANTED)
+    table = plant(table, "country_code", 5, "Zelda")
+    target = quarantine(table, tmp_path, RUN_DATE, k=2)
+    stored = pq.read_table(target)
+    assert stored.schema == RAW_SCHEMA
+    assert pc.all(pc.equal(stored["firstname"], MASK)).as_py()
+    assert stored["email"][1].as_py() == f"{MASK}@example.org"
+    assert stored["email"][2].as_py() == MASK
+    assert stored["gender"][3].as_py() == MASK and stored["gender"][2].as_py() == "female"
+    assert stored["country"][4].as_py() == MASK and stored["country_code"][5].as_py() == MASK
+    # Ours and typed: kept as they are.
+    assert stored["person_key"].equals(table["person_key"]) and stored["age"].equals(table["age"])
+    blob = target.read_bytes()
+    assert b"Zelda" not in blob and b"Planted" not in blob
+
+
+def test_quarantine_keeps_a_country_only_where_k_rows_share_it(tmp_path: Path) -> None:
+    table = plant(make_raw(12), "country", 0, "Atlantis")  # a country-shaped value, once
+    stored = pq.read_table(quarantine(table, tmp_path, RUN_DATE, k=2))
+    assert stored["country"][0].as_py() == MASK
+    assert stored["country"].to_pylist()[1:] == table["country"].to_pylist()[1:]
+
+
+def test_a_batch_that_still_holds_a_raw_value_is_not_quarantined(tmp_path: Path) -> None:
+    from tasks.privacy.leak_scan import LeakScanner
+
+    # "Gladyce" is a raw street name of the batch; masking leaves a country-shaped value alone
+    # when k rows share it, so only the leak scan can stop it.
+    source = pa.table({"street_name": ["Gladyce Bypass"], "email": [PLANTED]})
+    table = make_raw(10)
+    table = table.set_column(
+        table.schema.get_field_index("country"), "country", pa.array(["Gladyce Bypass"] * 10)
+    )
+    scanner = LeakScanner(source, RUN_DATE)
+    assert quarantine(table, tmp_path, RUN_DATE, k=2, scanner=scanner) is None
+    assert not (tmp_path / "quarantine").exists()
+    assert scanner.report.hit_fields() == ["quarantine batch:country (street_name)"]
+
+
+def test_gx_keeps_nothing_of_a_validated_batch() -> None:
+    """GX would hold every validated frame and metric for the life of the process (a worker
+    serving many runs), and a million-row frame through the rest of the run."""
+    import gc
+
+    import pandas as pd
+
+    rows = ROWS + 7  # a length no other frame of the session has
+    assert validate_masked(make_raw(rows), rows).success
+    engine = gx_suites.context().data_sources.get(gx_suites.DATASOURCE_NAME).get_execution_engine()
+    assert engine.batch_manager.batch_data_cache == {}
+    assert not getattr(engine, "_metric_cache", {})
+    gc.collect()
+    assert not [o for o in gc.get_objects() if isinstance(o, pd.DataFrame) and len(o) == rows]

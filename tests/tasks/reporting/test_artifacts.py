@@ -1,0 +1,277 @@
+"""The markdown report and its publication as Prefect artifacts."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+import struct
+import zlib
+from collections.abc import Iterator
+from decimal import Decimal
+
+import numpy as np
+import pandas as pd
+import pytest
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter
+
+from tasks.reporting import artifacts as publish
+from tasks.reporting.charts import CHART_AGE_GROUPS, CHART_HISTORY, CHART_TOP_COUNTRIES
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+DATA_IMAGE = re.compile(r"!\[([^\]]+)\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)")
+
+
+def tiny_png(width: int = 2, height: int = 2) -> bytes:
+    """A valid RGB PNG built by hand, so these tests need no browser."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    raw = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        PNG_MAGIC
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
+def make_reports(
+    *,
+    german_users: int = 200,
+    german_gmail_users: int = 35,
+    share: float | None = 17.5,
+    top: pd.DataFrame | None = None,
+    over_60: int = 1234,
+) -> dict[str, pd.DataFrame]:
+    if top is None:
+        top = pd.DataFrame(
+            {"rank": [1, 2, 3], "country": ["Germany", "France", "Spain"], "gmail_users": [9, 8, 7]}
+        )
+    return {
+        "germany-gmail-share": pd.DataFrame(
+            {
+                "german_users": [german_users],
+                "german_gmail_users": [german_gmail_users],
+                "gmail_share_pct": [share],
+            }
+        ),
+        "top-gmail-countries": top,
+        "gmail-users-over-60": pd.DataFrame({"gmail_users_over_60": [over_60]}),
+    }
+
+
+TIED_TOP = pd.DataFrame(
+    {
+        "rank": [1, 2, 2, 3, 3],
+        "country": ["Germany", "France", "Spain", "Italy", "Bosnia & Herzegovina"],
+        "gmail_users": np.array([12, 10, 10, 9, 9], dtype=np.int64),
+    }
+)
+
+
+@pytest.fixture
+def images() -> dict[str, bytes | None]:
+    return {CHART_TOP_COUNTRIES: tiny_png(), CHART_AGE_GROUPS: tiny_png(3, 3)}
+
+
+# --- plain functions ------------------------------------------------------------------------------
+
+
+def test_artifact_keys_follow_prefects_rule() -> None:
+    assert publish.ARTIFACT_KEYS == (
+        "germany-gmail-share",
+        "top-gmail-countries",
+        "gmail-users-over-60",
+        "user-metrics-report",
+    )
+    for key in publish.ARTIFACT_KEYS:
+        assert re.fullmatch(r"[a-z0-9-]+", key)
+
+
+def test_json_safe_converts_numpy_decimal_and_missing() -> None:
+    assert publish.json_safe(np.int64(3)) == 3 and type(publish.json_safe(np.int64(3))) is int
+    assert type(publish.json_safe(np.float32(1.5))) is float
+    assert publish.json_safe(Decimal("17.50")) == 17.5
+    assert type(publish.json_safe(Decimal("12"))) is int
+    for missing in (None, float("nan"), np.nan, pd.NA, pd.NaT, Decimal("NaN")):
+        assert publish.json_safe(missing) is None
+    assert publish.json_safe(np.bool_(True)) is True
+    assert publish.json_safe("Türkiye") == "Türkiye"
+
+
+def test_report_records_have_exactly_the_report_columns() -> None:
+    df = make_reports(share=None)["germany-gmail-share"].assign(extra=1)
+    df = df[["extra", "gmail_share_pct", "german_users", "german_gmail_users"]]
+    records = publish.report_records("germany-gmail-share", df)
+    assert records == [{"german_users": 200, "german_gmail_users": 35, "gmail_share_pct": None}]
+    assert list(records[0]) == ["german_users", "german_gmail_users", "gmail_share_pct"]
+    json.dumps(records, allow_nan=False)
+    with pytest.raises(ValueError, match="lacks columns"):
+        publish.report_records("top-gmail-countries", df)
+
+
+def test_markdown_has_answers_in_words_and_tables(images: dict[str, bytes | None]) -> None:
+    md = publish.report_markdown("2024-05-01", 30_000, make_reports(), images)
+    assert md.startswith("# User metrics report")
+    assert "2024-05-01" in md
+    assert "**Records:** 30,000" in md
+    assert "35 of 200 users in Germany (17.5 %) use Gmail." in md
+    assert "1. Germany (9 Gmail users); 2. France (8 Gmail users); 3. Spain (7 Gmail users)" in md
+    assert "1,234 Gmail users are aged 60 or over." in md
+    # One markdown table per report, headed by the report's own column names.
+    assert "| german_users | german_gmail_users | gmail_share_pct |" in md
+    assert "| 200 | 35 | 17.50 |" in md
+    assert "| rank | country | gmail_users |" in md
+    assert "| 2 | France | 8 |" in md
+    assert "| gmail_users_over_60 |" in md
+    assert "| 1,234 |" in md
+    assert "<" not in md.replace("&lt;", "")  # no HTML: the UI strips it
+
+
+def test_markdown_without_german_users() -> None:
+    reports = make_reports(german_users=0, german_gmail_users=0, share=None)
+    md = publish.report_markdown("2024-05-01", 10, reports, {})
+    assert "no users in Germany in this batch" in md
+    assert "use Gmail." not in md
+    assert "| 0 | 0 | n/a |" in md
+    assert "nan" not in md.lower()
+
+
+def test_markdown_with_ties_lists_every_tied_country() -> None:
+    md = publish.report_markdown("2024-05-01", 100, make_reports(top=TIED_TOP), {})
+    assert "2. France, Spain (10 Gmail users each)" in md
+    assert "3. Bosnia & Herzegovina, Italy (9 Gmail users each)" in md
+    assert "share a rank" in md
+    table_rows = [line for line in md.splitlines() if re.match(r"\| \d \| ", line)]
+    assert len(table_rows) == 5
+    assert "| 3 | Bosnia & Herzegovina | 9 |" in md
+
+
+def test_markdown_escapes_markup_in_values() -> None:
+    top = pd.DataFrame({"rank": [1], "country": ["A|B *C* <script>"], "gmail_users": [1]})
+    md = publish.report_markdown("2024-05-01", 1, make_reports(top=top), {})
+    assert "| 1 | A\\|B \\*C\\* &lt;script&gt; | 1 |" in md
+    assert "<script>" not in md
+    assert "1. A\\|B \\*C\\* &lt;script&gt; (1 Gmail user)." in md
+
+
+def test_markdown_embeds_images_as_decodable_pngs(images: dict[str, bytes | None]) -> None:
+    images = images | {CHART_HISTORY: tiny_png(4, 4)}
+    md = publish.report_markdown("2024-05-01", 30_000, make_reports(), images)
+    assert "data:image/png;base64," in md
+    found = DATA_IMAGE.findall(md)
+    assert [alt for alt, _ in found] == [
+        "Gmail share in Germany per run date",
+        "Top Gmail countries",
+        "Gmail users by age group",
+    ]
+    decoded = [base64.b64decode(data, validate=True) for _, data in found]
+    assert all(png.startswith(PNG_MAGIC) for png in decoded)
+    assert decoded == [images[CHART_HISTORY], images[CHART_TOP_COUNTRIES], images[CHART_AGE_GROUPS]]
+    assert publish.NO_IMAGE_NOTE not in md
+    assert len(md.encode()) < 1_000_000
+
+
+def test_markdown_notes_charts_that_were_not_rendered() -> None:
+    images: dict[str, bytes | None] = {CHART_TOP_COUNTRIES: None, CHART_AGE_GROUPS: None}
+    md = publish.report_markdown("2024-05-01", 10, make_reports(), images)
+    assert md.count("_Chart not rendered: no headless browser available._") == 2
+    assert "data:image/" not in md
+    # No history chart was built (a single run date): no section, no note.
+    assert "per run date" not in md
+
+
+def test_markdown_stays_under_one_megabyte() -> None:
+    big = PNG_MAGIC + bytes(800_000)  # ~1.07 MB once base64-encoded
+    images: dict[str, bytes | None] = {CHART_TOP_COUNTRIES: big, CHART_AGE_GROUPS: tiny_png()}
+    md = publish.report_markdown("2024-05-01", 10, make_reports(), images)
+    assert len(md.encode("utf-8")) < publish.MAX_MARKDOWN_BYTES
+    assert publish.OMITTED_IMAGE_NOTE in md
+    # The small chart still fits and stays.
+    assert len(DATA_IMAGE.findall(md)) == 1
+
+
+# --- Prefect artifacts ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def prefect_api(prefect_storage) -> Iterator[None]:
+    # the session-wide harness from tests/conftest.py: starting a second one costs ~15 s
+    yield
+
+
+@pytest.mark.slow
+def test_composed_reports_become_the_four_artifacts(
+    prefect_api: None, images: dict[str, bytes | None]
+) -> None:
+    reports = make_reports(top=TIED_TOP, share=None, german_users=0, german_gmail_users=0)
+
+    @flow
+    def publish_flow() -> list[str]:
+        artifacts = publish.compose_reports("2024-05-01", 30_000, reports, images)
+        return publish.create_artifacts(artifacts, [])
+
+    state = publish_flow(return_state=True)
+    keys = list(state.result())
+    assert keys == list(publish.ARTIFACT_KEYS)
+
+    # The harness is shared by the whole session: read this flow run's artifacts only.
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)),
+            flow_run_filter=FlowRunFilter(id={"any_": [state.state_details.flow_run_id]}),
+        )
+    latest = {}
+    for artifact in sorted(artifacts, key=lambda a: a.created):
+        latest[artifact.key] = artifact
+    assert set(latest) == set(publish.ARTIFACT_KEYS)
+
+    for key, columns in publish.REPORT_COLUMNS.items():
+        artifact = latest[key]
+        assert artifact.type == "table"
+        assert artifact.description and "2024-05-01" in artifact.description
+        assert artifact.flow_run_id is not None
+        table = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+        assert table, key
+        for row in table:
+            assert list(row) == list(columns)
+
+    share = json.loads(latest["germany-gmail-share"].data)
+    assert share == [{"german_users": 0, "german_gmail_users": 0, "gmail_share_pct": None}]
+    top = json.loads(latest["top-gmail-countries"].data)
+    assert len(top) == 5 and top[1] == {"rank": 2, "country": "France", "gmail_users": 10}
+
+    report = latest["user-metrics-report"]
+    assert report.type == "markdown"
+    assert "data:image/png;base64," in report.data
+    assert "no users in Germany in this batch" in report.data
+    _, data = DATA_IMAGE.findall(report.data)[0]
+    assert base64.b64decode(data).startswith(PNG_MAGIC)
+
+
+@pytest.mark.slow
+def test_publish_reports_from_an_async_flow(prefect_api: None) -> None:
+    # Prefect dispatches artifact helpers to their async versions in async contexts; we must not
+    # hand back unawaited coroutines there.
+    @flow
+    async def async_publish_flow() -> list[str]:
+        return publish.create_artifacts(
+            publish.compose_reports("2024-05-02", 5, make_reports(), {}), []
+        )
+
+    state = asyncio.run(async_publish_flow(return_state=True))
+    keys = list(state.result())
+    assert keys == list(publish.ARTIFACT_KEYS)
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["user-metrics-report"])),
+            flow_run_filter=FlowRunFilter(id={"any_": [state.state_details.flow_run_id]}),
+        )
+    assert any("2024-05-02" in (a.data or "") for a in artifacts)
