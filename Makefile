@@ -55,8 +55,11 @@ trigger: venv ## Run the 'daily' deployment on the local service and wait for it
 stop: ## Stop what `make serve` started, by its recorded process ids
 	@if [ -x $(PY) ]; then $(PY) -m flows.service stop; else echo "nothing to stop (no .venv)"; fi
 
-test: setup ## Run the test suite
-	$(PY) -m pytest
+# pytest-xdist workers (this machine has 2 cores). Tests that share state beyond a worker's own
+# session stay on one worker (--dist loadgroup; the groups are in tests/conftest.py).
+TEST_WORKERS ?= 2
+test: setup ## Run the test suite on TEST_WORKERS=2 workers (PYTEST_ARGS="-k ..." to narrow)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 bench: setup ## Benchmark 30,000 and 1,000,000 records on the local API (bench/results.md)
 	$(PY) -m bench.run

@@ -5,11 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-from tasks.common.secrets import ensure_demo_key
-
-DEMO_KEY_FILE = Path(".secrets/pii_hash_key")
+from tasks.common.secrets import DEMO_KEY_FILE, ensure_demo_key
 
 
 def start_local_api() -> tuple[subprocess.Popen[str], str]:

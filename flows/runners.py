@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Any
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-RunnerKind = Literal["threads", "dask"]
 RUNNER_KINDS: tuple[str, ...] = ("threads", "dask")
 # Fetch concurrency is bounded by the HTTP layer's gate, so threads only keep tasks flowing.
 DEFAULT_THREADS = 16

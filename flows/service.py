@@ -24,10 +24,11 @@ from pathlib import Path
 
 import httpx
 
+from tasks.storage.recovery import process_alive
+
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 POOL = "faker-pool"
 DAILY = "user-metrics-pipeline/daily"
-DEMO_KEY_FILE = PROJECT_DIR / ".secrets" / "pii_hash_key"
 DEFAULT_PORT = 4200
 # Marks in /proc/<pid>/cmdline that identify each of our processes, so a recycled pid is never hit.
 COMMAND_MARKS = {"server": "server", "api": "local_api", "worker": "worker"}
@@ -77,20 +78,6 @@ def start_process(
         )
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists (a zombie counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    with contextlib.suppress(OSError):
-        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return True
-
-
 def stop_group(pid: int, timeout: float = 10.0) -> None:
     """SIGTERM the process group, again (a worker shuts down on the second), then SIGKILL."""
     for sig, wait in (
@@ -108,7 +95,7 @@ def stop_group(pid: int, timeout: float = 10.0) -> None:
         while time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
-            if not pid_alive(pid):
+            if not process_alive(pid):
                 # The leader is gone; children in its group may linger a moment longer.
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
@@ -164,7 +151,7 @@ class State:
             pid = int(path.read_text().strip())
         except (OSError, ValueError):
             return None
-        if not pid_alive(pid):
+        if not process_alive(pid):
             return None
         cmdline = Path(f"/proc/{pid}/cmdline")
         if cmdline.exists() and COMMAND_MARKS[name] not in cmdline.read_bytes().decode(
@@ -303,7 +290,7 @@ def _worker_env(env: dict[str, str], api_url: str) -> dict[str, str]:
     worker_env = {**env, "FAKER_API_URL": api_url}
     worker_env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "5")
     if not env.get("PII_HASH_KEY") and not env.get("PII_HASH_KEY_BLOCK"):
-        from tasks.common.secrets import ensure_demo_key
+        from tasks.common.secrets import DEMO_KEY_FILE, ensure_demo_key
 
         # As `make run`: a random local key in the git-ignored .secrets/, never one in the repo.
         worker_env.setdefault("PII_HASH_KEY_FILE", str(ensure_demo_key(DEMO_KEY_FILE)))

@@ -288,7 +288,7 @@ def validate(cfg: RunConfig, run: RunRecord, staged: Staged, batch: pa.Table) ->
 
 
 @contextmanager
-def _transaction(cfg: RunConfig) -> Iterator[duckdb.DuckDBPyConnection]:
+def open_transaction(cfg: RunConfig) -> Iterator[duckdb.DuckDBPyConnection]:
     """The DuckDB file under its lock with a transaction open: rolled back unless committed."""
     with open_db(cfg.duckdb_path, get_settings().duckdb_lock_timeout_seconds) as con:
         con.begin()
@@ -307,7 +307,7 @@ def stage(cfg: RunConfig, run: RunRecord, staged: Staged, analytical: pa.Table) 
     k = settings.privacy_k
     with run.timed("lake"):
         staged.raw.finish()
-    con = staged.con = staged.stack.enter_context(_transaction(cfg))
+    con = staged.con = staged.stack.enter_context(open_transaction(cfg))
     with run.entered("load"):
         run.figures.records_loaded = stage_batch_task(con, analytical, cfg.run_date, run.run_id)
     with run.entered("privacy"):

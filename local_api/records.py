@@ -50,6 +50,18 @@ class PersonsQuery:
             )
         )
 
+    def params(self) -> dict[str, str | int]:
+        """The query string that asks for exactly this query again (no seed: none given)."""
+        params: dict[str, str | int] = {"_quantity": self.quantity}
+        if self.seed is not None:
+            params["_seed"] = self.seed
+        params["_locale"] = self.locale
+        if self.gender is not None:
+            params["_gender"] = self.gender
+        params["_birthday_start"] = self.birthday_start.isoformat()
+        params["_birthday_end"] = self.birthday_end.isoformat()
+        return params
+
 
 def _first(params: Mapping[str, Sequence[str]], name: str) -> str | None:
     """First value of a query parameter, or None."""

@@ -21,7 +21,10 @@ from local_api.records import PersonsQuery, build_records, parse_query
 PERSONS_PATHS = frozenset({"/api/v1/persons", "/api/v2/persons"})
 NOT_FOUND = {"status": "Not found", "code": 404, "total": 0}
 JSON_TYPE = "application/json; charset=utf-8"
-UNTRACKED_PATHS = frozenset({"/health", "/__stats"})
+UNTRACKED_PATHS = frozenset({"/health", "/__stats", "/__served"})
+# A persons request carrying this header is a test asking again for records it was served: it
+# gets the plain 200 (drift included, no other fault), and is neither counted nor logged.
+REPLAY_HEADER = "X-Local-Api-Replay"
 
 
 def dump_json(obj: object) -> bytes:
@@ -78,6 +81,33 @@ class Stats:
             self._status.clear()
             self._faults.clear()
             self._max_in_flight = self._in_flight
+
+
+class ServedLog:
+    """The persons queries answered with 200, in the order first answered, each listed once with
+    how often it was answered (a retried page is one query answered twice)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._times: dict[tuple[str, PersonsQuery], int] = {}
+
+    def add(self, path: str, query: PersonsQuery) -> None:
+        """Log one 200 answer to query on path."""
+        with self._lock:
+            self._times[(path, query)] = self._times.get((path, query), 0) + 1
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """[{"path", "params" (the query string asking for it again), "times"}], in order."""
+        with self._lock:
+            return [
+                {"path": path, "params": query.params(), "times": times}
+                for (path, query), times in self._times.items()
+            ]
+
+    def reset(self) -> None:
+        """Forget every logged query."""
+        with self._lock:
+            self._times.clear()
 
 
 class BodyCache:
@@ -168,7 +198,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.app.stats_counter.count(status=status)
 
     def do_GET(self) -> None:
-        """Serve /health, /__stats and the persons endpoints; anything else is 404."""
+        """Serve /health, /__stats, /__served and the persons endpoints; anything else is 404."""
         url = urlsplit(self.path)
         path = url.path.rstrip("/") or "/"
         app = self.server.app
@@ -176,6 +206,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, dump_json({"status": "OK"}))
         elif path == "/__stats":
             self._send(200, dump_json(app.stats()))
+        elif path == "/__served":
+            self._send(200, dump_json({"queries": app.served()}))
+        elif path in PERSONS_PATHS and self.headers.get(REPLAY_HEADER):
+            query = parse_query(parse_qs(url.query, keep_blank_values=True))
+            self._send(200, app.persons_body(query))
         elif path in PERSONS_PATHS:
             with app.stats_counter.in_flight():
                 self._persons(path, parse_qs(url.query, keep_blank_values=True))
@@ -218,7 +253,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif decision.error_status is not None:
             self._error(decision.error_status, "Server Error", decision)
         else:
-            self._ok(query, decision)
+            self._ok(path, query, decision)
 
     def _error(self, status: int, message: str, decision: Decision) -> None:
         app = self.server.app
@@ -227,13 +262,14 @@ class _Handler(BaseHTTPRequestHandler):
         app.stats_counter.count(status=status)
         self._send(status, dump_json({"message": message}), decision.headers)
 
-    def _ok(self, query: PersonsQuery, decision: Decision) -> None:
+    def _ok(self, path: str, query: PersonsQuery, decision: Decision) -> None:
         app = self.server.app
         body = app.persons_body(query)
         if decision.short_fraction is not None:
             app.stats_counter.count(fault="short")
             body = _shorten(body, decision.short_fraction)
         app.stats_counter.count(status=200)
+        app.served_log.add(path, query)
         if not decision.truncate:
             self._send(200, body, decision.headers)
             return
@@ -281,6 +317,7 @@ class LocalApiServer:
         self.warm_locales = warm_locales
         self.injector = FaultInjector(self.faults)
         self.stats_counter = Stats()
+        self.served_log = ServedLog()
         self.cache = BodyCache(cache_size)
         self._httpd: _HttpServer | None = None
         self._thread: threading.Thread | None = None
@@ -329,9 +366,15 @@ class LocalApiServer:
         """Counts of persons/404 responses by status, total and injected faults."""
         return self.stats_counter.snapshot()
 
+    def served(self) -> list[dict[str, Any]]:
+        """The persons queries answered with 200, in the order first answered, each once with
+        the query string that asks for it again (send it with REPLAY_HEADER) and its count."""
+        return self.served_log.snapshot()
+
     def reset_stats(self) -> None:
-        """Zero the counters, and forget rate-limit and fail-first history."""
+        """Zero the counters, forget the served queries and rate-limit and fail-first history."""
         self.stats_counter.reset()
+        self.served_log.reset()
         self.injector.reset()
 
     def persons_body(self, query: PersonsQuery) -> bytes:

@@ -3,14 +3,48 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from local_api.faults import FaultConfig
 from local_api.server import LocalApiServer
+from tasks.common.settings import ENV_FILE_VARIABLE
+
+# No test reads a developer's `.env` (a key, REQUESTS_PER_MINUTE...). Set at conftest import,
+# before anything reads settings, so xdist workers (which import this conftest too) and the
+# subprocesses tests start (they inherit or copy this environment) read none either.
+os.environ[ENV_FILE_VARIABLE] = ""
 
 TEST_KEY = "test-hmac-key-0123456789abcdef"
+# Loaded here, where the xdist controller sees it too: the fault matrix's end-of-session table.
+pytest_plugins = ["tests.reliability.matrix_table"]
+
+
+# Under pytest-xdist (`make test`: -n 2 --dist loadgroup) each worker is a session of its own: its
+# own Prefect test harness, tmp dirs and free ports. Tests that share more than that stay on one
+# worker, by path: the e2e tests share one session-scoped Prefect service (started once, ~2 min)
+# and write the UI screenshot to a fixed path in the checkout. (Paths, not xdist_group marks:
+# xdist 3.8 carries a mark's group in a node id suffix that pytest 9.2 drops, pytest-xdist#1386.)
+ONE_WORKER_GROUPS = {"tests/e2e/": "e2e"}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """--dist loadgroup, with the groups of ONE_WORKER_GROUPS; other tests go one by one."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class PathGroupScheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            for prefix, group in ONE_WORKER_GROUPS.items():
+                if nodeid.startswith(prefix):
+                    return group
+            return super()._split_scope(nodeid)
+
+    return PathGroupScheduling(config, log)
 
 
 @pytest.fixture
@@ -28,6 +62,23 @@ def start_api() -> Iterator[Callable[..., LocalApiServer]]:
 def api(start_api: Callable[..., LocalApiServer]) -> LocalApiServer:
     """A fault-free local API."""
     return start_api()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The headless Chromium that chart images and the UI test need, found as the pipeline finds
+    it; a machine without one fails the tests that use it, never skips them."""
+    from tasks.reporting.charts import find_browser
+
+    path = find_browser(allow_download=False)
+    if path is None:
+        pytest.fail(
+            "no Chromium found: chart images and this test need a headless Chromium. Install "
+            "Debian's (`apt-get install chromium`; `make test` does it when run as root) or set "
+            "BROWSER_PATH to a Chrome/Chromium executable.",
+            pytrace=False,
+        )
+    return path
 
 
 @pytest.fixture(scope="session")

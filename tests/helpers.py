@@ -9,29 +9,31 @@ from pathlib import Path
 
 import duckdb
 import httpx
+import numpy as np
 import pyarrow.parquet as pq
 
-from tasks.ingest.plan import plan_pages, run_seed_for
+from local_api.server import REPLAY_HEADER, LocalApiServer
 
 _DECIMAL = re.compile(r"-?\d+\.\d+")
 PII_FIELDS = ("firstname", "lastname", "email", "phone", "birthday")
 ADDRESS_PII = ("street", "streetName", "buildingNumber", "city", "zipcode", "latitude", "longitude")
 
 
-def served_records(
-    base_url: str, records: int, page_size: int, run_date: dt.date, seed: int | None = None
-) -> list[dict]:
-    """The exact records a run was served: the same page seeds, asked for again."""
+def served_records(api: LocalApiServer | str) -> list[dict]:
+    """The records a local API (or its root URL) answered with 200, in the order first served:
+    each persons query it logged, asked again once (a query served twice, as a retried page is,
+    counts once). The server says what it served; nothing here re-derives the run's pages."""
+    root = api.url if isinstance(api, LocalApiServer) else api.rstrip("/")
     out: list[dict] = []
-    for page in plan_pages(records, page_size, run_seed_for(run_date, seed)):
-        params = {
-            "_quantity": page.quantity,
-            "_seed": page.seed,
-            "_locale": "en_US",
-            "_birthday_start": "1900-01-01",
-            "_birthday_end": run_date.isoformat(),
-        }
-        out += httpx.get(f"{base_url}/persons", params=params).json()["data"]
+    with httpx.Client(base_url=root, timeout=60) as client:
+        for query in client.get("/__served").json()["queries"]:
+            # Without a seed the server drew fresh records: they cannot be asked for again.
+            assert "_seed" in query["params"], f"unseeded query served: {query}"
+            response = client.get(
+                query["path"], params=query["params"], headers={REPLAY_HEADER: "1"}
+            )
+            response.raise_for_status()
+            out += response.json()["data"]
     return out
 
 
@@ -146,5 +148,27 @@ def leaked(secrets: set[str], cells: set[str], blob: bytes = b"") -> list[str]:
     # Short values (zipcodes) would match compressed or binary bytes by chance; long ones cannot.
     # Nor can a bare decimal such as a coordinate be told apart, in a byte stream, from the
     # durations and figures Prefect stores ("9.109301" s): whole cells above still cover those.
-    hits |= {v for v in secrets if len(v) >= 8 and not _DECIMAL.fullmatch(v) and v.encode() in blob}
+    long = {v.encode(): v for v in secrets if len(v) >= 8 and not _DECIMAL.fullmatch(v)}
+    hits |= {long[found] for found in occurring(set(long), blob)}
     return sorted(hits)
+
+
+def occurring(needles: set[bytes], blob: bytes) -> set[bytes]:
+    """The needles (8+ bytes each) that occur in blob: `{n for n in needles if n in blob}`, but
+    one pass for all of them. Every 8-byte window of blob is read as an integer (8 strided reads,
+    one per offset) and looked up among the needles' first 8 bytes; only the windows that match
+    one are compared whole."""
+    assert all(len(n) >= 8 for n in needles)
+    if not needles or len(blob) < 8:
+        return set()
+    by_head: dict[bytes, list[bytes]] = {}
+    for needle in needles:
+        by_head.setdefault(needle[:8], []).append(needle)
+    heads = np.frombuffer(b"".join(by_head), dtype="<u8")
+    found: set[bytes] = set()
+    for offset in range(8):
+        words = np.frombuffer(blob, dtype="<u8", count=(len(blob) - offset) // 8, offset=offset)
+        for index in np.flatnonzero(np.isin(words, heads)).tolist():
+            at = offset + 8 * index
+            found.update(n for n in by_head[blob[at : at + 8]] if blob.startswith(n, at))
+    return found

@@ -28,7 +28,7 @@ WITHHELD = "message withheld: a library's message may quote source values"
 P = ParamSpec("P")
 R = TypeVar("R")
 
-# The leak scanner's two value-free patterns (tasks/privacy/leak_scan.py uses the same ones).
+# The leak scanner's two value-free patterns (tasks/privacy/leak_text.py scans text with them).
 EMAIL_PATTERN = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
 PHONE_PATTERN = re.compile(r"(?<![A-Za-z0-9+/=])\+[0-9]{8,15}(?![0-9])")
 

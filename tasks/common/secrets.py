@@ -12,6 +12,8 @@ from tasks.common.errors import PipelineError
 from tasks.common.settings import Settings
 
 MIN_KEY_LENGTH = 16
+# The offline demo's key (`make run`, `make serve`): random, made on first use, git-ignored.
+DEMO_KEY_FILE = Path(__file__).resolve().parents[2] / ".secrets" / "pii_hash_key"
 
 
 class MissingKeyError(PipelineError):
@@ -32,8 +34,9 @@ def resolve_hash_key(settings: Settings) -> bytes:
     """The pseudonymization key: PII_HASH_KEY, else the Secret block, else the demo key file."""
     key = settings.pii_hash_key
     env_key = key.get_secret_value() if key is not None else None
-    # An empty PII_HASH_KEY next to a named block (compose passes both) defers to the block;
-    # alone, it is a mistake worth a clear error rather than a silent fallback.
+    # An empty PII_HASH_KEY next to a named block defers to the block (a template that sets
+    # PII_HASH_KEY= for every service, say); alone, it is a mistake worth a clear error rather
+    # than a silent fallback.
     if env_key is not None and (env_key.strip() or not settings.pii_hash_key_block):
         return _checked(env_key, "PII_HASH_KEY")
     if settings.pii_hash_key_block:

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PUBLIC_API_URL = "https://fakerapi.it/api/v2"
+# Names the dotenv file the settings read (default `.env` in the working directory); an empty
+# value reads none. Only the process environment sets it: the test session empties it, so a
+# developer's `.env` never reaches a test, nor the subprocesses tests start.
+ENV_FILE_VARIABLE = "FAKER_DATAFLOW_ENV_FILE"
+DEFAULT_ENV_FILE = ".env"
+
+
+def env_file() -> Path | None:
+    """The dotenv file settings read: $FAKER_DATAFLOW_ENV_FILE, `.env` if unset, none if empty."""
+    value = os.environ.get(ENV_FILE_VARIABLE, DEFAULT_ENV_FILE).strip()
+    return Path(value) if value else None
 
 
 class Settings(BaseSettings):
@@ -18,8 +30,14 @@ class Settings(BaseSettings):
     # The issue fixes the env names (FAKER_API_URL, DATA_LAKE_DIR, DUCKDB_PATH, PII_HASH_KEY), so
     # fields are named after their variables instead of sharing one prefix.
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+        env_file=DEFAULT_ENV_FILE, env_file_encoding="utf-8", extra="ignore", case_sensitive=False
     )
+
+    def __init__(self, **values: Any) -> None:
+        # The file is looked up per instance, not fixed in model_config at import time; an
+        # explicit `_env_file` (None: no file) still wins.
+        values.setdefault("_env_file", env_file())
+        super().__init__(**values)
 
     faker_api_url: str = Field(
         PUBLIC_API_URL, description="Base URL of the Faker API, up to the version (…/api/v2)."
@@ -49,29 +67,24 @@ class Settings(BaseSettings):
         "(the public API allows about 30).",
         ge=0,
     )
-    task_runner: Literal["threads", "dask"] = Field(
-        "threads",
-        description="Where tasks run: `threads` (one process) or `dask` (prefect-dask: a local "
-        "cluster of DASK_WORKERS processes, or the scheduler at DASK_ADDRESS). Read when the "
-        "flow module is imported.",
-    )
-    dask_address: str | None = Field(
-        None, description="Scheduler of an existing Dask cluster, e.g. tcp://scheduler:8786."
-    )
-    dask_workers: int = Field(
-        2, description="Worker processes of the local Dask cluster (no DASK_ADDRESS).", ge=1, le=256
-    )
     http_connect_timeout_seconds: float = Field(5.0, description="TCP connect timeout.", gt=0)
     http_read_timeout_seconds: float = Field(30.0, description="Read timeout per request.", gt=0)
     retry_max_attempts: int = Field(
         6, description="Attempts per page, the first one included.", ge=1, le=50
     )
     retry_backoff_base_seconds: float = Field(
-        0.5, description="First backoff delay; doubles per attempt, with full jitter.", ge=0
+        0.5,
+        description="Ceiling of the first backoff delay, doubling per attempt up to "
+        "RETRY_BACKOFF_MAX_SECONDS, with equal jitter: a delay is half its ceiling plus a random "
+        "share of the other half.",
+        ge=0,
     )
     retry_backoff_max_seconds: float = Field(30.0, description="Cap on one backoff delay.", ge=0)
     retry_after_max_seconds: float = Field(
-        60.0, description="Cap on a server's Retry-After before we give up waiting.", ge=0
+        60.0,
+        description="Cap on the wait a server's Retry-After asks for: a longer one is cut to "
+        "this and the page is retried after it.",
+        ge=0,
     )
     data_lake_dir: Path = Field(Path("./data_lake"), description="Root of the Parquet lake.")
     duckdb_path: Path = Field(Path("./db/faker.duckdb"), description="DuckDB database file.")

@@ -230,6 +230,60 @@ def _steps_text(qis: Sequence[str], levels: Sequence[int]) -> str:
     return "; ".join(f"{qi}: {levels_of(qi)[lv]}" for qi, lv in zip(qis, levels, strict=True))
 
 
+def _checked_inputs(
+    analytical: pa.Table, k: int, quasi_identifiers: Sequence[str]
+) -> tuple[str, ...]:
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    qis = tuple(quasi_identifiers)
+    if not qis:
+        raise ValueError("name at least one quasi-identifier")
+    if missing := sorted(set(qis) - set(analytical.column_names)):
+        raise ValueError(f"analytical batch lacks quasi-identifiers {missing}")
+    return qis
+
+
+# The best candidate of the lattice with what it suppresses: (candidate, rows suppressed per
+# quasi-identifier, rows removed).
+Chosen = tuple[Candidate, list[np.ndarray], np.ndarray]
+
+
+def _search(analytical: pa.Table, qis: tuple[str, ...], k: int) -> tuple[Chosen, list[Candidate]]:
+    """Try every candidate of the lattice; the best one (fewest `*` cells) and all of them."""
+    # Integer codes of every (quasi-identifier, level), computed once; the labels themselves are
+    # only rebuilt for the chosen levels (a million strings per level otherwise stay in memory).
+    coded = {
+        (q, lv): _codes(generalized(analytical, q, lv))
+        for q in qis
+        for lv in range(len(levels_of(q)))
+    }
+    candidates: list[Candidate] = []
+    # Only the best candidate's row arrays are kept: at a million records the fine levels
+    # suppress hundreds of thousands of rows each, and 72 candidates of those add up.
+    chosen: Chosen | None = None
+    for levels in itertools.product(*(range(len(levels_of(q))) for q in qis)):
+        pairs = list(zip(qis, levels, strict=True))
+        codes = [coded[pair][0] for pair in pairs]
+        cards = [coded[pair][1] for pair in pairs]
+        suppressed, removed, suppressible = _suppress(codes, cards, k)
+        wholesale = sum(levels_of(q)[lv] == SUPPRESSED for q, lv in pairs)
+        # A removed record loses every cell: those of single-valued columns, which the greedy
+        # never hides, count as suppressed too.
+        removed_extra = removed.size * (len(qis) - wholesale - suppressible)
+        candidate = Candidate(
+            levels=tuple(levels),
+            steps=_steps_text(qis, levels),
+            suppressed_cells=sum(rows.size for rows in suppressed) + removed_extra,
+            generalized_cells=wholesale * analytical.num_rows,
+            records_removed=int(removed.size),
+        )
+        candidates.append(candidate)
+        if chosen is None or candidate.rank() < chosen[0].rank():
+            chosen = (candidate, suppressed, removed)
+    assert chosen is not None  # the lattice always has at least one candidate
+    return chosen, candidates
+
+
 def shareable_extract(
     analytical: pa.Table,
     k: int = DEFAULT_K,
@@ -238,54 +292,13 @@ def shareable_extract(
 ) -> ShareableExtract:
     """A k-anonymous extract without person_key: lattice generalization plus local suppression."""
     started = time.perf_counter()
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    qis = tuple(quasi_identifiers)
-    if not qis:
-        raise ValueError("name at least one quasi-identifier")
-    if missing := sorted(set(qis) - set(analytical.column_names)):
-        raise ValueError(f"analytical batch lacks quasi-identifiers {missing}")
+    qis = _checked_inputs(analytical, k, quasi_identifiers)
     if "email_domain" in qis:
         # The extract builds on the collapsed domains (idempotent if the caller collapsed them).
         analytical, _ = collapse_rare_domains(analytical, k, keep_domains)
-    n = analytical.num_rows
-
-    # Integer codes of every (quasi-identifier, level), computed once; the labels themselves are
-    # only rebuilt for the chosen levels (a million strings per level otherwise stay in memory).
-    coded = {
-        (q, lv): _codes(generalized(analytical, q, lv))
-        for q in qis
-        for lv in range(len(levels_of(q)))
-    }
-
-    candidates: list[Candidate] = []
-    # Only the best candidate's row arrays are kept: at a million records the fine levels
-    # suppress hundreds of thousands of rows each, and 72 candidates of those add up.
-    chosen: tuple[Candidate, list[np.ndarray], np.ndarray] | None = None
-    for levels in itertools.product(*(range(len(levels_of(q))) for q in qis)):
-        codes = [coded[(q, lv)][0] for q, lv in zip(qis, levels, strict=True)]
-        cards = [coded[(q, lv)][1] for q, lv in zip(qis, levels, strict=True)]
-        suppressed, removed, suppressible = _suppress(codes, cards, k)
-        wholesale = sum(levels_of(q)[lv] == SUPPRESSED for q, lv in zip(qis, levels, strict=True))
-        # A removed record loses every cell: those of single-valued columns, which the greedy
-        # never hides, count as suppressed too.
-        removed_extra = removed.size * (len(qis) - wholesale - suppressible)
-        candidate = Candidate(
-            levels=tuple(levels),
-            steps=_steps_text(qis, levels),
-            suppressed_cells=sum(rows.size for rows in suppressed) + removed_extra,
-            generalized_cells=wholesale * n,
-            records_removed=int(removed.size),
-        )
-        candidates.append(candidate)
-        if chosen is None or candidate.rank() < chosen[0].rank():
-            chosen = (candidate, suppressed, removed)
-
-    assert chosen is not None  # the lattice always has at least one candidate
-    best, suppressed, removed = chosen
-    labels = {
-        (q, lv): generalized(analytical, q, lv) for q, lv in zip(qis, best.levels, strict=True)
-    }
+    (best, suppressed, removed), candidates = _search(analytical, qis, k)
+    chosen = list(zip(qis, best.levels, strict=True))
+    labels = {(q, lv): generalized(analytical, q, lv) for q, lv in chosen}
     table = _build_extract(analytical, qis, best.levels, labels, suppressed, removed)
     output_qis = [EXTRACT_COLUMN.get(q, q) for q in qis]
     metrics = risk_metrics(
@@ -299,7 +312,7 @@ def shareable_extract(
         table=table,
         k=k,
         quasi_identifiers=qis,
-        steps={q: levels_of(q)[lv] for q, lv in zip(qis, best.levels, strict=True)},
+        steps={q: levels_of(q)[lv] for q, lv in chosen},
         levels=best.levels,
         suppressed_cells=best.suppressed_cells,
         suppressed_by_column={

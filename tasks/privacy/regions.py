@@ -85,20 +85,6 @@ CONTINENTS: tuple[str, ...] = tuple(_HIERARCHY)
 SUB_REGIONS: tuple[str, ...] = tuple(s for subs in _HIERARCHY.values() for s in subs)
 
 
-def _normalized(code: str | None) -> str:
-    return (code or "").strip().upper()
-
-
-def sub_region_of(code: str | None) -> str:
-    """The sub-region of an ISO alpha-2 code (any case), or UNKNOWN."""
-    return SUB_REGION_OF.get(_normalized(code), UNKNOWN)
-
-
-def continent_of(code: str | None) -> str:
-    """The continent of an ISO alpha-2 code (any case), or UNKNOWN."""
-    return CONTINENT_OF.get(_normalized(code), UNKNOWN)
-
-
 def map_codes(codes: pa.Array | pa.ChunkedArray, level: str) -> pa.Array:
     """Vectorized code -> "sub_region" or "continent" label; unknown or null codes -> UNKNOWN."""
     mapping = {"sub_region": SUB_REGION_OF, "continent": CONTINENT_OF}.get(level)

@@ -38,7 +38,6 @@ __all__ = [
     "SuiteLoadError",
     "ValidationError",
     "ValidationSummary",
-    "ensure_valid",
     "load_suite_file",
     "quarantine",
     "validate_analytical",
@@ -120,13 +119,6 @@ class ValidationError(PipelineError):
     def __init__(self, summary: ValidationSummary) -> None:
         super().__init__(summary.failures_text())
         self.summary = summary
-
-
-def ensure_valid(summary: ValidationSummary) -> ValidationSummary:
-    """Return the summary if it succeeded, else raise ValidationError."""
-    if not summary.success:
-        raise ValidationError(summary)
-    return summary
 
 
 # String columns with few distinct values (masks, gender, countries, age groups, domains) go to

@@ -1,12 +1,11 @@
 """Plotly charts for the report, rendered to static PNGs by kaleido (headless Chromium).
 
-Chromium takes ~2 s to start, the charts ~0.2 s each: `prestart()` starts the browser on a
-background thread early in a run, and `render_pngs` later renders every chart in that session.
+Chromium takes ~2 s to start, the charts ~0.2 s each: `prestart()` starts kaleido's sync server
+(one browser) early in a run, and `render_pngs` later renders every chart in it, then stops it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import concurrent.futures
 import logging
@@ -22,12 +21,12 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
+from tasks.common.schemas import AGE_GROUPS
+
 # Names of the chart images; `tasks.reporting.artifacts.report_markdown` looks images up by these.
 CHART_TOP_COUNTRIES = "top-gmail-countries"
 CHART_AGE_GROUPS = "gmail-by-age-group"
 CHART_HISTORY = "germany-gmail-share-history"
-
-AGE_GROUPS: tuple[str, ...] = (*(f"[{lo}-{lo + 10}]" for lo in range(0, 90, 10)), "[90+]")
 
 # Env names a user may set to point at a browser; the first one set is authoritative.
 BROWSER_ENV_VARS = ("BROWSER_PATH", "CHROME_PATH")
@@ -35,12 +34,11 @@ BROWSER_ENV_VARS = ("BROWSER_PATH", "CHROME_PATH")
 ALLOW_DOWNLOAD_ENV = "CHARTS_ALLOW_BROWSER_DOWNLOAD"
 DOWNLOAD_TIMEOUT_SECONDS = 120.0
 RENDER_TIMEOUT_SECONDS = 60.0
-# Time for kaleido to close (and if need be kill) the browser after the render deadline, and the
-# margin on top of both before we stop waiting for the render thread and kill the browser ourselves.
+# How long kaleido may take to stop its browser before we kill it (at exit: less), and how long
+# the stop may take after the kill.
 _CLOSE_GRACE_SECONDS = 10.0
-_JOIN_MARGIN_SECONDS = 5.0
-# How long the exit hook gives each still-open browser to close before killing it.
 _EXIT_GRACE_SECONDS = 3.0
+_KILLED_GRACE_SECONDS = 5.0
 # A pre-started browser that is neither used nor closed by then closes itself.
 PRESTART_IDLE_SECONDS = 1800.0
 
@@ -100,30 +98,31 @@ def _label(value: Any) -> str:
     return "0" if pd.isna(value) else f"{int(value):,}"
 
 
-def _heights(values: Any) -> list[int | None]:
+def _bar_chart(labels: list[str], values: list[Any], text: list[str]) -> go.Figure:
     # Hidden counts get no bar: a bar of any height would reveal or misstate them.
-    return [None if isinstance(v, str) else int(v) for v in values]
-
-
-def top_countries_chart(df: pd.DataFrame) -> go.Figure:
-    """Bar chart of Gmail users per country for the top-ranked countries (ties share a rank)."""
-    data = df.sort_values(["rank", "gmail_users", "country"], ascending=[True, False, True])
-    countries = [str(c) for c in data["country"]]
-    users = _heights(data["gmail_users"])
-    ranks = [int(r) for r in data["rank"]]
+    heights = [None if isinstance(v, str) else int(v) for v in values]
     fig = go.Figure(
         go.Bar(
-            x=countries,
-            y=users,
-            text=[f"#{r}: {_label(u)}" for r, u in zip(ranks, data["gmail_users"], strict=True)],
+            x=labels,
+            y=heights,
+            text=text,
             textposition="outside",
             marker_color=_BAR_COLOR,
             cliponaxis=False,
         )
     )
-    # Keep the rank order even when a category name would sort differently.
-    fig.update_xaxes(categoryorder="array", categoryarray=countries)
+    # Keep the given order even when a category name would sort differently.
+    fig.update_xaxes(categoryorder="array", categoryarray=labels)
     fig.update_yaxes(rangemode="tozero")
+    return fig
+
+
+def top_countries_chart(df: pd.DataFrame) -> go.Figure:
+    """Bar chart of Gmail users per country for the top-ranked countries (ties share a rank)."""
+    data = df.sort_values(["rank", "gmail_users", "country"], ascending=[True, False, True])
+    users = list(data["gmail_users"])
+    text = [f"#{int(r)}: {_label(u)}" for r, u in zip(data["rank"], users, strict=True)]
+    fig = _bar_chart([str(c) for c in data["country"]], users, text)
     return _layout(
         fig, "Top countries by Gmail users (ties share a rank)", "Country", "Gmail users"
     )
@@ -135,18 +134,7 @@ def age_group_chart(df: pd.DataFrame) -> go.Figure:
     # Empty groups are shown as 0 so the x axis is the same from run to run.
     labels = list(AGE_GROUPS) + [g for g in counts if g not in AGE_GROUPS]
     values = [counts.get(g, 0) for g in labels]
-    fig = go.Figure(
-        go.Bar(
-            x=labels,
-            y=_heights(values),
-            text=[_label(v) for v in values],
-            textposition="outside",
-            marker_color=_BAR_COLOR,
-            cliponaxis=False,
-        )
-    )
-    fig.update_xaxes(categoryorder="array", categoryarray=labels)
-    fig.update_yaxes(rangemode="tozero")
+    fig = _bar_chart(labels, values, [_label(v) for v in values])
     return _layout(fig, "Gmail users by age group", "Age group (years)", "Gmail users")
 
 
@@ -200,19 +188,15 @@ def build_charts(
     return figures
 
 
-# --- browser --------------------------------------------------------------------------------------
+# --- finding the browser --------------------------------------------------------------------------
 
 
-def _executable(path: str | os.PathLike[str]) -> bool:
-    return Path(path).is_file() and os.access(path, os.X_OK)
-
-
-def _download_allowed() -> bool:
-    return os.environ.get(ALLOW_DOWNLOAD_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+def _executable(path: str | None) -> bool:
+    return bool(path) and Path(str(path)).is_file() and os.access(str(path), os.X_OK)
 
 
 def _download_chrome(timeout: float) -> str | None:
-    """Run kaleido's Chrome download in a daemon thread so a stuck connection can't block us."""
+    """kaleido's Chrome download, given up after `timeout` s (its urllib call has no timeout)."""
     result: list[str] = []
 
     def download() -> None:
@@ -223,79 +207,35 @@ def _download_chrome(timeout: float) -> str | None:
         except Exception as exc:  # best effort: any failure means "no browser"
             _log.debug("kaleido.get_chrome_sync() failed: %s", exc)
 
-    # urllib inside get_chrome_sync has no timeout of its own, hence the bounded join.
     thread = threading.Thread(target=download, name="kaleido-get-chrome", daemon=True)
     thread.start()
     thread.join(timeout)
-    if thread.is_alive() or not result:
-        return None
-    return result[0] if _executable(result[0]) else None
+    return result[0] if result and _executable(result[0]) else None
 
 
 def find_browser(
     *, allow_download: bool | None = None, download_timeout: float = DOWNLOAD_TIMEOUT_SECONDS
 ) -> str | None:
     """Path of a usable Chrome/Chromium: env, system install, kaleido's own, opt-in download."""
+    # kaleido reads BROWSER_PATH only, prefers Chrome to the system's Chromium, never downloads.
     for var in BROWSER_ENV_VARS:
         if value := os.environ.get(var, "").strip():
             # An explicit setting wins, as it does in choreographer; a wrong one means no charts.
-            if _executable(value):
-                return value
-            _log.debug("%s=%r is not an executable browser", var, value)
-            return None
-
-    if _executable("/usr/bin/chromium"):
-        return "/usr/bin/chromium"
-    for name in ("chromium", "google-chrome", "chrome"):
-        if (found := shutil.which(name)) and _executable(found):
-            return found
-
+            return value if _executable(value) else None
+    found = ["/usr/bin/chromium", *map(shutil.which, ("chromium", "google-chrome", "chrome"))]
     try:
         from choreographer.browsers.chromium import Chromium
 
-        # Covers kaleido's earlier downloads and the other Chromium-based browsers it knows.
-        if (found := Chromium.find_browser(skip_local=False)) and _executable(found):
-            return found
-    except Exception as exc:
-        _log.debug("choreographer browser search failed: %s", exc)
-
+        # kaleido's earlier downloads and the other Chromium-based browsers choreographer knows.
+        found.append(Chromium.find_browser(skip_local=False))
+    except Exception as exc:  # best effort, like the rest of the search
+        _log.debug("choreographer's browser search failed: %s", exc)
+    if path := next(filter(_executable, found), None):
+        return path
     if allow_download is None:
-        allow_download = _download_allowed()
-    if allow_download:
-        return _download_chrome(download_timeout)
-    return None
-
-
-# --- rendering ------------------------------------------------------------------------------------
-
-
-def _offline_chromium_cls() -> type:
-    from choreographer.browsers.chromium import Chromium
-
-    class OfflineChromium(Chromium):
-        """Chromium with network-avoiding flags; choreographer has no extra-args option."""
-
-        def get_cli(self) -> list[str]:
-            return [*super().get_cli(), *OFFLINE_CHROMIUM_FLAGS]
-
-    return OfflineChromium
-
-
-def _terminate_browser(k: Any, wait: float) -> None:
-    # choreographer starts the browser in a session of its own behind a wrapper process whose
-    # SIGTERM handling takes seconds; killing the whole group stops wrapper and browser at once.
-    try:
-        proc = getattr(k, "subprocess", None)
-        if proc is None or proc.poll() is not None:
-            return
-        if hasattr(os, "killpg"):
-            os.killpg(proc.pid, signal.SIGKILL)
-        else:
-            proc.kill()
-        if wait:
-            proc.wait(wait)
-    except Exception as exc:
-        _log.debug("could not stop the browser process: %s", exc)
+        opted_in = os.environ.get(ALLOW_DOWNLOAD_ENV, "").strip().lower()
+        allow_download = opted_in in {"1", "true", "yes", "on"}
+    return _download_chrome(download_timeout) if allow_download else None
 
 
 def _no_browser_reason(path: str | None) -> str:
@@ -309,300 +249,184 @@ def _no_browser_reason(path: str | None) -> str:
 
 def _brief(exc: BaseException) -> str:
     # choreographer packs several sentences into args; one short line is enough for the log.
-    text = " ".join(str(a) for a in exc.args) if exc.args else ""
-    text = f"{type(exc).__name__}: {text}".strip().rstrip(":")
+    text = f"{type(exc).__name__}: {' '.join(map(str, exc.args))}".strip().rstrip(":")
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-class _NoBrowserError(RuntimeError):
-    """No usable browser executable; the message says why."""
+# --- kaleido's sync server, with what it lacks ----------------------------------------------------
 
 
-def _finish_loop(loop: asyncio.AbstractEventLoop) -> None:
-    # What asyncio.run does on the way out: cancel leftovers (kaleido's and choreographer's
-    # helpers), then close async generators and the default executor.
-    pending = asyncio.all_tasks(loop)
-    for task in pending:
-        task.cancel()
-    if pending:
-        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-    loop.run_until_complete(loop.shutdown_asyncgens())
-    loop.run_until_complete(loop.shutdown_default_executor())
+def _kaleido_server() -> Any:
+    import kaleido
+
+    # The singleton behind kaleido.start_sync_server. Calls go to it, not through calc_fig_sync,
+    # which quietly starts a one-off browser (online, no deadline) when the server is not running.
+    return kaleido._global_server
 
 
-def _retrieve_exception(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
+class _BrowserGone(RuntimeError):
+    """kaleido's server renders no more: its browser failed, died or missed the deadline."""
 
 
-class BrowserSession:
-    """One kaleido browser on an event loop thread of its own, usable from any thread.
+class ChartBrowser:
+    """One run of kaleido's sync server (one Chromium for every chart), on a thread of its own.
 
-    Chromium starts in the background as soon as the session exists (about 2 s); `render` waits for
-    that start if it is still running. `close()` is idempotent, works from any thread, never
-    raises, and an exit hook closes whatever is still open when the interpreter exits.
+    That thread finds the browser, starts the server, waits for `close()` (or, if no render took
+    the browser, the idle timeout) and stops the server. kaleido runs one server per process, so
+    a new ChartBrowser stops the previous one first.
     """
 
-    def __init__(
-        self,
-        browser: str | None = None,
-        timeout: float = RENDER_TIMEOUT_SECONDS,
-        *,
-        idle_timeout: float | None = None,
-    ) -> None:
-        # None: find_browser() on the session's thread, so even that stays off the caller's path.
-        self.browser = browser
-        self.path: str | None = browser
-        self.timeout = timeout
-        self._kaleido: Any = None
-        self._open_task: asyncio.Task[Any] | None = None
-        # Settled by the start-up, readable from any thread.
-        self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._lock = threading.Lock()
-        self._claimed = False
-        self._closing: concurrent.futures.Future[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.Thread(
-            target=self._run, args=(idle_timeout,), name="kaleido-session", daemon=True
+    def __init__(self, browser: str | None, timeout: float, idle: float | None = None) -> None:
+        global _current
+        self.browser, self.timeout, self.taken = browser, timeout, False
+        self.path: str | None = None
+        self.profile: str | None = None  # Chromium's --user-data-dir: how kill() finds it
+        self.server: threading.Thread | None = None  # kaleido's server thread
+        self.error: BaseException | None = None  # what that thread died of
+        self.started, self.stopping = threading.Event(), threading.Event()
+        self.calls = threading.Lock()  # kaleido answers every caller through one queue
+        with _LOCK:
+            self.previous, _current = _current, self
+        # Started now rather than in close(): Python 3.12+ starts no threads in exit hooks.
+        self.thread = threading.Thread(target=self._run, args=(idle,), name="chart-browser")
+        self.thread.daemon = True
+        self.thread.start()
+
+    def _run(self, idle: float | None) -> None:
+        try:
+            # Finding the browser (even downloading it) happens here too, off the caller's path.
+            self.path = self.browser if self.browser is not None else find_browser()
+            previous, self.previous = self.previous, None  # not a chain of every one ever made
+            if previous is not None:
+                previous.close()
+            if _executable(self.path):
+                self._start_server()
+        except Exception as exc:
+            self.error = exc
+        finally:
+            self.started.set()
+        while self.server and not self.stopping.wait(idle) and not self.take():
+            idle = None  # taken by a render: wait for its close, however long
+        if self.server:
+            _kaleido_server().close(silence_warnings=True)  # = kaleido.stop_sync_server()
+
+    def _start_server(self) -> None:
+        global _other_excepthook
+        import kaleido
+        from choreographer.browsers.chromium import Chromium
+
+        if _kaleido_server().is_running():
+            raise RuntimeError("the previous chart browser is still closing")
+        chart_browser = self
+
+        class OfflineChromium(Chromium):
+            """choreographer's Chromium with the offline flags: it has no option for extra ones."""
+
+            def get_cli(self) -> list[str]:
+                return [*super().get_cli(), *OFFLINE_CHROMIUM_FLAGS]
+
+            def pre_open(self) -> None:
+                super().pre_open()
+                chart_browser.profile = str(self.tmp_dir.path)  # kaleido keeps the process
+
+        if threading.excepthook is not _server_died:
+            _other_excepthook, threading.excepthook = threading.excepthook, _server_died
+        # mathjax=False: kaleido would load MathJax from a CDN. choreographer already runs Chromium
+        # with --no-sandbox, which running as root needs.
+        kaleido.start_sync_server(
+            path=self.path, mathjax=False, timeout=self.timeout, browser_cls=OfflineChromium
         )
-        try:
-            self._loop = asyncio.new_event_loop()
-            _track(self)
-            self._thread.start()
-        except Exception as exc:  # no loop or no thread: a session that renders nothing
-            _untrack(self)
-            if self._loop is not None:
-                self._loop.close()
-            self._ready.set_exception(exc)
+        self.server = _kaleido_server()._thread
+        # kaleido's exit hook (one more per start) waits for the browser without limit; exit hooks
+        # run last-in first-out, so ours, bounded, comes first.
+        atexit.unregister(_close_at_exit)
+        atexit.register(_close_at_exit)
 
-    # -- the session's own thread ------------------------------------------------------------------
+    def take(self) -> bool:
+        """Claim the browser for one render (False once taken or closing)."""
+        with _LOCK:
+            taken, self.taken = self.taken or self.stopping.is_set(), True
+        return not taken
 
-    def _run(self, idle_timeout: float | None) -> None:
-        loop = self._loop
-        assert loop is not None
-        asyncio.set_event_loop(loop)
-        try:
-            # Created before the loop runs, so every coroutine submitted later sees it.
-            self._open_task = loop.create_task(self._open())
-            # A failed start is reported through `_ready` and `render`; don't log it again.
-            self._open_task.add_done_callback(_retrieve_exception)
-            if idle_timeout is not None:
-                loop.call_later(idle_timeout, self._close_if_unclaimed)
-            loop.run_forever()
-        except BaseException as exc:  # this thread must never raise
-            _log.debug("browser session loop failed: %s", _brief(exc))
-        finally:
-            try:
-                _finish_loop(loop)
-            except BaseException as exc:
-                _log.debug("browser session clean-up failed: %s", _brief(exc))
-            finally:
-                loop.close()
-                asyncio.set_event_loop(None)
-                if not self._ready.done():
-                    self._ready.set_exception(RuntimeError("browser session ended"))
-                _untrack(self)
+    def call(self, deadline: float, method: str, *args: Any, **kwargs: Any) -> Any:
+        """A Kaleido method run by the server; _BrowserGone past `deadline` or once it died."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
-    async def _open(self) -> Any:
-        try:
-            path = self.browser if self.browser is not None else find_browser()
-            self.path = path
-            if path is None or not _executable(path):
-                raise _NoBrowserError(_no_browser_reason(path))
-            import kaleido
-
-            # mathjax=False: kaleido would otherwise load MathJax from a CDN. Choreographer already
-            # starts Chromium with --no-sandbox (enable_sandbox defaults to False), which running as
-            # root needs.
-            k = kaleido.Kaleido(
-                path=path,
-                mathjax=False,
-                timeout=self.timeout,
-                browser_cls=_offline_chromium_cls(),
-            )
-            self._kaleido = k
-            limit = asyncio.timeout(self.timeout)
-            try:
-                async with limit:
-                    await k.open()
-            except BaseException:
-                # A browser that failed or missed the deadline may never answer kaleido's polite
-                # Browser.close; once it is gone, the close is quick. Blocking this loop briefly is
-                # fine: it is ours alone.
-                _terminate_browser(k, wait=3)
-                if limit.expired():
-                    raise TimeoutError(f"timed out after {self.timeout:.0f} s") from None
-                raise
-        except BaseException as exc:
-            self._ready.set_exception(
-                exc if isinstance(exc, Exception) else RuntimeError("browser start cancelled")
-            )
-            raise
-        self._ready.set_result(None)
-        return k
-
-    async def _render(
-        self,
-        figures: Mapping[str, go.Figure],
-        opts: dict[str, Any],
-        deadline: float,
-        out: dict[str, bytes | None],
-        errors: list[str],
-    ) -> None:
-        assert self._open_task is not None
-        limit = asyncio.timeout(deadline)
-        try:
-            async with limit:
-                # Waits for a start still under way; a cancelled wait cancels the start too.
-                k = await self._open_task
-                for name, fig in figures.items():
-                    try:
-                        out[name] = await k.calc_fig(fig, opts=opts)
-                    except Exception as exc:
-                        errors.append(f"{name}: {_brief(exc)}")
-        except BaseException:
-            self._terminate(wait=3)
-            if not limit.expired():
-                raise
-            # Whatever kaleido raised on cancellation says less than this.
-            errors.append(f"timed out after {deadline:.0f} s")
-
-    async def _aclose(self) -> None:
-        try:
-            task = self._open_task
-            if task is not None and not task.done():
-                task.cancel()
-                await asyncio.wait([task], timeout=_CLOSE_GRACE_SECONDS)
-            if (k := self._kaleido) is not None:
+        def run() -> None:
+            with self.calls:
                 try:
-                    async with asyncio.timeout(_CLOSE_GRACE_SECONDS):
-                        await k.close()
+                    future.set_result(_kaleido_server().call_function(method, *args, **kwargs))
                 except BaseException as exc:
-                    _log.debug("kaleido close failed: %s", _brief(exc))
-                    _terminate_browser(k, wait=3)
-        finally:
-            asyncio.get_running_loop().stop()
+                    future.set_exception(exc)
 
-    def _close_if_unclaimed(self) -> None:
-        # Idle safety net for a pre-started browser nobody rendered with nor closed.
-        if self._begin_close(unless_claimed=True):
-            _log.debug("closed a pre-started browser that was never used")
-
-    # -- any thread --------------------------------------------------------------------------------
-
-    def _submit(self, coro: Any) -> concurrent.futures.Future[Any] | None:
-        loop = self._loop
-        try:
-            if loop is None or loop.is_closed():
-                raise RuntimeError("event loop is closed")
-            return asyncio.run_coroutine_threadsafe(coro, loop)
-        except RuntimeError:
-            coro.close()
-            return None
-
-    def _terminate(self, wait: float) -> None:
-        if self._kaleido is not None:
-            _terminate_browser(self._kaleido, wait=wait)
-
-    def _claim(self) -> bool:
-        # One render per pre-started session; False once it is closing or already taken.
-        with self._lock:
-            if self._claimed or self._closing is not None:
-                return False
-            self._claimed = True
-            return True
+        self.started.wait(max(0.0, deadline - time.monotonic()))
+        if self.server is not None and self.server.is_alive():
+            threading.Thread(target=run, name="kaleido-call", daemon=True).start()
+        # kaleido's call waits without limit, even on a server thread that has died (the call is
+        # then left waiting on its daemon thread): wait for the answer, the death or the deadline.
+        while not concurrent.futures.wait([future], timeout=0.05).done:
+            if self.server is None or not self.server.is_alive():
+                raise _BrowserGone(_brief(self.error) if self.error else "no browser running")
+            if time.monotonic() > deadline:
+                raise _BrowserGone(f"timed out after {self.timeout:.0f} s")
+        return future.result()
 
     def wait_ready(self, timeout: float) -> bool:
-        """True once the browser is up and running; False if it failed or is not up in time."""
+        """True once the browser answers; False if it is missing, failed or not up in time."""
+        deadline = time.monotonic() + timeout
         try:
-            self._ready.result(timeout)
-        except (Exception, asyncio.CancelledError):
+            return "error" not in self.call(deadline, "send_command", "Browser.getVersion")
+        except Exception:
             return False
-        proc = getattr(self._kaleido, "subprocess", None)
-        return proc is not None and proc.poll() is None
 
-    def render(
-        self, figures: Mapping[str, go.Figure], opts: dict[str, Any], timeout: float
-    ) -> tuple[dict[str, bytes | None], list[str]]:
-        """Render the figures one after another in this session: (PNG or None by name, errors)."""
-        out: dict[str, bytes | None] = dict.fromkeys(figures)
-        errors: list[str] = []
-        future = self._submit(self._render(figures, opts, timeout, out, errors))
-        if future is None:
-            return dict.fromkeys(figures), ["the browser session is closed"]
-        try:
-            # Bounded: a browser stuck in kaleido's own close must not hang the run.
-            future.result(timeout + _CLOSE_GRACE_SECONDS + _JOIN_MARGIN_SECONDS)
-        except TimeoutError:
-            future.cancel()
-            self._terminate(wait=5)
-            return dict.fromkeys(figures), [f"render thread still busy after {timeout:.0f} s"]
-        except (Exception, asyncio.CancelledError) as exc:  # reported by the caller
-            errors.append(_brief(exc))
-        return {name: out.get(name) for name in figures}, list(errors)
+    def kill(self) -> None:
+        """SIGKILL the browser's process group: a hung browser ignores kaleido's polite close."""
+        # choreographer starts Chromium in a process group of its own, so it would outlive us.
+        # The profile dir in its command line finds it (Linux /proc; elsewhere nothing is found).
+        marker = f"--user-data-dir={self.profile}".encode()
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline") if self.profile else ():
+            try:
+                if marker in cmdline.read_bytes().split(b"\0"):
+                    group = os.getpgid(int(cmdline.parent.name))
+                    if group != os.getpgrp():  # never our own, however it got there
+                        os.killpg(group, signal.SIGKILL)
+            except OSError:
+                continue  # gone meanwhile
 
-    def _begin_close(self, *, unless_claimed: bool = False) -> bool:
-        # Under the lock, so a render can't claim a session that is already on its way out.
-        with self._lock:
-            if self._closing is not None or (unless_claimed and self._claimed):
-                return False
-            self._closing = self._submit(self._aclose()) or concurrent.futures.Future()
-            return True
+    def close(self, wait: bool = True, grace: float = _CLOSE_GRACE_SECONDS) -> None:
+        """Stop the browser (idempotent, any thread, never raises); wait=False returns at once."""
+        self.stopping.set()
+        if wait and self.thread is not threading.current_thread():
+            self.thread.join(grace)
+            if self.thread.is_alive():  # kaleido's stop waits without limit for a hung browser
+                self.kill()
+                self.thread.join(_KILLED_GRACE_SECONDS)
 
-    def close(self, wait: bool = True) -> None:
-        """Close the browser (idempotent, any thread, never raises); wait=False returns at once."""
-        try:
-            self._begin_close()
-            if wait:
-                self._join(_CLOSE_GRACE_SECONDS + _JOIN_MARGIN_SECONDS)
-        except Exception as exc:
-            _log.debug("closing the browser session failed: %s", _brief(exc))
-
-    def _join(self, timeout: float) -> None:
-        if self._thread.ident is None or self._thread is threading.current_thread():
-            return
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            # Last resort when kaleido's own close is stuck too.
-            self._terminate(wait=5)
-
-    def __enter__(self) -> BrowserSession:
+    def __enter__(self) -> ChartBrowser:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 
-# Sessions whose thread is still running, for the exit hook.
-_LIVE: set[BrowserSession] = set()
-_LIVE_LOCK = threading.Lock()
-_EXIT_HOOK: list[bool] = []
-# The session prestart() made and render_pngs has not taken yet.
-_prestarted: BrowserSession | None = None
-_PRESTARTED_LOCK = threading.Lock()
+_LOCK = threading.Lock()
+_current: ChartBrowser | None = None  # the newest; the only one whose server may be running
+_other_excepthook = threading.excepthook
 
 
-def _track(session: BrowserSession) -> None:
-    with _LIVE_LOCK:
-        if not _EXIT_HOOK:
-            atexit.register(_close_all)
-            _EXIT_HOOK.append(True)
-        _LIVE.add(session)
+def _server_died(args: threading.ExceptHookArgs) -> None:
+    # kaleido's server thread dies of a browser that failed to start. Python would print that as
+    # a traceback (the CLI prints none); it goes into render_pngs' one warning instead.
+    chart_browser = _current
+    if chart_browser is not None and chart_browser.server is args.thread is not None:
+        chart_browser.error = args.exc_value
+    else:
+        _other_excepthook(args)
 
 
-def _untrack(session: BrowserSession) -> None:
-    with _LIVE_LOCK:
-        _LIVE.discard(session)
-
-
-def _close_all() -> None:
-    # choreographer runs Chromium in a session of its own, so it would outlive this process.
-    with _LIVE_LOCK:
-        sessions = list(_LIVE)
-    for session in sessions:
-        session.close(wait=False)
-    for session in sessions:
-        session._join(_EXIT_GRACE_SECONDS)
+def _close_at_exit() -> None:
+    if (chart_browser := _current) is not None:
+        chart_browser.close(grace=_EXIT_GRACE_SECONDS)
 
 
 def prestart(
@@ -610,37 +434,12 @@ def prestart(
     browser: str | None = None,
     timeout: float = RENDER_TIMEOUT_SECONDS,
     idle_timeout: float | None = PRESTART_IDLE_SECONDS,
-) -> BrowserSession:
-    """Start the chart browser in the background now, for the next `render_pngs`; never raises.
+) -> ChartBrowser:
+    """Start the chart browser in the background for the next `render_pngs`; never raises.
 
-    Returns at once. Close the session in a `finally`: after render_pngs took it, that only waits
-    for the background close. A later prestart() replaces (and closes) one that was never used.
+    Returns at once; close it in a `finally` or use it as a context manager.
     """
-    global _prestarted
-    session = BrowserSession(browser, timeout, idle_timeout=idle_timeout)
-    with _PRESTARTED_LOCK:
-        previous, _prestarted = _prestarted, session
-    if previous is not None:
-        previous.close(wait=False)
-    return session
-
-
-def _take_prestarted(browser: str | None, timeout: float) -> BrowserSession | None:
-    """The pre-started session if it fits the call and its browser came up, else None."""
-    global _prestarted
-    with _PRESTARTED_LOCK:
-        session = _prestarted
-        if session is None or (browser is not None and session.browser != browser):
-            return None
-        _prestarted = None
-    if not session._claim():
-        return None
-    if session.wait_ready(timeout):
-        return session
-    # Start-up failed (or the browser died since): try a fresh session, as without prestart.
-    _log.debug("pre-started browser unusable; starting a new one")
-    session.close(wait=False)
-    return None
+    return ChartBrowser(browser, timeout, idle_timeout)
 
 
 def render_pngs(
@@ -652,43 +451,44 @@ def render_pngs(
     browser: str | None = None,
     timeout: float = RENDER_TIMEOUT_SECONDS,
 ) -> dict[str, bytes | None]:
-    """PNG bytes per figure name, all from one browser session; None where it can't render.
+    """PNG bytes per figure name, all from one browser; None where it can't render. Never raises.
 
-    Uses the browser `prestart()` started if there is one (and closes it in the background),
-    otherwise starts one now and closes it before returning. Never raises.
+    Uses (and stops, in the background) the browser `prestart()` started if it answers,
+    otherwise starts one now and stops it before returning.
     """
     out: dict[str, bytes | None] = dict.fromkeys(figures)
     if not figures:
         return out
-    started = time.monotonic()
-    opts = {"format": "png", "width": width, "height": height, "scale": scale}
-    session = _take_prestarted(browser, timeout)
-    prestarted = session is not None
-    if session is None:
+    chart_browser = _current
+    prestarted = (
+        chart_browser is not None
+        and browser in (None, chart_browser.browser)
+        and chart_browser.take()
+        and chart_browser.wait_ready(timeout)
+    )
+    if chart_browser is None or not prestarted:  # none, or it failed: a new one stops it
         path = browser if browser is not None else find_browser()
-        if path is None or not _executable(path):
+        if not _executable(path):
             _logger().warning("Charts not rendered: %s.", _no_browser_reason(path))
             return out
-        session = BrowserSession(path, timeout)
+        chart_browser = ChartBrowser(path, timeout)
+    opts = {"format": "png", "width": width, "height": height, "scale": scale}
+    deadline, errors = time.monotonic() + timeout, []
     try:
-        result, errors = session.render(figures, opts, timeout)
+        for name, fig in figures.items():
+            try:
+                out[name] = chart_browser.call(deadline, "calc_fig", fig, opts=opts)
+            except _BrowserGone as exc:
+                errors.append(str(exc))
+                chart_browser.kill()  # past the deadline it may be hung: don't wait to stop it
+                break
+            except Exception as exc:
+                errors.append(f"{name}: {_brief(exc)}")
     finally:
-        # A pre-started session's owner (or the exit hook) waits for the close; ours we wait for.
-        session.close(wait=not prestarted)
-
-    if errors or any(png is None for png in result.values()):
-        missing = [name for name, png in result.items() if png is None]
-        _logger().warning(
-            "Charts not rendered with %s (%s): %s",
-            session.path,
-            ", ".join(missing),
-            "; ".join(errors) or "no image returned",
-        )
-    else:
-        _log.debug(
-            "rendered %d charts in %.1f s (%s browser)",
-            len(result),
-            time.monotonic() - started,
-            "pre-started" if prestarted else "new",
-        )
-    return result
+        # A pre-started browser's owner (or the exit hook) waits for its stop; ours we wait for.
+        chart_browser.close(wait=not prestarted)
+    if errors or None in out.values():
+        missing = ", ".join(name for name, png in out.items() if png is None)
+        why = "; ".join(errors) or "no image returned"
+        _logger().warning("Charts not rendered with %s (%s): %s", chart_browser.path, missing, why)
+    return out

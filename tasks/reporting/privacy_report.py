@@ -69,6 +69,31 @@ def _scan_lines(scan: LeakScanReport) -> list[str]:
     return lines
 
 
+def _extract_lines(extract: ShareableExtract) -> list[str]:
+    suppressed = ", ".join(
+        f"{column} {count:,}" for column, count in extract.suppressed_by_column.items()
+    )
+    return [
+        "## Shareable extract",
+        "",
+        f"**Rows:** {extract.table.num_rows:,} · **k_min:** {extract.k_min:,} · "
+        f"**Locally suppressed cells:** {extract.suppressed_cells:,} · "
+        f"**Records removed:** {extract.records_removed:,}",
+        "",
+        "| quasi-identifier | generalized to |",
+        "|:---|:---|",
+        *[f"| {qi} | {level} |" for qi, level in extract.steps.items()],
+        "",
+        f"Suppressed cells by column: {suppressed}.",
+        "",
+        f"Chosen among {len(extract.candidates)} generalization candidates: the fewest `*` "
+        "cells (local suppression plus columns generalized to `*`), then the fewest removed "
+        "records, then the lowest generalization levels. Best candidates:",
+        "",
+        *_candidate_rows(extract),
+    ]
+
+
 def privacy_markdown(
     metrics: RiskMetrics,
     extract: ShareableExtract,
@@ -80,9 +105,6 @@ def privacy_markdown(
     """The privacy-report markdown: risk, domain collapse, the extract's steps and the leak scan."""
     title = f"# Privacy report, {run_date}" if run_date is not None else "# Privacy report"
     affected = f" ({records_collapsed:,} records)" if records_collapsed is not None else ""
-    suppressed = ", ".join(
-        f"{column} {count:,}" for column, count in extract.suppressed_by_column.items()
-    )
     lines = [
         title,
         "",
@@ -104,23 +126,7 @@ def privacy_markdown(
         f"`other`{affected}; gmail.com, hotmail.com and yahoo.com are always kept, so the "
         "reports' answers do not change.",
         "",
-        "## Shareable extract",
-        "",
-        f"**Rows:** {extract.table.num_rows:,} · **k_min:** {extract.k_min:,} · "
-        f"**Locally suppressed cells:** {extract.suppressed_cells:,} · "
-        f"**Records removed:** {extract.records_removed:,}",
-        "",
-        "| quasi-identifier | generalized to |",
-        "|:---|:---|",
-        *[f"| {qi} | {level} |" for qi, level in extract.steps.items()],
-        "",
-        f"Suppressed cells by column: {suppressed}.",
-        "",
-        f"Chosen among {len(extract.candidates)} generalization candidates: the fewest `*` "
-        "cells (local suppression plus columns generalized to `*`), then the fewest removed "
-        "records, then the lowest generalization levels. Best candidates:",
-        "",
-        *_candidate_rows(extract),
+        *_extract_lines(extract),
         "",
         "## Leak scan",
         "",

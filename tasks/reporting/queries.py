@@ -1,4 +1,4 @@
-"""The SQL reports: run them live, or read the answers stored with each run date's batch."""
+"""The SQL reports: their keys and count columns, and the answers stored with each date's batch."""
 
 from __future__ import annotations
 
@@ -42,11 +42,6 @@ def _sql_name(name: str) -> str:
     if sql_name not in REPORT_TABLES:
         raise KeyError(f"unknown report {name!r}; known: {[*REPORTS, *CHARTS]}")
     return sql_name
-
-
-def run_report(con: duckdb.DuckDBPyConnection, name: str, run_date: datetime.date) -> pd.DataFrame:
-    """Run one report query (artifact key or SQL name) against persons_anonymized for run_date."""
-    return con.execute(read_sql(_sql_name(name)), {"run_date": run_date}).df()
 
 
 def stored_report(

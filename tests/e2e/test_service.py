@@ -22,7 +22,9 @@ def _client(service: Service):
         return get_client(sync_client=True)
 
 
-def test_deployment_run_completes_and_publishes_the_reports(service: Service, daily_run: Run):
+def test_deployment_run_completes_and_publishes_the_reports(
+    service: Service, daily_run: Run, chromium: str
+):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     assert daily_run.returncode == 0, daily_run.output

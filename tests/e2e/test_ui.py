@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
-from pathlib import Path
 
 import pytest
 
@@ -13,9 +11,9 @@ from tests.e2e.conftest import Run, Service
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOT = PROJECT_DIR / "screenshots" / "user-metrics-report.png"
-# Debian's browser, never a downloaded one; root needs --no-sandbox.
+# The browser the pipeline finds (Debian's chromium), never a downloaded one; root needs
+# --no-sandbox.
 CHROMIUM_ARGS = [
     "--headless=new",
     "--no-sandbox",
@@ -35,8 +33,9 @@ def _answers(markdown: str) -> list[str]:
     return [re.sub(r"\\(.)", r"\1", a) for a in answers]
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
-def test_report_artifact_page_shows_charts_and_answers(service: Service, daily_run: Run):
+def test_report_artifact_page_shows_charts_and_answers(
+    service: Service, daily_run: Run, chromium: str
+):
     from playwright.sync_api import sync_playwright
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
@@ -57,7 +56,7 @@ def test_report_artifact_page_shows_charts_and_answers(service: Service, daily_r
 
     url = f"{service.server_url.removesuffix('/api')}/artifacts/artifact/{report.id}"
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 2000})
             page.goto(url)

@@ -59,7 +59,7 @@ def test_no_raw_value_reaches_the_lake_or_prefect_results(api, pipeline_env, pre
     summary = user_metrics_pipeline(
         api_url=api.base_url, records=3000, page_size=1000, run_date=RUN_DATE, seed=77
     )
-    served = served_records(api.base_url, 3000, 1000, RUN_DATE, seed=77)
+    served = served_records(api)
     secrets = raw_values(served, RUN_DATE)
     assert len(secrets) > 10_000
     lake = pipeline_env / "lake"

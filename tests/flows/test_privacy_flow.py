@@ -53,15 +53,21 @@ def test_a_raw_value_in_the_log_fails_the_run(api, pipeline_env, prefect_storage
 
 
 def test_a_raw_value_in_an_artifact_fails_the_run(api, pipeline_env, prefect_storage, monkeypatch):
-    name = served_records(api.base_url, 200, 1000, RUN_DATE, seed=3)[0]["lastname"]
-    monkeypatch.setattr(
-        tasks.reporting.compose, "small_cell_note", lambda k: f"Reviewed by {name}."
-    )
+    planted: list[str] = []
+
+    def note_naming_someone(k: int) -> str:
+        # Composed after the fetch: the surname of the first record the server says it served.
+        if not planted:
+            planted.append(served_records(api)[0]["lastname"])
+        return f"Reviewed by {planted[0]}."
+
+    monkeypatch.setattr(tasks.reporting.compose, "small_cell_note", note_naming_someone)
     state = user_metrics_pipeline(
         api_url=api.base_url, records=200, run_date=RUN_DATE, seed=3, return_state=True
     )
     error = state.result(raise_on_failure=False)
     assert isinstance(error, LeakError)
+    (name,) = planted
     assert "user-metrics-report" in str(error) and name not in str(error)
     assert failed_run_row(pipeline_env / "db/faker.duckdb")[1] >= 1
 

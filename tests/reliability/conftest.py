@@ -1,8 +1,8 @@
 """Reliability drills: shared fixtures, snapshots of a date's stored state, the fault table.
 
-The fault matrix appends one row per case to a session-wide list kept in `config.stash`; the
-`pytest_terminal_summary` hook below prints it at the end of the session. A non-root conftest may
-implement this hook: pytest registers every collected conftest as a plugin.
+The fault matrix records one row per case with `record_fault_row`; matrix_table.py (a plugin the
+root conftest loads, so that it also runs in the xdist controller, which collects no test and so
+loads no conftest of this folder) gathers the rows and prints the table at the end of the session.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import duckdb
 import pytest
 
 from tests.conftest import TEST_KEY
+from tests.reliability.drills import StoredDate, latest_artifacts, stored_date
+from tests.reliability.matrix_table import MatrixRow, record
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -29,50 +31,10 @@ PYTHON = sys.executable
 NO_BROWSER = "/nonexistent/no-charts-in-reliability-tests"
 
 
-@dataclasses.dataclass(frozen=True)
-class MatrixRow:
-    """One line of the fault table printed at the end of the session."""
-
-    fault: str
-    outcome: str  # "completed", "failed", or "INVALID: ..." when neither contract held
-    records_loaded: int
-    seconds: float
-
-
-FAULT_ROWS = pytest.StashKey[list[MatrixRow]]()
-
-
-def fault_rows(config: pytest.Config) -> list[MatrixRow]:
-    """The session's fault table (created on first use)."""
-    if FAULT_ROWS not in config.stash:
-        config.stash[FAULT_ROWS] = []
-    return config.stash[FAULT_ROWS]
-
-
 @pytest.fixture
-def fault_table(request: pytest.FixtureRequest) -> list[MatrixRow]:
-    """Where a fault-matrix case records its row."""
-    return fault_rows(request.config)
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    """Print the fault matrix: fault, outcome, records loaded, seconds."""
-    rows = config.stash.get(FAULT_ROWS, [])
-    if not rows:
-        return
-    width = max(len("fault"), *(len(r.fault) for r in rows))
-    outcome_width = max(len("outcome"), *(len(r.outcome) for r in rows))
-    terminalreporter.section("fault matrix")
-    terminalreporter.write_line(
-        f"{'fault':<{width}}  {'outcome':<{outcome_width}}  {'records loaded':>14}  {'seconds':>7}"
-    )
-    for row in rows:
-        terminalreporter.write_line(
-            f"{row.fault:<{width}}  {row.outcome:<{outcome_width}}  "
-            f"{row.records_loaded:>14,}  {row.seconds:>7.2f}"
-        )
-    allowed = sum(r.outcome in ("completed", "failed") for r in rows)
-    terminalreporter.write_line(f"{allowed} of {len(rows)} rows are an allowed outcome")
+def record_fault_row(request: pytest.FixtureRequest) -> Callable[[MatrixRow], None]:
+    """How a fault-matrix case adds its row to the table printed at the end of the session."""
+    return lambda row: record(request.node, row)
 
 
 @pytest.fixture
@@ -272,6 +234,38 @@ def baseline(
             get_settings.cache_clear()
             hash_key.cache_clear()
     return Baseline(root, summary["flow_run_id"], params["run_date"], params["records"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """The module's baseline copied in: where, what the date holds, what the UI shows."""
+
+    lake: Path
+    db: Path
+    baseline: Baseline
+    before: StoredDate  # the date's lake files and DuckDB rows
+    published: dict[str, tuple[str, str]]  # the latest artifact of every key
+
+
+@pytest.fixture
+def restored(baseline: Baseline, paths: tuple[Path, Path]) -> Restored:
+    """The clean baseline in the test's lake and database, and what it holds before the drill."""
+    lake, db = paths
+    baseline.restore(lake, db)
+    before = stored_date(lake, db, baseline.run_date)
+    return Restored(lake, db, baseline, before, latest_artifacts())
+
+
+def start_cli(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """`python -m flows.user_metrics ARGS` started in a real subprocess, output piped."""
+    return subprocess.Popen(
+        [PYTHON, "-m", "flows.user_metrics", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def start_runner(

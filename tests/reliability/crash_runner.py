@@ -118,7 +118,7 @@ def _install(stage: str, marker: Path, release: Path | None) -> None:
             ):
                 module.open_db = marked_open_db
     elif stage == "lock-load":
-        _on_call(flows.stages, "staging_db", 1, mark_and_wait)
+        _on_call(flows.stages, "open_transaction", 1, mark_and_wait)
     elif stage == "db-committed":
         _on_call(tasks.storage.lake.AtomicParquetWriter, "commit", 1, mark_and_block)
     elif stage == "between-renames":
@@ -143,10 +143,11 @@ def main(argv: list[str]) -> int:
     head, cli_args = argv[:split], argv[split + 1 :]
     stage, marker = head[0], Path(head[1])
     release = Path(head[2]) if len(head) > 2 else None
+    import flows.cli
     import flows.user_metrics  # import first, so the hooks also replace names it imported
 
     _install(stage, marker, release)
-    return flows.user_metrics.main(cli_args)
+    return flows.cli.main(cli_args)
 
 
 if __name__ == "__main__":

@@ -149,6 +149,16 @@ def run_logs(flow_run_id: str) -> list[str]:
     return [log.message for log in logs]
 
 
+def run_outputs(flow_run_id: str, stdout: str, stderr: str) -> dict[str, str]:
+    """Everything a run showed, by place: its terminal output, log messages and artifacts."""
+    return {
+        "stdout": stdout,
+        "stderr": stderr,
+        **{f"log {i}": message for i, message in enumerate(run_logs(flow_run_id))},
+        **{f"artifact {key}": data for key, data in run_artifacts(flow_run_id).items()},
+    }
+
+
 def prefect_store() -> bytes:
     """Every byte of the Prefect test database (with its WAL), as the server wrote it."""
     db = Path(PREFECT_API_DATABASE_CONNECTION_URL.value().split("///", 1)[-1])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,26 @@ def assert_untouched(api: LocalApiServer, paths: tuple[Path, Path]) -> None:
     assert not lake.exists() and not db.exists(), "something was written"
 
 
+Refused = Callable[[list[str], list[str]], None]
+
+
+@pytest.fixture
+def cli_refuses(
+    api: LocalApiServer,
+    reliability_env,
+    paths: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> Refused:
+    """`cli_refuses(argv, names)`: the CLI exits 2 naming every name, before any request or
+    write."""
+
+    def check(argv: list[str], names: list[str]) -> None:
+        code, err = run_main(argv, capsys)
+        assert_refused(code, err, names, api, paths)
+
+    return check
+
+
 CLI_CASES = {
     "records zero": (["--records", "0"], ["records", "0"]),
     "records negative": (["--records", "-5"], ["-5"]),
@@ -95,15 +116,9 @@ CLI_CASES = {
 
 @pytest.mark.parametrize("argv, names", CLI_CASES.values(), ids=CLI_CASES.keys())
 def test_cli_flag(
-    argv: list[str],
-    names: list[str],
-    api: LocalApiServer,
-    reliability_env,
-    paths: tuple[Path, Path],
-    capsys: pytest.CaptureFixture[str],
+    argv: list[str], names: list[str], api: LocalApiServer, cli_refuses: Refused
 ) -> None:
-    code, err = run_main(["--api-url", api.base_url, *argv], capsys)
-    assert_refused(code, err, names, api, paths)
+    cli_refuses(["--api-url", api.base_url, *argv], names)
 
 
 URL_CASES = {
@@ -114,28 +129,14 @@ URL_CASES = {
 
 
 @pytest.mark.parametrize("url, names", URL_CASES.values(), ids=URL_CASES.keys())
-def test_cli_url(
-    url: str,
-    names: list[str],
-    api: LocalApiServer,
-    reliability_env,
-    paths: tuple[Path, Path],
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    code, err = run_main(["--api-url", url, "--records", "100"], capsys)
-    assert_refused(code, err, names, api, paths)
+def test_cli_url(url: str, names: list[str], cli_refuses: Refused) -> None:
+    cli_refuses(["--api-url", url, "--records", "100"], names)
 
 
-def test_cli_unreachable_url(
-    api: LocalApiServer,
-    reliability_env,
-    paths: tuple[Path, Path],
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+def test_cli_unreachable_url(cli_refuses: Refused) -> None:
     port = closed_port()
     url = f"http://127.0.0.1:{port}/api/v2"
-    code, err = run_main(["--api-url", url, "--records", "100"], capsys)
-    assert_refused(code, err, [str(port), "unreachable"], api, paths)
+    cli_refuses(["--api-url", url, "--records", "100"], [str(port), "unreachable"])
 
 
 ENV_CASES = {
@@ -170,14 +171,12 @@ def test_env_value(
     names: list[str],
     api: LocalApiServer,
     reliability_env,
-    paths: tuple[Path, Path],
-    capsys: pytest.CaptureFixture[str],
+    cli_refuses: Refused,
 ) -> None:
     reliability_env(**env)
     # FAKER_API_URL is the case under test there, so no --api-url overrides it.
     argv = ["--records", "100"] if "FAKER_API_URL" in env else ["--api-url", api.base_url]
-    code, err = run_main(argv, capsys)
-    assert_refused(code, err, names, api, paths)
+    cli_refuses(argv, names)
 
 
 PARAM_CASES = {

@@ -29,7 +29,7 @@ from flows.user_metrics import user_metrics_pipeline
 from local_api.server import LocalApiServer
 from tests.helpers import served_records
 from tests.reliability.conftest import (
-    Baseline,
+    Restored,
     error_lines,
     run_cli,
     start_runner,
@@ -43,7 +43,7 @@ from tests.reliability.drills import (
     latest_run_id,
     places_holding,
     run_artifacts,
-    run_logs,
+    run_outputs,
     run_row,
     stored_date,
     zone_file,
@@ -135,24 +135,19 @@ def test_a_fault_after_the_load(
     start_api: Callable[..., LocalApiServer],
     reliability_env,
     subprocess_env: dict[str, str],
-    paths: tuple[Path, Path],
+    restored: Restored,
     tmp_path: Path,
-    baseline: Baseline,
 ) -> None:
-    lake, db = paths
-    baseline.restore(lake, db)
-    before = stored_date(lake, db, RUN_DATE)
-    published_before = latest_artifacts()
+    lake, db, before = restored.lake, restored.db, restored.before
     api = start_api(drift=case.faults)
+    done = run_faulty(case, api.base_url, subprocess_env, tmp_path, db)
     planted = list(PLANTED_PARTS)
     if case.faults:
-        served = served_records(api.base_url, NEW_RECORDS, 100, RUN_DATE, seed=SEED + 1)
+        served = served_records(api)
         planted = [r["address"]["country"] for r in served if "@" in r["address"]["country"]]
         assert planted, "the hostile server planted no e-mail address"
-
-    done = run_faulty(case, api.base_url, subprocess_env, tmp_path, db)
     run_id = latest_run_id(db)
-    assert run_id != baseline.flow_run_id
+    assert run_id != restored.baseline.flow_run_id
 
     # One error line, no traceback, naming the cause.
     assert done.returncode == 1, done.stdout + done.stderr
@@ -163,7 +158,7 @@ def test_a_fault_after_the_load(
     after = stored_date(lake, db, RUN_DATE)
     if not case.committed:
         assert after == before, "the date changed"
-        assert latest_artifacts() == published_before, "an artifact of the failed run is visible"
+        assert latest_artifacts() == restored.published, "an artifact of the failed run is visible"
     else:
         assert after.runs("persons_anonymized") == after.runs("persons_shareable") == {run_id}
         assert file_run(zone_file(lake, "raw", RUN_DATE)) == run_id
@@ -198,12 +193,7 @@ def test_a_fault_after_the_load(
         assert "Nothing of this run was committed" in failure
 
     # The faulty value is nowhere.
-    outputs = {
-        "stdout": done.stdout,
-        "stderr": done.stderr,
-        **{f"log {i}": message for i, message in enumerate(run_logs(run_id))},
-        **{f"artifact {key}": data for key, data in run_artifacts(run_id).items()},
-    }
+    outputs = run_outputs(run_id, done.stdout, done.stderr)
     assert not places_holding(planted, lake, db, outputs)
 
     # A clean rerun of the date succeeds and publishes every report.

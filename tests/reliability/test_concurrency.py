@@ -8,13 +8,12 @@ DUCKDB_LOCK_TIMEOUT_SECONDS.
 from __future__ import annotations
 
 import datetime as dt
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from local_api.server import LocalApiServer
-from tests.reliability.conftest import PYTHON, ROOT, db_query, start_runner, wait_for_marker
+from tests.reliability.conftest import db_query, start_cli, start_runner, wait_for_marker
 
 DATE_A = dt.date(2026, 7, 1)
 DATE_B = dt.date(2026, 7, 2)
@@ -52,17 +51,7 @@ def test_two_runs_started_at_once_both_complete(
     api: LocalApiServer, subprocess_env: dict[str, str], paths: tuple[Path, Path]
 ) -> None:
     _, db = paths
-    procs = [
-        subprocess.Popen(
-            [PYTHON, "-m", "flows.user_metrics", *cli_args(api, day)],
-            cwd=ROOT,
-            env=subprocess_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for day in (DATE_A, DATE_B)
-    ]
+    procs = [start_cli(cli_args(api, day), subprocess_env) for day in (DATE_A, DATE_B)]
     results = [(p.communicate(timeout=300), p.returncode) for p in procs]
     for (_, err), code in results:
         assert code == 0, err[-3000:]
@@ -85,13 +74,8 @@ def test_second_run_waits_for_the_lock_and_times_out_clearly(
         wait_for_marker(run_a, held)
         # Both B runs start while A holds the file (in parallel, to save a process start-up):
         # one with a 1 s lock timeout must give up with a clear error, the other must queue.
-        impatient = subprocess.Popen(
-            [PYTHON, "-m", "flows.user_metrics", *cli_args(api, DATE_B)],
-            cwd=ROOT,
-            env={**subprocess_env, "DUCKDB_LOCK_TIMEOUT_SECONDS": "1"},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        impatient = start_cli(
+            cli_args(api, DATE_B), {**subprocess_env, "DUCKDB_LOCK_TIMEOUT_SECONDS": "1"}
         )
         procs.append(impatient)
         asking = tmp_path / "b.asking"

@@ -16,7 +16,7 @@ import pytest
 from flows.user_metrics import user_metrics_pipeline
 from local_api.server import LocalApiServer
 from tests.reliability.conftest import (
-    Baseline,
+    Restored,
     kill,
     run_cli,
     start_runner,
@@ -56,15 +56,11 @@ def test_sigkill_in_each_crash_window(
     api: LocalApiServer,
     reliability_env,
     subprocess_env: dict[str, str],
-    paths: tuple[Path, Path],
+    restored: Restored,
     tmp_path: Path,
-    baseline: Baseline,
 ) -> None:
-    lake, db = paths
-    baseline.restore(lake, db)
-    before = stored_date(lake, db, RUN_DATE)
-    published_before = latest_artifacts()
-    assert before.runs("persons_anonymized") == {baseline.flow_run_id}
+    lake, db, before = restored.lake, restored.db, restored.before
+    assert before.runs("persons_anonymized") == {restored.baseline.flow_run_id}
 
     marker = tmp_path / f"{stage}.marker"
     cli = ["--api-url", api.base_url, "--records", str(NEW_RECORDS), "--page-size", "100"]
@@ -78,13 +74,13 @@ def test_sigkill_in_each_crash_window(
         if proc.poll() is None:
             kill(proc)
     killed = latest_run_id(db)
-    assert killed != baseline.flow_run_id
+    assert killed != restored.baseline.flow_run_id
     committed = WINDOWS[stage]
 
     if not committed:
         # Nothing of the killed run is visible, before any repair.
         assert stored_date(lake, db, RUN_DATE) == before
-        assert latest_artifacts() == published_before
+        assert latest_artifacts() == restored.published
     check = run_cli(["--check"], subprocess_env)
     print(f"{stage}: --check said:\n{check.stdout}")
     after = stored_date(lake, db, RUN_DATE)
@@ -103,7 +99,7 @@ def test_sigkill_in_each_crash_window(
         assert len(after.tables["persons_anonymized"]) == NEW_RECORDS
         assert (row["status"], row["failed_stage"]) == ("failed", "publish")
         # Its reports never reached the UI: the latest versions are those from before it.
-        assert latest_artifacts(REPORT_KEYS) == {k: published_before[k] for k in REPORT_KEYS}
+        assert latest_artifacts(REPORT_KEYS) == {k: restored.published[k] for k in REPORT_KEYS}
 
     # The next run takes over the date cleanly (in-process), reports included.
     new = user_metrics_pipeline(

@@ -31,13 +31,13 @@ from flows.user_metrics import user_metrics_pipeline
 from local_api.server import LocalApiServer
 from tests.reliability.conftest import (
     Baseline,
-    MatrixRow,
     db_query,
     lake_file,
     run_status,
     snapshot,
     temp_files,
 )
+from tests.reliability.matrix_table import MatrixRow
 
 RUN_DATE = dt.date(2026, 9, 15)
 RECORDS = 600
@@ -257,7 +257,7 @@ def test_fault(
     reliability_env: Callable[..., None],
     paths: tuple[Path, Path],
     prefect_storage,
-    fault_table: list[MatrixRow],
+    record_fault_row: Callable[[MatrixRow], None],
     baseline: Baseline,
 ) -> None:
     lake, db = paths
@@ -288,7 +288,7 @@ def test_fault(
     label = outcome if not problems else f"INVALID ({outcome})"
     if outcome != case.expect:
         label += f", expected {case.expect}"
-    fault_table.append(MatrixRow(case.name, label, loaded, seconds))
+    record_fault_row(MatrixRow(case.name, label, loaded, seconds))
     assert not problems, problems
     assert outcome == case.expect, (outcome, state.message)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Callable
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -20,12 +19,11 @@ import pytest
 from flows.cli import main
 from local_api.server import LocalApiServer
 from tests.helpers import duckdb_cells, leaked, parquet_cells, raw_values, served_records
-from tests.reliability.conftest import Baseline, error_lines
+from tests.reliability.conftest import Restored, error_lines
 from tests.reliability.drills import (
     latest_run_id,
     places_holding,
-    run_artifacts,
-    run_logs,
+    run_outputs,
     run_row,
     stored_date,
     zone_file,
@@ -111,26 +109,22 @@ def test_hostile_source(
     drill: Drill,
     start_api: Callable[..., LocalApiServer],
     reliability_env,
-    paths: tuple[Path, Path],
-    baseline: Baseline,
+    restored: Restored,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    lake, db = paths
-    baseline.restore(lake, db)
-    before = stored_date(lake, db, RUN_DATE)
+    lake, db, before = restored.lake, restored.db, restored.before
     reliability_env(RETRY_MAX_ATTEMPTS="2")
     api = start_api(**drill.faults)
-    served, planted = [], ["dana.hostile@example.net", "+4915112345678", ERROR_MESSAGE]
-    if drill.planted is not None:
-        served = served_records(api.base_url, RECORDS, 100, RUN_DATE, seed=SEED + 1)
-        planted = drill.planted(served)
-        assert planted, f"{drill.name}: the hostile server planted nothing"
-
     args = ["--api-url", api.base_url, "--records", str(RECORDS), "--page-size", "100"]
     args += ["--seed", str(SEED + 1), "--run-date", RUN_DATE.isoformat()]
     capfd.readouterr()
     code = main(args)
     out, err = capfd.readouterr()
+    served, planted = [], ["dana.hostile@example.net", "+4915112345678", ERROR_MESSAGE]
+    if drill.planted is not None:
+        served = served_records(api)
+        planted = drill.planted(served)
+        assert planted, f"{drill.name}: the hostile server planted nothing"
     assert code == 1, out + err
     (line,) = error_lines(err)
     assert line.startswith(f"error: {drill.error}"), line
@@ -146,13 +140,7 @@ def test_hostile_source(
         # Quarantined, but only what validation needs to show: the names became masks.
         assert pq.read_table(quarantine).num_rows == RECORDS
 
-    outputs = {
-        "stdout": out,
-        "stderr": err,
-        **{f"log {i}": message for i, message in enumerate(run_logs(run_id))},
-        **{f"artifact {key}": data for key, data in run_artifacts(run_id).items()},
-    }
-    assert not places_holding(planted, lake, db, outputs)
+    assert not places_holding(planted, lake, db, run_outputs(run_id, out, err))
     if served and all("email" in r for r in served):
         # Nor any other raw value of the batch, as a whole cell of the lake or DuckDB.
         secrets = raw_values(served, RUN_DATE)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import pickle
-import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from tasks.ingest.source_schema import to_source_table
 from tasks.privacy.domains import collapse_rare_domains
 from tasks.privacy.extract import shareable_extract
 from tasks.privacy.leak_scan import (
@@ -21,7 +21,6 @@ from tasks.privacy.leak_scan import (
     LeakError,
     LeakScanner,
     LeakScanReport,
-    hash_strings,
     secret_hashes,
 )
 from tasks.privacy.risk import QUASI_IDENTIFIERS, risk_metrics
@@ -236,30 +235,24 @@ def test_surname_equal_to_a_kept_country_is_not_a_leak() -> None:
     jordan = copy.deepcopy(PLANTED)
     jordan["firstname"] = "Jordan"
     jordan["address"] = {**jordan["address"], "country": "Jordan", "country_code": "JO"}
-    scanner = LeakScanner.from_records([jordan], RUN_DATE)
+    table, _ = to_source_table([jordan], 0)
+    scanner = LeakScanner(table, RUN_DATE)
     assert scanner.scan_table("t", pa.table({"country": ["Jordan"]})) == []
     assert scanner.scan_text("t", "Top country: Jordan") == []
 
 
-def test_scan_of_30k_records_is_fast(tmp_path: Path) -> None:
+def test_scan_of_30k_records_is_clean_and_holds_every_email() -> None:
+    # How long this takes is a benchmark figure (`make bench`: seconds leak_scan), not a test.
     records = served(30_000, seed=11)
     source = source_table(records)
     masked, analytical = masked_and_analytical(source)
     extract = shareable_extract(analytical, 5)
-    cpu, wall = time.process_time(), time.perf_counter()
     scanner = LeakScanner(source, RUN_DATE)
-    build = time.perf_counter() - wall
     scanner.scan_table("raw", masked)
     scanner.scan_table("analytical", analytical)
     scanner.scan_table("shareable", extract.table)
     scanner.scan_lines("logs", LOG_LINES)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    print(
-        f"\nleak scan, 30,000 records: build {build:.3f} s, build + 3 tables + logs {wall:.3f} s "
-        f"wall ({cpu:.3f} s CPU), {scanner.secrets:,} values held"
-    )
     assert scanner.report.clean, scanner.report.hit_fields()
-    assert wall < 3.0  # ~0.4 s on an idle 2-core machine; generous for busy CI runners
     # Every email of the batch is held (lower-cased) and would be found.
     emails = pc.utf8_lower(source["email"])
     found = scanner.scan_table("emails", pa.table({"e": emails}))
@@ -269,10 +262,6 @@ def test_scan_of_30k_records_is_fast(tmp_path: Path) -> None:
 def test_no_false_positives_from_kept_words_counts_or_timestamps() -> None:
     """Seen at 1,000,000 records: a local part equal to a country, a zipcode equal to a count,
     a longitude equal to a timestamp's text. None of those is a leak."""
-    import datetime as dt
-
-    from tasks.ingest.source_schema import to_source_table
-
     rec = {
         "firstname": "Maximilian",
         "lastname": "Oberhausen",
@@ -303,14 +292,6 @@ def test_no_false_positives_from_kept_words_counts_or_timestamps() -> None:
     assert scanner.scan_table("timestamps", stamps) == []
     birthdays = pa.table({"born": pa.array([dt.date(1970, 1, 1)], pa.date32())})
     assert scanner.scan_table("dates", birthdays) != []  # dates are still scanned
-
-
-def test_hashes_keep_input_order_and_agree_with_single_values() -> None:
-    values = [f"value-{i}@example.org" for i in range(50_000)]
-    bulk = hash_strings(pa.array(values))
-    assert bulk.dtype == np.uint64 and len(np.unique(bulk)) == len(values)
-    for i in (0, 1, 12_345, 49_999):
-        assert hash_strings([values[i]])[0] == bulk[i]
 
 
 def test_scanner_built_from_ranges_equals_one_built_from_the_batch(batch: dict) -> None:

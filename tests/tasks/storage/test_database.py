@@ -11,40 +11,15 @@ import pytest
 
 import tasks.storage.batches
 import tasks.storage.database
-from tasks.common.schemas import AGE_GROUPS, ANALYTICAL_SCHEMA
 from tasks.common.sqlfiles import SQL_DIR, read_sql
 from tasks.storage.batches import REPORT_TABLES, load_batch
 from tasks.storage.database import connect
 from tasks.storage.migrations import migrate, migration_files
 from tasks.storage.runs import finish_run, start_run
+from tests.builders import AGE_GROUP_LABELS, german_gmail_batch
 
 DAY_1 = datetime.date(2024, 5, 1)
 DAY_2 = datetime.date(2024, 5, 2)
-
-
-def analytical(n: int, run_date: datetime.date, prefix: str = "p") -> pa.Table:
-    """n analytical rows for run_date: every other one a German Gmail user."""
-    rows = [
-        {
-            "person_key": f"{prefix}-{i}",
-            "run_date": run_date,
-            "gender": "male" if i % 2 else "female",
-            "age_group": AGE_GROUPS[i % len(AGE_GROUPS)],
-            "email_domain": "gmail.com" if i % 2 == 0 else "yahoo.com",
-            "country": "Germany" if i % 2 == 0 else "France",
-            "country_code": "DE" if i % 2 == 0 else "FR",
-        }
-        for i in range(n)
-    ]
-    return pa.Table.from_pylist(rows, schema=ANALYTICAL_SCHEMA)
-
-
-@pytest.fixture
-def con(tmp_path: Path) -> duckdb.DuckDBPyConnection:
-    connection = connect(tmp_path / "db" / "faker.duckdb")
-    migrate(connection)
-    yield connection
-    connection.close()
 
 
 def batch_rows(con: duckdb.DuckDBPyConnection, run_date: datetime.date) -> list[tuple]:
@@ -98,7 +73,7 @@ def test_age_groups_dimension_matches_schema(con: duckdb.DuckDBPyConnection) -> 
     rows = con.execute(
         "select age_group, lower_bound, upper_bound from age_groups order by position"
     ).fetchall()
-    assert [row[0] for row in rows] == list(AGE_GROUPS)
+    assert [row[0] for row in rows] == list(AGE_GROUP_LABELS)
     assert [row[1] for row in rows] == list(range(0, 100, 10))
     assert [row[2] for row in rows] == [*range(10, 100, 10), None]
 
@@ -180,7 +155,7 @@ def test_finish_run_without_start_still_records(con: duckdb.DuckDBPyConnection) 
 
 
 def test_load_is_idempotent(con: duckdb.DuckDBPyConnection) -> None:
-    batch = analytical(10, DAY_1)
+    batch = german_gmail_batch(10, DAY_1)
     for attempt in range(3):
         assert load_batch(con, batch, DAY_1, f"run-{attempt}") == 10
     rows = batch_rows(con, DAY_1)
@@ -192,17 +167,17 @@ def test_load_is_idempotent(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def test_rerun_with_a_smaller_batch_replaces_rows(con: duckdb.DuckDBPyConnection) -> None:
-    load_batch(con, analytical(10, DAY_1), DAY_1, "run-1")
-    assert load_batch(con, analytical(3, DAY_1, prefix="q"), DAY_1, "run-2") == 3
+    load_batch(con, german_gmail_batch(10, DAY_1), DAY_1, "run-1")
+    assert load_batch(con, german_gmail_batch(3, DAY_1, prefix="q"), DAY_1, "run-2") == 3
     assert batch_rows(con, DAY_1) == [("q-0", "run-2"), ("q-1", "run-2"), ("q-2", "run-2")]
     assert stored_share(con, DAY_1) == [(2, 2, 100.0, "run-2")]
 
 
 def test_loading_another_date_leaves_the_first_untouched(con: duckdb.DuckDBPyConnection) -> None:
-    load_batch(con, analytical(4, DAY_1), DAY_1, "run-1")
+    load_batch(con, german_gmail_batch(4, DAY_1), DAY_1, "run-1")
     before = batch_rows(con, DAY_1)
     share_before = stored_share(con, DAY_1)
-    load_batch(con, analytical(6, DAY_2, prefix="d2"), DAY_2, "run-2")
+    load_batch(con, german_gmail_batch(6, DAY_2, prefix="d2"), DAY_2, "run-2")
     assert batch_rows(con, DAY_1) == before
     assert stored_share(con, DAY_1) == share_before
     assert len(batch_rows(con, DAY_2)) == 6
@@ -210,11 +185,11 @@ def test_loading_another_date_leaves_the_first_untouched(con: duckdb.DuckDBPyCon
 
 
 def test_failed_insert_keeps_previous_batch(con: duckdb.DuckDBPyConnection) -> None:
-    load_batch(con, analytical(4, DAY_1), DAY_1, "run-1")
+    load_batch(con, german_gmail_batch(4, DAY_1), DAY_1, "run-1")
     before, share_before = batch_rows(con, DAY_1), stored_share(con, DAY_1)
     # Wrong type: run_date as text that is not a date. The delete has already run when DuckDB
     # fails on the cast, so only the rollback can bring the old batch back.
-    bad = analytical(5, DAY_1).set_column(
+    bad = german_gmail_batch(5, DAY_1).set_column(
         1, pa.field("run_date", pa.string()), pa.array(["not a date"] * 5)
     )
     with pytest.raises(duckdb.Error):
@@ -222,13 +197,13 @@ def test_failed_insert_keeps_previous_batch(con: duckdb.DuckDBPyConnection) -> N
     assert batch_rows(con, DAY_1) == before
     assert stored_share(con, DAY_1) == share_before
     # The connection is usable afterwards (the transaction was closed, not left aborted).
-    assert load_batch(con, analytical(2, DAY_1), DAY_1, "run-3") == 2
+    assert load_batch(con, german_gmail_batch(2, DAY_1), DAY_1, "run-3") == 2
 
 
 def test_failed_report_keeps_previous_batch_and_reports(
     con: duckdb.DuckDBPyConnection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    load_batch(con, analytical(4, DAY_1), DAY_1, "run-1")
+    load_batch(con, german_gmail_batch(4, DAY_1), DAY_1, "run-1")
     before, share_before = batch_rows(con, DAY_1), stored_share(con, DAY_1)
     real_read_sql = tasks.storage.batches.read_sql
 
@@ -240,15 +215,17 @@ def test_failed_report_keeps_previous_batch_and_reports(
 
     monkeypatch.setattr(tasks.storage.batches, "read_sql", broken_last_report)
     with pytest.raises(duckdb.Error):
-        load_batch(con, analytical(8, DAY_1, prefix="new"), DAY_1, "run-2")
+        load_batch(con, german_gmail_batch(8, DAY_1, prefix="new"), DAY_1, "run-2")
     assert batch_rows(con, DAY_1) == before
     assert stored_share(con, DAY_1) == share_before
 
 
 def test_rows_of_another_date_are_rejected(con: duckdb.DuckDBPyConnection) -> None:
-    load_batch(con, analytical(4, DAY_1), DAY_1, "run-1")
+    load_batch(con, german_gmail_batch(4, DAY_1), DAY_1, "run-1")
     before = batch_rows(con, DAY_1)
-    mixed = pa.concat_tables([analytical(2, DAY_1, prefix="a"), analytical(2, DAY_2, prefix="b")])
+    mixed = pa.concat_tables(
+        [german_gmail_batch(2, DAY_1, prefix="a"), german_gmail_batch(2, DAY_2, prefix="b")]
+    )
     with pytest.raises(ValueError, match="dated"):
         load_batch(con, mixed, DAY_1, "run-2")
     assert batch_rows(con, DAY_1) == before
@@ -257,11 +234,11 @@ def test_rows_of_another_date_are_rejected(con: duckdb.DuckDBPyConnection) -> No
 
 def test_missing_columns_are_rejected(con: duckdb.DuckDBPyConnection) -> None:
     with pytest.raises(ValueError, match="email_domain"):
-        load_batch(con, analytical(2, DAY_1).drop_columns(["email_domain"]), DAY_1, "run-1")
+        load_batch(con, german_gmail_batch(2, DAY_1).drop_columns(["email_domain"]), DAY_1, "run-1")
 
 
 def test_empty_batch_clears_the_date(con: duckdb.DuckDBPyConnection) -> None:
-    load_batch(con, analytical(4, DAY_1), DAY_1, "run-1")
-    assert load_batch(con, analytical(0, DAY_1), DAY_1, "run-2") == 0
+    load_batch(con, german_gmail_batch(4, DAY_1), DAY_1, "run-1")
+    assert load_batch(con, german_gmail_batch(0, DAY_1), DAY_1, "run-2") == 0
     assert batch_rows(con, DAY_1) == []
     assert stored_share(con, DAY_1) == [(0, 0, None, "run-2")]
