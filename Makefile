@@ -64,9 +64,10 @@ test: setup ## Run the test suite on TEST_WORKERS=2 workers (PYTEST_ARGS="-k ...
 bench: setup ## Benchmark 30,000 and 1,000,000 records on the local API (bench/results.md)
 	$(PY) -m bench.run
 
-lint: venv ## ruff lint and format check
+lint: venv ## ruff (lint and format check) and mypy (strict on flows/ and tasks/)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 fmt: venv ## Format and fix with ruff
 	$(VENV)/bin/ruff format .

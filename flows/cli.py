@@ -148,8 +148,10 @@ def run_flow(args: argparse.Namespace, params: dict[str, Any]) -> int:
         print(f"error: {outside_flow_error(exc, budget)}", file=sys.stderr)
         return 1
     if not state.is_completed():
-        exc = state.result(raise_on_failure=False)
-        text = failure_text(exc) if isinstance(exc, BaseException) else redact(str(state.message))
+        error = state.result(raise_on_failure=False)
+        text = (
+            failure_text(error) if isinstance(error, BaseException) else redact(str(state.message))
+        )
         print(f"error: {text}", file=sys.stderr)
         return 1
     if args.backfill:

@@ -14,14 +14,14 @@ DEFAULT_THREADS = 16
 
 def make_task_runner(
     kind: str = "threads", address: str | None = None, workers: int = 2
-) -> TaskRunner:
+) -> TaskRunner[Any]:
     """`threads`, or `dask` on a new LocalCluster or on an existing scheduler at `address`."""
     if kind == "threads":
         return ThreadPoolTaskRunner(max_workers=DEFAULT_THREADS)
     if kind != "dask":
         raise ValueError(f"task runner {kind!r} is not one of {', '.join(RUNNER_KINDS)}")
     # Imported here: dask/distributed cost ~1 s to import and the default runner never needs them.
-    from prefect_dask import DaskTaskRunner
+    from prefect_dask.task_runners import DaskTaskRunner
 
     if address:
         # A real cluster: its workers need this project's code and env (PII_HASH_KEY etc.).
@@ -40,7 +40,7 @@ def make_task_runner(
     return DaskTaskRunner(cluster_kwargs=cluster_kwargs)
 
 
-def runner_from_env() -> TaskRunner:
+def runner_from_env() -> TaskRunner[Any]:
     """The runner named by TASK_RUNNER / DASK_ADDRESS / DASK_WORKERS (threads when unset).
 
     Read from the environment rather than the settings object, because the flow decorator calls

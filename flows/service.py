@@ -276,7 +276,7 @@ def _start_server(state: State, env: dict[str, str]) -> str:
 def _start_api(state: State, env: dict[str, str]) -> str:
     url = state.urls().get("api")
     health = f"{url.rsplit('/api/', 1)[0]}/health" if url else ""
-    if _reuse(state, "api", url, health, "Local Faker API"):
+    if url and _reuse(state, "api", url, health, "Local Faker API"):
         return url
     port = free_port()
     url = f"http://127.0.0.1:{port}/api/v2"

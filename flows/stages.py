@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar
+from uuid import UUID
 
 import duckdb
 import pyarrow as pa
@@ -106,11 +107,11 @@ def in_stage(
     def decorate(
         fn: Callable[Concatenate[RunConfig, RunRecord, P], R],
     ) -> Callable[Concatenate[RunConfig, RunRecord, P], R]:
-        @functools.wraps(fn)
-        def staged(cfg: RunConfig, run: RunRecord, *args: P.args, **kwargs: P.kwargs) -> R:
+        def staged(cfg: RunConfig, run: RunRecord, /, *args: P.args, **kwargs: P.kwargs) -> R:
             with run.entered(name):
                 return fn(cfg, run, *args, **kwargs)
 
+        functools.update_wrapper(staged, fn)
         return staged
 
     return decorate
@@ -194,8 +195,12 @@ def fetch_and_mask(cfg: RunConfig, run: RunRecord, staged: Staged) -> pa.Table:
     submitted = []
     for page_range in ranges:
         fetch = fetch_page_range_task.submit(cfg.fetch, page_range)
-        submitted.append((fetch, mask_page_range_task.submit(fetch, cfg.run_date)))
-    progress = create_progress_artifact(
+        # A future stands for its result: Prefect resolves it before the mask task runs (its
+        # typed overloads do not say so).
+        mask = mask_page_range_task.submit(fetch, cfg.run_date)  # type: ignore[call-overload]
+        submitted.append((fetch, mask))
+    # The artifact's id: a sync caller gets it directly (Prefect types it "id or coroutine").
+    progress: UUID = create_progress_artifact(  # type: ignore[assignment]
         progress=0.0, description=f"Pages fetched and masked for run date {cfg.run_date}"
     )
     tables, signatures, updated = [], set(), time.monotonic()

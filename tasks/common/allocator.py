@@ -28,4 +28,4 @@ def use_returning_pool() -> str:
         except NotImplementedError:  # a pyarrow built without jemalloc
             pool = pa.system_memory_pool()
         pa.set_memory_pool(pool)
-    return pa.default_memory_pool().backend_name
+    return str(pa.default_memory_pool().backend_name)

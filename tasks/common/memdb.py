@@ -23,11 +23,12 @@ def cursor() -> duckdb.DuckDBPyConnection:
     """This thread's cursor on the process's in-memory database (a fresh one after a fork)."""
     global _database
     pid = os.getpid()
-    current = getattr(_local, "cursor", None)
+    current: duckdb.DuckDBPyConnection | None = getattr(_local, "cursor", None)
     if current is not None and _local.pid == pid:
         return current
     with _database_lock:
         if _database is None or _database[0] != pid:
             _database = (pid, duckdb.connect(config={"preserve_insertion_order": True}))
-        _local.cursor, _local.pid = _database[1].cursor(), pid
-    return _local.cursor
+        current = _database[1].cursor()
+        _local.cursor, _local.pid = current, pid
+    return current

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import pyarrow as pa
 
 MASK = "****"
+
+# A column as Arrow hands it over: one array, or chunks of one.
+ArrayLike: TypeAlias = pa.Array | pa.ChunkedArray
 
 # Masked raw batch: what `tasks.ingest.mask` produces and `tasks.storage.lake` writes to
 # data_lake/raw/YYYY/MM/DD/persons.parquet. Field names follow the source (flattened address);

@@ -42,7 +42,8 @@ def resolve_hash_key(settings: Settings) -> bytes:
     if settings.pii_hash_key_block:
         from prefect.blocks.system import Secret
 
-        value = Secret.load(settings.pii_hash_key_block).get()
+        # A sync caller gets the block itself; Prefect types load() as "block or coroutine".
+        value = Secret.load(settings.pii_hash_key_block).get()  # type: ignore[union-attr]
         return _checked(str(value), f"Prefect Secret block {settings.pii_hash_key_block!r}")
     if settings.pii_hash_key_file is not None and settings.pii_hash_key_file.is_file():
         return _checked(

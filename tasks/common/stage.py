@@ -25,7 +25,7 @@ def stage_task(fn: Callable[P, R], **options: Any) -> Task[P, R]:
     are never persisted and batches never hashed for cache keys. Any error leaving the stage is
     `tasks.common.errors.value_free` before Prefect logs it.
     """
-    return task(  # type: ignore[no-any-return]
+    return task(
         name=fn.__name__,
         persist_result=False,
         cache_policy=NO_CACHE,

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import orjson
@@ -74,7 +75,7 @@ class _Transport:
     users: int = field(default=0)
 
 
-_transports: dict[tuple, _Transport] = {}
+_transports: dict[tuple[int, int, float, float], _Transport] = {}
 _transports_lock = threading.Lock()
 
 
@@ -135,7 +136,7 @@ def retry_after_seconds(value: str | None, now: dt.datetime | None = None) -> fl
 def backoff_seconds(attempt: int, config: FetchConfig, rng: random.Random) -> float:
     """Exponential backoff with equal jitter: half fixed, half random, capped."""
     ceiling = min(config.backoff_max, config.backoff_base * 2 ** (attempt - 1))
-    return ceiling / 2 + rng.uniform(0, ceiling / 2)
+    return float(ceiling / 2 + rng.uniform(0, ceiling / 2))
 
 
 class _Retryable(Exception):
@@ -145,7 +146,9 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
-def _attempt(client: httpx.Client, url: str, page: Page, config: FetchConfig) -> list[dict]:
+def _attempt(
+    client: httpx.Client, url: str, page: Page, config: FetchConfig
+) -> list[dict[str, Any]]:
     params: dict[str, str | int] = {
         "_quantity": page.quantity,
         "_seed": page.seed,
@@ -191,7 +194,7 @@ def fetch_page(
     *,
     sleep: Sleep = time.sleep,
     rng: random.Random | None = None,
-) -> tuple[list[dict], int]:
+) -> tuple[list[dict[str, Any]], int]:
     """Fetch one page with retries; returns its records and the attempts it took."""
     transport = _transport(config)
     rng = rng or random.Random()

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from tasks.common.handoff import HandsOverTable
+from tasks.common.run_config import FetchConfig
 from tasks.common.secrets import hash_key
 from tasks.common.stage import stage_task
-from tasks.ingest.fetch import FetchConfig, FetchedRange, fetch_range
+from tasks.ingest.fetch import FetchedRange, fetch_range
 from tasks.ingest.mask import mask_pii
 from tasks.ingest.plan import PageRange
 from tasks.privacy.leak_scan import SecretHashes, secret_hashes

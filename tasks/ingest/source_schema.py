@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import pyarrow as pa
 
@@ -91,7 +92,7 @@ def unexpected_note(present: dict[str, str]) -> str:
     return f" ({'; '.join(parts)})" if parts else ""
 
 
-def to_source_table(records: list[dict], page_index: int) -> tuple[pa.Table, str]:
+def to_source_table(records: list[dict[str, Any]], page_index: int) -> tuple[pa.Table, str]:
     """Typed columns of one page, plus its signature; raises SchemaDriftError naming the field.
 
     Arrow's own messages quote the offending value, which may be PII: every Arrow call on the

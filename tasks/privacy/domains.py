@@ -6,6 +6,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.common.schemas import ArrayLike
+
 KEEP_DOMAINS: frozenset[str] = frozenset({"gmail.com", "hotmail.com", "yahoo.com"})
 OTHER_DOMAIN = "other"
 
@@ -16,12 +18,12 @@ _DOMAIN = r"@(?P<domain>[^@]*)$"
 _LOCAL = r"^(?P<local>.*)@[^@]*$"
 
 
-def email_domain(emails: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+def email_domain(emails: ArrayLike) -> ArrayLike:
     """The text after the last "@" of each address, as written; null where there is no "@"."""
     return pc.struct_field(pc.extract_regex(emails, _DOMAIN), "domain")
 
 
-def email_local_part(emails: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+def email_local_part(emails: ArrayLike) -> ArrayLike:
     """The text before the last "@" of each address; null where there is no "@"."""
     return pc.struct_field(pc.extract_regex(emails, _LOCAL), "local")
 

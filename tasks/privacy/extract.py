@@ -44,6 +44,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.common.schemas import ArrayLike
 from tasks.common.stage import stage_task
 from tasks.privacy.domains import KEEP_DOMAINS, OTHER_DOMAIN, collapse_rare_domains
 from tasks.privacy.regions import map_codes
@@ -80,8 +81,6 @@ AGE_20_YEARS: dict[str, str] = {
     "[80-90]": "[80+]",
     "[90+]": "[80+]",
 }
-
-ArrayLike = pa.Array | pa.ChunkedArray
 
 
 # --- generalization hierarchies -------------------------------------------------------------------
@@ -202,7 +201,7 @@ def _keys(codes: Sequence[np.ndarray], radices: Sequence[int]) -> np.ndarray:
 def _sizes(key: np.ndarray) -> np.ndarray:
     # Class size of every record: hash the keys (pyarrow), count per class, take back per record.
     indices = pc.dictionary_encode(pa.array(key)).indices.to_numpy(zero_copy_only=False)
-    return np.bincount(indices)[indices]
+    return np.asarray(np.bincount(indices)[indices])
 
 
 def _suppress(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.common.schemas import AGE_GROUPS, ANALYTICAL_SCHEMA, MASK
+from tasks.common.schemas import AGE_GROUPS, ANALYTICAL_SCHEMA, MASK, ArrayLike
 from tasks.common.stage import stage_task
 from tasks.privacy.domains import KEEP_DOMAINS, collapse_rare_domains, email_domain, rare_domains
 
@@ -17,8 +17,6 @@ _AGE_GROUP_LABELS = pa.array(AGE_GROUPS, pa.string())
 _LAST_GROUP = len(AGE_GROUPS) - 1
 # What tasks.ingest.mask writes before the domain.
 _MASKED_PREFIX = MASK + "@"
-
-ArrayLike = pa.Array | pa.ChunkedArray
 
 
 def age_group_of(ages: ArrayLike) -> ArrayLike:

@@ -149,7 +149,7 @@ def hash_strings(values: pa.Array | pa.ChunkedArray | Sequence[str]) -> np.ndarr
         hashes = con.sql(read_sql("hash_values")).to_arrow_table()["h"]
     finally:
         con.unregister("leak_values")
-    return hashes.to_numpy()
+    return np.asarray(hashes.to_numpy(), np.uint64)
 
 
 # An index entry packs a value's hash and its kind into one uint64: the hash's top 60 bits and the

@@ -188,7 +188,7 @@ def _quoted(identifier: str) -> str:
 def _scannable(kind: pa.DataType) -> bool:
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
-    return (
+    return bool(
         pa.types.is_string(kind)
         or pa.types.is_large_string(kind)
         or pa.types.is_floating(kind)

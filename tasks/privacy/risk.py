@@ -50,7 +50,7 @@ class RiskMetrics:
 
 def _class_sizes(table: pa.Table, columns: Sequence[str]) -> np.ndarray:
     grouped = table.select(list(columns)).group_by(list(columns)).aggregate([([], "count_all")])
-    return grouped["count_all"].to_numpy()
+    return np.asarray(grouped["count_all"].to_numpy())
 
 
 def risk_metrics(

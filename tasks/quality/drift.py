@@ -59,7 +59,7 @@ def accepts(change: SchemaChange | None, policy: str) -> bool:
 
 def enforce_policy(change: SchemaChange | None, policy: str) -> None:
     """Raise SchemaDriftError if the policy does not accept the change."""
-    if accepts(change, policy):
+    if change is None or accepts(change, policy):
         return
     raise SchemaDriftError(
         f"source schema changed since the last successful run ({change.describe()}); "

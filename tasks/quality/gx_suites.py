@@ -18,7 +18,9 @@ from tasks.common.errors import PipelineError
 if TYPE_CHECKING:
     from great_expectations.core import ExpectationSuite
     from great_expectations.core.batch_definition import BatchDefinition
-    from great_expectations.data_context import EphemeralDataContext
+    from great_expectations.data_context.data_context.ephemeral_data_context import (
+        EphemeralDataContext,
+    )
 
 EXPECTATIONS_DIR = Path(__file__).resolve().parents[2] / "expectations"
 DATASOURCE_NAME = "persons_frames"
@@ -34,7 +36,7 @@ LOCK = threading.RLock()
 
 _gx: ModuleType | None = None
 _context: EphemeralDataContext | None = None
-_batch_definitions: dict[str, BatchDefinition] = {}
+_batch_definitions: dict[str, BatchDefinition[Any]] = {}
 _suites: dict[Path, ExpectationSuite] = {}
 
 
@@ -112,13 +114,15 @@ def release(batch: Any) -> None:
         cache.clear()
 
 
-def batch_definition(asset_name: str) -> BatchDefinition:
+def batch_definition(asset_name: str) -> BatchDefinition[Any]:
     """A whole-dataframe batch definition on its own pandas asset, created once per process."""
     with LOCK:
         found = _batch_definitions.get(asset_name)
         if found is None:
             datasource = context().data_sources.get(DATASOURCE_NAME)
-            asset = datasource.add_dataframe_asset(asset_name)
+            # The registry hands back the base Datasource type; ours is the pandas one (made in
+            # `context()`), which has add_dataframe_asset.
+            asset = datasource.add_dataframe_asset(asset_name)  # type: ignore[attr-defined]
             found = asset.add_batch_definition_whole_dataframe(f"{asset_name}_whole")
             _batch_definitions[asset_name] = found
         return found

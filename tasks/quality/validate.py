@@ -149,7 +149,7 @@ def _mostly_repeated(column: pa.ChunkedArray) -> bool:
     """Whether the first rows of a string column repeat enough to be worth a dictionary."""
     sample = column.slice(0, _DISTINCT_SAMPLE_ROWS)
     distinct = pc.count_distinct(sample, mode="all").as_py()
-    return distinct <= _DICTIONARY_MAX_SHARE * len(sample)
+    return bool(distinct <= _DICTIONARY_MAX_SHARE * len(sample))
 
 
 def _gx_column(column: pa.ChunkedArray, plain: bool) -> pa.ChunkedArray:

@@ -83,7 +83,7 @@ def stage_batch(
         store_reports(con, run_date, flow_run_id)
     finally:
         con.unregister(_BATCH_VIEW)
-    return loaded
+    return int(loaded)
 
 
 stage_batch_task = stage_task(stage_batch)

@@ -30,7 +30,8 @@ def migration_files() -> list[tuple[int, str, Path]]:
 def migrate(con: duckdb.DuckDBPyConnection) -> list[int]:
     """Apply pending migrations in order, each once and in its own transaction; return versions."""
     applied: set[int] = set()
-    if con.execute(read_sql("migrations_table_exists")).fetchone()[0]:
+    ((exists,),) = con.execute(read_sql("migrations_table_exists")).fetchall()
+    if exists:
         applied = {row[0] for row in con.execute(read_sql("applied_migrations")).fetchall()}
     newly_applied = []
     for version, name, path in migration_files():
