@@ -30,7 +30,7 @@ COPY flows/ flows/
 COPY tasks/ tasks/
 COPY local_api/ local_api/
 COPY expectations/ expectations/
-COPY prefect.yaml ./
+COPY prefect.yaml automations.yaml ./
 
 # Non-root; it owns only the output folders (mounted as volumes by compose) and its home.
 RUN useradd --create-home --uid 10001 app \

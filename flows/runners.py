@@ -1,4 +1,8 @@
-"""Task runner choice for the flow: Prefect's thread pool (default) or Dask via prefect-dask."""
+"""How the flows run: the task runner (threads or Dask), and the deployments' timeouts and retries.
+
+Read from the environment rather than the settings object: the flow decorators need them at
+import time, and a bad unrelated setting must not make the flow module unimportable.
+"""
 
 from __future__ import annotations
 
@@ -41,12 +45,40 @@ def make_task_runner(
 
 
 def runner_from_env() -> TaskRunner[Any]:
-    """The runner named by TASK_RUNNER / DASK_ADDRESS / DASK_WORKERS (threads when unset).
-
-    Read from the environment rather than the settings object, because the flow decorator calls
-    this at import time and a bad unrelated setting must not make the module unimportable.
-    """
+    """The runner named by TASK_RUNNER / DASK_ADDRESS / DASK_WORKERS (threads when unset)."""
     kind = os.environ.get("TASK_RUNNER", "threads").strip().lower() or "threads"
     address = os.environ.get("DASK_ADDRESS", "").strip() or None
     workers = int(os.environ.get("DASK_WORKERS", "2") or 2)
     return make_task_runner(kind, address, workers)
+
+
+# A 30,000-record run takes about 20 s against a nearby API and about 90 s against the public
+# one at 25 requests a minute; a million records at that rate take about 40 minutes. An hour
+# covers the largest run we plan for with room to spare, and stops a hung run long before the
+# next day's schedule.
+DEFAULT_FLOW_TIMEOUT_SECONDS = 3600
+# One backfill runs its dates one after another: a day of them.
+DEFAULT_BACKFILL_TIMEOUT_SECONDS = 86_400
+# A transient failure (the API down past its retries, the database held by another run) is
+# tried once more after this long: long enough for a short outage or a long run to pass.
+DEFAULT_RETRY_DELAY_SECONDS = 600
+
+
+def _seconds(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else default
+
+
+def flow_timeout_seconds() -> int:
+    """FLOW_TIMEOUT_SECONDS: a deployment run of the pipeline that runs longer fails."""
+    return _seconds("FLOW_TIMEOUT_SECONDS", DEFAULT_FLOW_TIMEOUT_SECONDS)
+
+
+def backfill_timeout_seconds() -> int:
+    """BACKFILL_TIMEOUT_SECONDS: the same for a backfill deployment run, all its dates."""
+    return _seconds("BACKFILL_TIMEOUT_SECONDS", DEFAULT_BACKFILL_TIMEOUT_SECONDS)
+
+
+def retry_delay_seconds() -> int:
+    """FLOW_RETRY_DELAY_SECONDS: the wait before a deployment run retries a transient failure."""
+    return _seconds("FLOW_RETRY_DELAY_SECONDS", DEFAULT_RETRY_DELAY_SECONDS)

@@ -8,6 +8,7 @@ commit, the date's lake files, DuckDB rows and latest artifacts are the previous
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Callable, Iterator
@@ -144,14 +145,48 @@ class Staged:
         return self.con
 
 
-def start(cfg: RunConfig, run: RunRecord) -> str | None:
-    """Migrate, repair what killed runs left, record this run; the last committed schema."""
+def start(cfg: RunConfig, run: RunRecord) -> tuple[RunConfig, str | None]:
+    """Migrate, repair what killed runs left, record this run, pick its request budget.
+
+    Returns the run's config (with the shared request budget, if the server has one) and the
+    source schema of the last committed run.
+    """
     previous_schema, findings = record_start(
         cfg, run.run_id, get_settings().duckdb_lock_timeout_seconds
     )
     for finding in findings:
         get_run_logger().warning("check: %s", finding.line())
-    return previous_schema
+    shared = shared_rate_limit(cfg.fetch.requests_per_minute)
+    if cfg.fetch.requests_per_minute:
+        where = f"shared through concurrency limit {shared!r}" if shared else "in this process"
+        get_run_logger().info(
+            "request budget: %d a minute, %s", cfg.fetch.requests_per_minute, where
+        )
+    fetch = dataclasses.replace(cfg.fetch, rate_limit_name=shared)
+    return dataclasses.replace(cfg, fetch=fetch), previous_schema
+
+
+def shared_rate_limit(requests_per_minute: int) -> str | None:
+    """The Prefect concurrency limit every process draws requests from, if there is one.
+
+    Only a real Prefect server (PREFECT_API_URL, as under `make serve` or a worker) can share a
+    budget between processes, and only once the limit exists with a slot decay (`make serve`
+    and the compose worker create it from REQUESTS_PER_MINUTE). A temporary server per process
+    shares nothing: the in-process limiter applies.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL
+
+    if requests_per_minute <= 0 or not PREFECT_API_URL.value():
+        return None
+    name = get_settings().rate_limit_name
+    with get_client(sync_client=True) as client:
+        try:
+            limit = client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            return None
+    return name if limit.active and limit.slot_decay_per_second else None
 
 
 @contextmanager
@@ -436,6 +471,8 @@ def report_failure(cfg: RunConfig | None, run: RunRecord, exc: BaseException) ->
     scanner = run.scanner(cfg.run_date) if cfg is not None and run.has_secrets() else None
     raised = value_free(exc, failure_text(exc, scanner))
     error = failure_text(raised)
+    if not getattr(raised, "transient", False):
+        _no_more_retries()
     held: dict[str, Any] = {}
     try:
         if cfg is not None:
@@ -477,8 +514,33 @@ def _record_failure(cfg: RunConfig, run: RunRecord, error: str, busy: bool) -> d
     return held
 
 
+def _no_more_retries() -> None:
+    """Spend the flow run's retries: the failure is deterministic (bad input, validation, drift,
+    a leak), so running it again unchanged would fail the same way."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    flow_run = context.flow_run if context else None
+    if flow_run is None or not flow_run.empirical_policy.retries:
+        return
+    # The server retries a Failed run while its policy has retries left.
+    policy = flow_run.empirical_policy.model_copy(update={"retries": 0})
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(flow_run.id, empirical_policy=policy)
+
+
 def log_failure(flow: Any, flow_run: Any, state: Any) -> None:
     """on_failure hook: one line for whoever watches the worker's log."""
     get_logger("flows.user_metrics").error(
         "flow run %s failed: %s (see the run-failure artifact)", flow_run.name, state.message
+    )
+
+
+def log_crash(flow: Any, flow_run: Any, state: Any) -> None:
+    """on_crashed hook: the process running the flow died or was stopped before it finished."""
+    get_logger("flows.user_metrics").error(
+        "flow run %s crashed: %s (the next run's check repairs what it left)",
+        flow_run.name,
+        state.message,
     )

@@ -14,12 +14,18 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from flows.runners import runner_from_env
+from flows.runners import (
+    backfill_timeout_seconds,
+    flow_timeout_seconds,
+    retry_delay_seconds,
+    runner_from_env,
+)
 from flows.stages import (
     check_drift,
     commit,
     fetch_and_mask,
     finish,
+    log_crash,
     log_failure,
     publish,
     report_failure,
@@ -46,14 +52,32 @@ FLOW_NAME = "user-metrics-pipeline"
 BACKFILL_FLOW_NAME = "user-metrics-backfill"
 
 
+def run_name() -> str:
+    """A pipeline run's name: the date it loads (today, UTC, when run_date is unset)."""
+    from prefect.runtime import flow_run as current
+
+    day = current.parameters.get("run_date") or dt.datetime.now(dt.UTC).date()
+    return f"run-date-{str(day)[:10]}"
+
+
+def backfill_name() -> str:
+    """A backfill run's name: its range of dates."""
+    from prefect.runtime import flow_run as current
+
+    first, last = (str(current.parameters.get(k))[:10] for k in ("start_date", "end_date"))
+    return f"backfill-{first}-to-{last}"
+
+
 @flow(
     name=FLOW_NAME,
     # TASK_RUNNER=threads (default: 16 threads; fetch concurrency is bounded by the HTTP gate)
     # or dask (DASK_ADDRESS, else a LocalCluster of DASK_WORKERS), read at import so that the CLI,
     # a deployment's worker and the backfill's subflows all use the same choice.
     task_runner=runner_from_env(),
+    flow_run_name=run_name,
     persist_result=False,
     on_failure=[log_failure],
+    on_crashed=[log_crash],
 )
 def user_metrics_pipeline(
     api_url: str | None = None,
@@ -77,7 +101,7 @@ def user_metrics_pipeline(
     try:
         cfg = checked_run_config(get_settings(), options, run_date)
         run.figures.hash_key_id = key_id(hash_key())
-        previous_schema = start(cfg, run)
+        cfg, previous_schema = start(cfg, run)
         # Chromium (~2 s to start) comes up while pages are fetched; the report's charts render
         # in it, and it is closed however the run ends.
         with capture_logs() as log_lines, prestart_charts(), staged_outputs(cfg, run) as staged:
@@ -96,7 +120,13 @@ def user_metrics_pipeline(
         raise report_failure(cfg, run, exc) from None
 
 
-@flow(name=BACKFILL_FLOW_NAME, persist_result=False, on_failure=[log_failure])
+@flow(
+    name=BACKFILL_FLOW_NAME,
+    flow_run_name=backfill_name,
+    persist_result=False,
+    on_failure=[log_failure],
+    on_crashed=[log_crash],
+)
 def user_metrics_backfill(
     start_date: dt.date,
     end_date: dt.date,
@@ -126,6 +156,18 @@ def user_metrics_backfill(
     if failed:
         raise PipelineError(f"backfill failed for {len(failed)} date(s): {', '.join(failed)}")
     return outcome
+
+
+# What the deployments run (prefect.yaml's entrypoints): the same flows with a timeout, so a hung
+# run cannot block the schedule, and for the pipeline one retry after a delay when it failed for
+# a transient cause (flows/stages.py spends the retry on a deterministic failure). A run from the
+# CLI or a test fails at once instead.
+deployed_pipeline = user_metrics_pipeline.with_options(
+    timeout_seconds=flow_timeout_seconds(),
+    retries=1,
+    retry_delay_seconds=retry_delay_seconds(),
+)
+deployed_backfill = user_metrics_backfill.with_options(timeout_seconds=backfill_timeout_seconds())
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -43,6 +44,9 @@ class Stats:
         # benchmark check a client's concurrency bound from the server's side.
         self._in_flight = 0
         self._max_in_flight = 0
+        # When each response went out (Unix seconds) and its status: a client's request rate as
+        # the server saw it, e.g. "never more than 30 in any 60 s".
+        self._answered: list[tuple[float, int]] = []
 
     @contextlib.contextmanager
     def in_flight(self) -> Iterator[None]:
@@ -61,6 +65,7 @@ class Stats:
         with self._lock:
             if status is not None:
                 self._status[status] += 1
+                self._answered.append((time.time(), status))
             if fault is not None:
                 self._faults[fault] += 1
 
@@ -73,6 +78,7 @@ class Stats:
                 "by_status": {str(k): v for k, v in sorted(self._status.items())},
                 "faults": dict(sorted(self._faults.items())),
                 "max_in_flight": self._max_in_flight,
+                "answered": [[at, status] for at, status in self._answered],
             }
 
     def reset(self) -> None:
@@ -80,6 +86,7 @@ class Stats:
         with self._lock:
             self._status.clear()
             self._faults.clear()
+            self._answered.clear()
             self._max_in_flight = self._in_flight
 
 

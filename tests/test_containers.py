@@ -110,6 +110,23 @@ def test_compose_commands_exist_in_the_project(compose):
     assert env["PROJECT_DIR"] == "/app"
 
 
+def test_compose_worker_applies_alerts_and_the_request_budget_as_make_serve_does(compose):
+    """The worker's command runs the same set-up as `make serve` (flows.service.set_up), which
+    applies automations.yaml and the shared request budget from the worker's environment."""
+    import inspect
+
+    import flows.service
+
+    env = _env(compose["services"]["worker"])
+    for name in ("ALERT_WEBHOOK_URL", "REQUESTS_PER_MINUTE", "PREFECT_API_AUTH_STRING"):
+        assert env[name].startswith("${"), name  # from the .env of the compose project
+    assert "flows.operations" in inspect.getsource(flows.service.set_up)
+    assert "set_up(env)" in inspect.getsource(flows.service.container_worker)
+    assert "set_up(env)" in inspect.getsource(flows.service.serve)
+    server_env = _env(compose["services"]["prefect-server"])
+    assert server_env["PREFECT_UI_URL"].endswith("localhost:4200}")  # alert links
+
+
 def test_compose_volumes_for_lake_and_database(compose):
     volumes = compose["services"]["worker"]["volumes"]
     assert "data_lake:/app/data_lake" in volumes and "db:/app/db" in volumes
@@ -146,7 +163,8 @@ def test_dockerfile_builds_the_project_as_designed(dockerfile):
     copied = [src for line in dockerfile if line.startswith("COPY") for src in line.split()[1:-1]]
     for src in copied:
         assert (ROOT / src).exists(), f"COPY of {src}, which is not in the project"
-    for needed in ("flows/", "tasks/", "local_api/", "expectations/", "prefect.yaml", "uv.lock"):
+    needed_files = ("flows/", "tasks/", "local_api/", "expectations/", "prefect.yaml", "uv.lock")
+    for needed in (*needed_files, "automations.yaml"):
         assert needed in copied, needed
     cmd = next(line for line in reversed(dockerfile) if line.startswith("CMD"))
     _assert_module_exists(yaml.safe_load(cmd.removeprefix("CMD")))
@@ -159,25 +177,31 @@ def test_dockerignore_keeps_secrets_and_state_out():
 
 
 def test_prefect_yaml_deployments(prefect_yaml):
+    import importlib
+    import inspect
+
+    from prefect import Flow
+
     deployments = {d["name"]: d for d in prefect_yaml["deployments"]}
-    assert {"daily", "backfill"} <= set(deployments)
+    assert set(deployments) == {"daily", "backfill", "range"}
     for deployment in deployments.values():
-        path, func = deployment["entrypoint"].split(":")
+        path, name = deployment["entrypoint"].split(":")
         assert path.startswith("flows/") and (ROOT / path).is_file()
-        assert re.search(rf"^def {func}\(", (ROOT / path).read_text(), re.MULTILINE)
+        flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name)
+        assert isinstance(flow, Flow), deployment["entrypoint"]
+        # A hung run cannot block the schedule; every parameter given is one the flow takes.
+        assert flow.timeout_seconds and flow.timeout_seconds >= 600
+        assert set(deployment["parameters"]) <= set(inspect.signature(flow.fn).parameters)
         assert deployment["work_pool"]["name"] == "faker-pool"
         assert deployment["concurrency_limit"] == 1
-        assert set(deployment["parameters"]) <= {
-            "api_url",
-            "records",
-            "page_size",
-            "run_date",
-            "seed",
-            "locale",
-        }
     [schedule] = deployments["daily"]["schedules"]
     assert schedule["timezone"] == "UTC" and len(schedule["cron"].split()) == 5
-    assert not deployments["backfill"].get("schedules")
+    assert not deployments["backfill"].get("schedules") and not deployments["range"]["schedules"]
+    assert deployments["range"]["entrypoint"].endswith(":deployed_backfill")
+    # Only the pipeline retries (once, and only a transient failure: flows/stages.py).
+    from flows.user_metrics import deployed_backfill, deployed_pipeline
+
+    assert (deployed_pipeline.retries, deployed_backfill.retries) == (1, 0)
 
 
 def test_prefect_yaml_pull_step_enters_project_dir_from_env(prefect_yaml):

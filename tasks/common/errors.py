@@ -34,7 +34,18 @@ PHONE_PATTERN = re.compile(r"(?<![A-Za-z0-9+/=])\+[0-9]{8,15}(?![0-9])")
 
 
 class PipelineError(RuntimeError):
-    """An error whose message we wrote: it names fields, pages, kinds and counts, never values."""
+    """An error whose message we wrote: it names fields, pages, kinds and counts, never values.
+
+    `transient` says whether the same run could succeed later unchanged (an API that was down,
+    a database another run held); a deployment run retries only those.
+    """
+
+    transient: bool = False
+
+    def __init__(self, message: str = "", *, transient: bool | None = None) -> None:
+        super().__init__(message)
+        if transient is not None:
+            self.transient = transient
 
 
 class BatchError(PipelineError, ValueError):

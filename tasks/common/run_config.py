@@ -38,6 +38,9 @@ class FetchConfig:
     backoff_base: float = 0.5
     backoff_max: float = 30.0
     retry_after_max: float = 60.0
+    # The Prefect global concurrency limit that spaces requests across processes, when the run
+    # found one on its server; None: the in-process limiter (requests_per_minute) applies.
+    rate_limit_name: str | None = None
 
 
 @dataclass(frozen=True)

@@ -63,9 +63,20 @@ class Settings(BaseSettings):
     )
     requests_per_minute: int = Field(
         0,
-        description="Request budget per minute across the run; 0 means unlimited "
-        "(the public API allows about 30).",
+        description="Request budget per minute; 0 means unlimited (the public API allows about "
+        "30). Shared by every process through RATE_LIMIT_NAME when a Prefect server has that "
+        "limit (`make serve` and the compose worker create it), else per process.",
         ge=0,
+    )
+    alert_webhook_url: SecretStr | None = Field(
+        None,
+        description="Where the alert automations post (a Slack incoming webhook or any JSON "
+        "receiver); applied by `make serve` and the compose worker. Unset: alerts are off.",
+    )
+    rate_limit_name: str = Field(
+        "faker-api-requests",
+        description="Prefect global concurrency limit (with slot decay) that spaces requests "
+        "across processes; created from REQUESTS_PER_MINUTE by `make serve` and the worker.",
     )
     http_connect_timeout_seconds: float = Field(5.0, description="TCP connect timeout.", gt=0)
     http_read_timeout_seconds: float = Field(30.0, description="Read timeout per request.", gt=0)

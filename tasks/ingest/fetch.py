@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
-import logging
 import random
 import threading
 import time
@@ -18,11 +17,10 @@ import pyarrow as pa
 
 from tasks.common.errors import PipelineError, display_url
 from tasks.common.handoff import HandsOverTable
+from tasks.common.logs import run_logger
 from tasks.common.run_config import FetchConfig
 from tasks.ingest.plan import Page, PageRange
 from tasks.ingest.source_schema import to_source_table
-
-log = logging.getLogger(__name__)
 
 Sleep = Callable[[float], None]
 
@@ -188,6 +186,17 @@ def _attempt(
     return data
 
 
+def _wait_for_slot(config: FetchConfig, transport: _Transport, sleep: Sleep) -> None:
+    """A request's place in the budget: the run's shared Prefect limit, else this process's."""
+    if config.rate_limit_name:
+        from prefect.concurrency.sync import rate_limit
+
+        # strict: the run checked the limit exists; if it went away, fail loudly, not unlimited.
+        rate_limit(config.rate_limit_name, occupy=1, strict=True)
+    else:
+        transport.limiter.acquire(sleep)
+
+
 def fetch_page(
     config: FetchConfig,
     page: Page,
@@ -201,7 +210,7 @@ def fetch_page(
     url = f"{config.api_url}/persons"
     cause = "no attempt made"
     for attempt in range(1, config.max_attempts + 1):
-        transport.limiter.acquire(sleep)
+        _wait_for_slot(config, transport, sleep)
         try:
             with transport.gate:
                 return _attempt(transport.client, url, page, config), attempt
@@ -214,7 +223,8 @@ def fetch_page(
                 if exc.retry_after is not None
                 else backoff_seconds(attempt, config, rng)
             )
-            log.warning(
+            # The run's logger: retries show in the flow run's logs in the UI.
+            run_logger(__name__).warning(
                 "page %d attempt %d/%d: %s; retrying in %.2fs",
                 page.index,
                 attempt,
@@ -223,8 +233,11 @@ def fetch_page(
                 delay,
             )
             sleep(delay)
+    # Every cause above is one that can clear by itself (rate limits, 5xx, timeouts, broken
+    # bodies): a later run, or the flow's own retry, may well succeed.
     raise FetchError(
-        f"page {page.index} failed after {config.max_attempts} attempts; last cause: {cause}"
+        f"page {page.index} failed after {config.max_attempts} attempts; last cause: {cause}",
+        transient=True,
     )
 
 

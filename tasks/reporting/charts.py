@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
+from tasks.common.logs import run_logger
 from tasks.common.schemas import AGE_GROUPS
 
 # Names of the chart images; `tasks.reporting.artifacts.report_markdown` looks images up by these.
@@ -60,20 +61,6 @@ _TEMPLATE = "plotly_white"
 _BAR_COLOR = "#3366cc"
 
 _log = logging.getLogger(__name__)
-
-
-def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
-    # Inside a flow or task the warning should reach the Prefect UI, elsewhere the module logger.
-    try:
-        from prefect.exceptions import MissingContextError
-        from prefect.logging import get_run_logger
-
-        try:
-            return get_run_logger()
-        except MissingContextError:
-            return _log
-    except Exception:
-        return _log
 
 
 # --- chart builders -------------------------------------------------------------------------------
@@ -469,7 +456,7 @@ def render_pngs(
     if chart_browser is None or not prestarted:  # none, or it failed: a new one stops it
         path = browser if browser is not None else find_browser()
         if not _executable(path):
-            _logger().warning("Charts not rendered: %s.", _no_browser_reason(path))
+            run_logger(__name__).warning("Charts not rendered: %s.", _no_browser_reason(path))
             return out
         chart_browser = ChartBrowser(path, timeout)
     opts = {"format": "png", "width": width, "height": height, "scale": scale}
@@ -490,5 +477,7 @@ def render_pngs(
     if errors or None in out.values():
         missing = ", ".join(name for name, png in out.items() if png is None)
         why = "; ".join(errors) or "no image returned"
-        _logger().warning("Charts not rendered with %s (%s): %s", chart_browser.path, missing, why)
+        run_logger(__name__).warning(
+            "Charts not rendered with %s (%s): %s", chart_browser.path, missing, why
+        )
     return out

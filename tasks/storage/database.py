@@ -12,6 +12,7 @@ from pathlib import Path
 import duckdb
 
 from tasks.common.errors import PipelineError
+from tasks.common.logs import run_logger
 
 
 def connect(db_path: Path) -> duckdb.DuckDBPyConnection:
@@ -23,6 +24,8 @@ def connect(db_path: Path) -> duckdb.DuckDBPyConnection:
 
 class DatabaseBusyError(PipelineError):
     """Another run held the DuckDB file for longer than the lock timeout."""
+
+    transient = True  # the other run finishes; a later attempt gets the file
 
 
 @contextmanager
@@ -36,11 +39,20 @@ def open_db(db_path: Path, timeout: float = 600.0) -> Iterator[duckdb.DuckDBPyCo
     db_path.parent.mkdir(parents=True, exist_ok=True)
     with open(db_path.with_name(db_path.name + ".lock"), "a+") as lock:
         deadline = time.monotonic() + timeout
+        waiting = False
         while True:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if not waiting:
+                    waiting = True
+                    run_logger(__name__).info(
+                        "waiting for %s: another run holds it (up to %.0fs, "
+                        "DUCKDB_LOCK_TIMEOUT_SECONDS)",
+                        db_path.name,
+                        timeout,
+                    )
                 if time.monotonic() >= deadline:
                     raise DatabaseBusyError(
                         f"{db_path} is busy: another run held it for over {timeout:.0f}s "

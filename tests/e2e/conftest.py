@@ -1,21 +1,69 @@
-"""One real local Prefect service per test session, started and stopped as `make serve` does it."""
+"""One real local Prefect service per test session, started and stopped as `make serve` does it.
+
+It runs as a team would run it: an auth string on the server (every client must send it),
+alerts to a webhook (a receiver started here), a shared request budget of 30 a minute, fast
+retries, and a "daily is late" window of seconds instead of 26 hours.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
+import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from flows.service import PROJECT_DIR, State, free_port, stop_group
+from flows.processes import PROJECT_DIR, State, free_port, stop_group
 from tests.conftest import TEST_KEY
 
 E2E_RECORDS = 2000
+
+
+AUTH = "e2e-admin:" + secrets.token_hex(8)
+LATE_WITHIN_SECONDS = 15
+REQUESTS_PER_MINUTE = 30
+
+
+class Webhook:
+    """An HTTP server on 127.0.0.1 that keeps every JSON body posted to it (the alerts)."""
+
+    def __init__(self) -> None:
+        received: list[dict[str, Any]] = []
+        self.received = received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                received.append(json.loads(body or b"{}"))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, match: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
+        """The first alert that `match`es, waiting up to `timeout` seconds for it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for message in list(self.received):
+                if match(message):
+                    return message
+            time.sleep(0.5)
+        raise AssertionError(f"no matching alert within {timeout:.0f}s; got {self.received}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +76,17 @@ class Service:
     api_url: str
     duckdb_path: Path
     serve_output: str
+    webhook: Webhook
+
+    def settings(self) -> dict[Any, Any]:
+        """Prefect settings of a client of this server (for `temporary_settings`)."""
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
+
+        return {PREFECT_API_URL: self.server_url, PREFECT_API_AUTH_STRING: AUTH}
+
+    def client_env(self) -> dict[str, str]:
+        """Environment of a process that talks to this server (the CLI, a flow run)."""
+        return {**self.env, "PREFECT_API_URL": self.server_url, "PREFECT_API_AUTH_STRING": AUTH}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +115,7 @@ def run_service_cli(env: dict[str, str], *args: str, timeout: float = 400) -> st
 @pytest.fixture(scope="session")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """Server on a free loopback port, isolated PREFECT_HOME, local API, pool, deploy, worker."""
+    webhook = Webhook()
     home = tmp_path_factory.mktemp("prefect-home")
     data = tmp_path_factory.mktemp("e2e-data")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PII_HASH_KEY"))}
@@ -68,6 +128,15 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         PII_HASH_KEY=TEST_KEY,
         DATA_LAKE_DIR=str(data / "lake"),
         DUCKDB_PATH=str(data / "db" / "faker.duckdb"),
+        PREFECT_SERVER_API_AUTH_STRING=AUTH,
+        ALERT_WEBHOOK_URL=webhook.url,
+        ALERT_LATE_WITHIN_SECONDS=str(LATE_WITHIN_SECONDS),
+        REQUESTS_PER_MINUTE=str(REQUESTS_PER_MINUTE),
+        FLOW_RETRY_DELAY_SECONDS="3",
+        RETRY_MAX_ATTEMPTS="2",
+        RETRY_BACKOFF_BASE_SECONDS="0.1",
+        RETRY_BACKOFF_MAX_SECONDS="0.2",
+        RETRY_AFTER_MAX_SECONDS="1",
     )
     state = State(home)
     try:
@@ -80,43 +149,48 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
             api_url=urls["api"],
             duckdb_path=data / "db" / "faker.duckdb",
             serve_output=output,
+            webhook=webhook,
         )
     finally:
         # By process id, whatever happened above: `stop` first, then anything it left behind.
         pids = {name: state.pid(name) for name in ("worker", "api", "server")}
-        subprocess.run(
-            [sys.executable, "-m", "flows.service", "stop"], env=env, cwd=PROJECT_DIR, timeout=120
+        stopped = subprocess.run(
+            [sys.executable, "-m", "flows.service", "stop"],
+            env=env,
+            cwd=PROJECT_DIR,
+            timeout=120,
+            capture_output=True,
+            text=True,
         )
         for pid in pids.values():
             if pid is not None:
                 stop_group(pid, timeout=5)
+        webhook.server.shutdown()
+        # `make stop` stopped everything `make serve` started, by the pids it recorded.
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert all(f"{name:<8} stopped" in stopped.stdout for name in pids), stopped.stdout
 
 
-@pytest.fixture(scope="session")
-def daily_run(service: Service) -> Run:
-    """Run the daily deployment once through the CLI, small and against the local API, and wait."""
-    env = {**service.env, "PREFECT_API_URL": service.server_url}
+def trigger(service: Service, *params: str, deployment: str | None = None) -> Run:
+    """`make trigger ARGS="--param ..."` (the daily deployment), or `prefect deployment run` of
+    another deployment, with the service's credentials; wait for the run to end."""
+    args = [f"--param={param}" for param in params]
+    if deployment is None:
+        cmd = [sys.executable, "-m", "flows.service", "trigger", *args]
+    else:
+        prefect = str(Path(sys.executable).with_name("prefect"))
+        cmd = [prefect, "deployment", "run", deployment, "--watch", "--watch-timeout", "300", *args]
+    env = service.client_env() if deployment else service.env
     done = subprocess.run(
-        [
-            str(Path(sys.executable).with_name("prefect")),
-            "deployment",
-            "run",
-            "user-metrics-pipeline/daily",
-            "--watch",
-            "--watch-timeout",
-            "300",
-            "--param",
-            f"records={E2E_RECORDS}",
-            "--param",
-            f'api_url="{service.api_url}"',
-        ],
-        env=env,
-        cwd=PROJECT_DIR,
-        capture_output=True,
-        text=True,
-        timeout=360,
+        cmd, env=env, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=420
     )
     output = done.stdout + done.stderr
     match = re.search(r"UUID: ([0-9a-f-]{36})", output)
     assert match, f"no flow run id in the output:\n{output}"
     return Run(flow_run_id=match.group(1), returncode=done.returncode, output=output)
+
+
+@pytest.fixture(scope="session")
+def daily_run(service: Service) -> Run:
+    """Run the daily deployment once, as `make trigger` does, small and against the local API."""
+    return trigger(service, f"records={E2E_RECORDS}", f'api_url="{service.api_url}"')

@@ -7,7 +7,7 @@ import re
 import duckdb
 import pytest
 
-from flows.service import PROJECT_DIR, State
+from flows.processes import PROJECT_DIR, State
 from tasks.reporting.artifacts import RUN_ARTIFACT_KEYS as ARTIFACTS
 from tests.e2e.conftest import E2E_RECORDS, Run, Service, run_service_cli
 
@@ -16,9 +16,9 @@ pytestmark = pytest.mark.e2e
 
 def _client(service: Service):
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: service.server_url}):
+    with temporary_settings(service.settings()):
         return get_client(sync_client=True)
 
 
@@ -48,7 +48,10 @@ def test_deployment_run_completes_and_publishes_the_reports(
     )
     # The worker ran the flow with the service's settings: its DuckDB, not the project's.
     with duckdb.connect(str(service.duckdb_path), read_only=True) as con:
-        rows = con.execute("select count(*) from persons_anonymized").fetchone()
+        rows = con.execute(
+            "select count(*) from persons_anonymized where flow_run_id = ?",
+            [daily_run.flow_run_id],
+        ).fetchone()
     assert rows == (E2E_RECORDS,)
 
 
@@ -59,7 +62,7 @@ def test_deployments_are_those_of_prefect_yaml(service: Service):
         pool = client.read_work_pool("faker-pool")
     assert pool.type == "process" and pool.concurrency_limit == 1
     assert daily.work_pool_name == backfill.work_pool_name == "faker-pool"
-    assert daily.entrypoint == "flows/user_metrics.py:user_metrics_pipeline"
+    assert daily.entrypoint == "flows/user_metrics.py:deployed_pipeline"
     assert daily.global_concurrency_limit is not None
     assert daily.global_concurrency_limit.limit == 1
     [schedule] = daily.schedules

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from flows.service import PROJECT_DIR
-from tests.e2e.conftest import Run, Service
+from flows.processes import PROJECT_DIR
+from tests.e2e.conftest import AUTH, Run, Service
 
 pytestmark = pytest.mark.e2e
 
@@ -38,16 +38,18 @@ def test_report_artifact_page_shows_charts_and_answers(
 ):
     from playwright.sync_api import sync_playwright
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter
+    from prefect.settings import temporary_settings
 
     assert daily_run.returncode == 0, daily_run.output
     with (
-        temporary_settings({PREFECT_API_URL: service.server_url}),
+        temporary_settings(service.settings()),
         get_client(sync_client=True) as client,
     ):
+        # Other runs of the session publish reports too: this run's.
         [report] = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["user-metrics-report"]))
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["user-metrics-report"])),
+            flow_run_filter=FlowRunFilter(id={"any_": [daily_run.flow_run_id]}),
         )
     answers = _answers(str(report.data))
     assert len(answers) == 3, answers
@@ -58,7 +60,10 @@ def test_report_artifact_page_shows_charts_and_answers(
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 2000})
+            context = browser.new_context(viewport={"width": 1280, "height": 2000})
+            # The server asks for its auth string; the UI sends what its login form stored.
+            context.add_init_script(f"localStorage.setItem('prefect-password', btoa({AUTH!r}))")
+            page = context.new_page()
             page.goto(url)
             for answer in answers:
                 page.get_by_text(answer, exact=True).wait_for(state="visible", timeout=60_000)

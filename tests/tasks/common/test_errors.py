@@ -102,3 +102,14 @@ def test_urls_are_shown_without_credentials(url: str, shown: str) -> None:
 def test_redact_leaves_masks_and_counts_alone() -> None:
     text = "****@gmail.com, 30,000 records, page 12, 2026-11-05"
     assert redact(text) == text
+
+
+def test_only_failures_that_can_clear_by_themselves_are_transient() -> None:
+    from tasks.ingest.source_schema import SchemaDriftError
+    from tasks.storage.database import DatabaseBusyError
+
+    assert DatabaseBusyError("db is busy").transient
+    assert FetchError("page 1 failed after 6 attempts", transient=True).transient
+    assert not FetchError("page 0: HTTP 404 (not retryable)").transient
+    assert not SchemaDriftError("page 0: field 'email' is missing").transient
+    assert not PipelineError("anything else").transient
