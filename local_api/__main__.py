@@ -8,7 +8,13 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from local_api.faults import DRIFTS, RETRY_AFTER_FORMATS, TRUNCATE_MODES, FaultConfig
+from local_api.faults import (
+    DRIFTS,
+    REDIRECT_STATUSES,
+    RETRY_AFTER_FORMATS,
+    TRUNCATE_MODES,
+    FaultConfig,
+)
 from local_api.pools import DEFAULT_LOCALE
 from local_api.server import LocalApiServer
 
@@ -68,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TEXT",
         help="JSON message of every 429/503/5xx instead of default",
     )
+    f.add_argument("--redirect-rate", type=_rate, default=0.0, help="share of redirects")
+    f.add_argument("--redirect-status", type=int, choices=REDIRECT_STATUSES, default=302)
+    f.add_argument("--gzip-bomb-rate", type=_rate, default=0.0, help="share of gzip bombs")
+    f.add_argument(
+        "--gzip-bomb-bytes", type=int, default=1 << 30, help="what a bomb expands to (1 GiB)"
+    )
+    f.add_argument("--deep-json-rate", type=_rate, default=0.0, help="share of deep JSON bodies")
+    f.add_argument("--deep-json-levels", type=int, default=900, help="nesting of deep JSON")
     f.add_argument("--fault-seed", type=int, default=0, help="seed for random fault draws")
     return p
 
@@ -92,6 +106,12 @@ def faults_from_args(args: argparse.Namespace) -> FaultConfig:
         drift=drift,
         down=args.down,
         error_message=args.error_message,
+        redirect_rate=args.redirect_rate,
+        redirect_status=args.redirect_status,
+        gzip_bomb_rate=args.gzip_bomb_rate,
+        gzip_bomb_bytes=args.gzip_bomb_bytes,
+        deep_json_rate=args.deep_json_rate,
+        deep_json_levels=args.deep_json_levels,
         fault_seed=args.fault_seed,
     )
 

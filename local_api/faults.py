@@ -28,6 +28,20 @@ DRIFTS: tuple[str, ...] = (
 )
 RETRY_AFTER_FORMATS: tuple[str, ...] = ("seconds", "http-date", "none")
 TRUNCATE_MODES: tuple[str, ...] = ("json", "connection")
+REDIRECT_STATUSES: tuple[int, ...] = (301, 302, 303, 307, 308)
+# Where a redirect points: the same server, so a client that follows it shows in the served log.
+REDIRECT_PREFIX = "/moved"
+# Every fault that fires on a share of requests; each is a fraction in [0, 1].
+RATES: tuple[str, ...] = (
+    "error_rate",
+    "truncate_rate",
+    "reset_rate",
+    "hang_rate",
+    "short_rate",
+    "redirect_rate",
+    "gzip_bomb_rate",
+    "deep_json_rate",
+)
 
 
 def normalize_drift(name: str) -> str:
@@ -59,6 +73,13 @@ class FaultConfig:
     drift: tuple[str, ...] = ()
     down: bool = False
     error_message: str | None = None  # JSON message of every injected error instead of default
+    # Hostile source: a redirect elsewhere, a gzip bomb, JSON nested far deeper than a page.
+    redirect_rate: float = 0.0
+    redirect_status: int = 302
+    gzip_bomb_rate: float = 0.0
+    gzip_bomb_bytes: int = 1 << 30  # what a bomb expands to (~1 MB on the wire per GiB)
+    deep_json_rate: float = 0.0
+    deep_json_levels: int = 900  # under orjson's own limit (1024), so only a client cap refuses it
     fault_seed: int = 0
 
     def __post_init__(self) -> None:
@@ -68,7 +89,11 @@ class FaultConfig:
             raise ValueError(f"truncate_mode must be one of {TRUNCATE_MODES}")
         if not self.error_statuses:
             raise ValueError("error_statuses must not be empty")
-        for name in ("error_rate", "truncate_rate", "reset_rate", "hang_rate", "short_rate"):
+        if self.redirect_status not in REDIRECT_STATUSES:
+            raise ValueError(f"redirect_status must be one of {REDIRECT_STATUSES}")
+        if self.gzip_bomb_bytes < 1 << 20 or self.deep_json_levels < 1:
+            raise ValueError("gzip_bomb_bytes must be at least 1 MiB, deep_json_levels at least 1")
+        for name in RATES:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
         object.__setattr__(self, "drift", tuple(normalize_drift(d) for d in self.drift))
@@ -87,6 +112,9 @@ class Decision:
     retry_after: str | None = None  # header value when rate limited
     truncate: bool = False
     short_fraction: float | None = None  # keep this share of records when set
+    redirect: bool = False
+    gzip_bomb: bool = False
+    deep_json: bool = False
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -98,7 +126,18 @@ class FaultInjector:
         self._lock = threading.Lock()
         self._hits: collections.deque[float] = collections.deque()
         self._attempts: collections.Counter[str] = collections.Counter()
-        kinds = ("error", "status", "truncate", "reset", "hang", "short", "short-size")
+        kinds = (
+            "error",
+            "status",
+            "truncate",
+            "reset",
+            "hang",
+            "short",
+            "short-size",
+            "redirect",
+            "gzip-bomb",
+            "deep-json",
+        )
         self._rng = {k: random.Random(f"{config.fault_seed}:{k}") for k in kinds}
 
     def reset(self) -> None:
@@ -153,9 +192,14 @@ class FaultInjector:
             if failing_first or self._chance("error", cfg.error_rate):
                 d.error_status = self._rng["status"].choice(cfg.error_statuses)
                 return d
+            d.redirect = self._chance("redirect", cfg.redirect_rate)
+            if d.redirect:
+                return d
             d.truncate = self._chance("truncate", cfg.truncate_rate)
             if self._chance("short", cfg.short_rate):
                 d.short_fraction = self._rng["short-size"].uniform(0.1, 0.9)
+            d.gzip_bomb = self._chance("gzip-bomb", cfg.gzip_bomb_rate)
+            d.deep_json = self._chance("deep-json", cfg.deep_json_rate)
             return d
 
 

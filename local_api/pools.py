@@ -68,7 +68,9 @@ def _repeat(fn: object, n: int) -> tuple[str, ...]:
     return tuple(str(fn()) for _ in range(n))  # type: ignore[operator]
 
 
-def _company_domains(fake: Faker, last_tokens: tuple[str, ...], rng: random.Random) -> tuple:
+def _company_domains(
+    fake: Faker, last_tokens: tuple[str, ...], rng: random.Random
+) -> tuple[str, ...]:
     """Build distinct company domains like faker's (``fahey.com``, ``smith-jones.net``)."""
     words = sorted({t for t in last_tokens if len(t) > 1})
     tlds = sorted({str(fake.tld()) for _ in range(50)})

@@ -170,7 +170,8 @@ def _birthdays(rng: np.random.Generator, query: PersonsQuery, n: int) -> list[st
     """Birthdays uniform over the inclusive range, as ISO dates."""
     span = (query.birthday_end - query.birthday_start).days + 1
     days = np.datetime64(query.birthday_start, "D") + rng.integers(0, span, n)
-    return days.astype(str).tolist()
+    dates: list[str] = days.astype(str).tolist()
+    return dates
 
 
 def build_records(query: PersonsQuery, pools: Pools) -> list[dict[str, object]]:

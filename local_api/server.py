@@ -13,13 +13,16 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
-from local_api.faults import Decision, FaultConfig, FaultInjector, apply_drift
+from local_api.faults import REDIRECT_PREFIX, Decision, FaultConfig, FaultInjector, apply_drift
+from local_api.hostile_bodies import deepen, gzip_bomb, warm_gzip_bomb
 from local_api.pools import DEFAULT_LOCALE, get_pools
 from local_api.records import PersonsQuery, build_records, parse_query
 
 PERSONS_PATHS = frozenset({"/api/v1/persons", "/api/v2/persons"})
+# Where the redirect fault points: served like a persons path, so a client that follows shows.
+MOVED_PATHS = frozenset(REDIRECT_PREFIX + path for path in PERSONS_PATHS)
 NOT_FOUND = {"status": "Not found", "code": 404, "total": 0}
 JSON_TYPE = "application/json; charset=utf-8"
 UNTRACKED_PATHS = frozenset({"/health", "/__stats", "/__served"})
@@ -221,6 +224,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif path in PERSONS_PATHS:
             with app.stats_counter.in_flight():
                 self._persons(path, parse_qs(url.query, keep_blank_values=True))
+        elif path in MOVED_PATHS:
+            self._ok(path, parse_query(parse_qs(url.query, keep_blank_values=True)), Decision())
         else:
             self._track(path, 404)
             self._send(404, dump_json(NOT_FOUND))
@@ -259,8 +264,19 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(503, "Service Unavailable", decision)
         elif decision.error_status is not None:
             self._error(decision.error_status, "Server Error", decision)
+        elif decision.redirect:
+            self._redirect(path, query)
         else:
             self._ok(path, query, decision)
+
+    def _redirect(self, path: str, query: PersonsQuery) -> None:
+        """Point the client at the same query under REDIRECT_PREFIX, with an empty body."""
+        app = self.server.app
+        app.stats_counter.count(status=app.faults.redirect_status, fault="redirect")
+        # The Host the client used: app.url may be a wildcard address (0.0.0.0 under compose).
+        root = f"http://{self.headers['Host']}" if self.headers["Host"] else app.url
+        location = f"{root}{REDIRECT_PREFIX}{path}?{urlencode(query.params())}"
+        self._send(app.faults.redirect_status, b"", {"Location": location})
 
     def _error(self, status: int, message: str, decision: Decision) -> None:
         app = self.server.app
@@ -271,25 +287,43 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _ok(self, path: str, query: PersonsQuery, decision: Decision) -> None:
         app = self.server.app
-        body = app.persons_body(query)
+        body, headers = app.persons_body(query), dict(decision.headers)
         if decision.short_fraction is not None:
             app.stats_counter.count(fault="short")
             body = _shorten(body, decision.short_fraction)
         app.stats_counter.count(status=200)
         app.served_log.add(path, query)
-        if not decision.truncate:
-            self._send(200, body, decision.headers)
+        if decision.deep_json:
+            app.stats_counter.count(fault="deep-json")
+            body = deepen(body, app.faults.deep_json_levels)
+        if decision.gzip_bomb:
+            app.stats_counter.count(fault="gzip-bomb")
+            body = gzip_bomb(body, app.faults.gzip_bomb_bytes)
+            # A client that bounds what it reads hangs up mid-body: the point, not an error. Say
+            # the connection closes, so no client tries to reuse it.
+            headers.update({"Content-Encoding": "gzip", "Connection": "close"})
+            self.close_connection = True
+        if decision.truncate:
+            self._truncated(body, headers)
             return
+        with contextlib.suppress(ConnectionError):
+            self._send(200, body, headers)
+
+    def _truncated(self, body: bytes, headers: dict[str, str]) -> None:
+        """Half the body: whole as far as HTTP goes (json mode), or cut short (connection)."""
+        app = self.server.app
         app.stats_counter.count(fault="truncate")
         half = body[: len(body) // 2]
         if app.faults.truncate_mode == "json":
-            self._send(200, half, decision.headers)
+            self._send(200, half, headers)
             return
         # Promise the full length, deliver half, then close: the client sees a short read.
         self.close_connection = True
         self.send_response(200)
         self.send_header("Content-Type", JSON_TYPE)
         self.send_header("Content-Length", str(len(body)))
+        for name, value in headers.items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(half)
 
@@ -344,6 +378,8 @@ class LocalApiServer:
         """Warm the pools, bind (port 0 picks a free port) and serve on a daemon thread."""
         for locale in self.warm_locales:
             get_pools(locale)
+        if self.faults.gzip_bomb_rate:
+            warm_gzip_bomb(self.faults.gzip_bomb_bytes)
         self._httpd = _HttpServer((self.host, self.port), self)
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(

@@ -7,6 +7,7 @@ import email.utils
 import random
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,13 @@ from tasks.common.errors import PipelineError, display_url
 from tasks.common.handoff import HandsOverTable
 from tasks.common.logs import run_logger
 from tasks.common.run_config import FetchConfig
+from tasks.ingest.limits import (
+    MAX_JSON_DEPTH,
+    EncodingError,
+    LimitExceededError,
+    nesting_depth,
+    read_body,
+)
 from tasks.ingest.plan import Page, PageRange
 from tasks.ingest.source_schema import to_source_table
 
@@ -94,8 +102,14 @@ def _transport(config: FetchConfig) -> _Transport:
                     max_connections=config.concurrency,
                     max_keepalive_connections=config.concurrency,
                 ),
-                headers={"User-Agent": "faker-api-dataflow", "Accept": "application/json"},
-                follow_redirects=True,
+                # gzip only: the one encoding read_body inflates in bounded steps.
+                headers={
+                    "User-Agent": "faker-api-dataflow",
+                    "Accept": "application/json",
+                    "Accept-Encoding": "gzip",
+                },
+                # A redirect is refused, never followed (see _check_status).
+                follow_redirects=False,
             )
             transport = _Transport(
                 client=client,
@@ -144,9 +158,7 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
-def _attempt(
-    client: httpx.Client, url: str, page: Page, config: FetchConfig
-) -> list[dict[str, Any]]:
+def _params(page: Page, config: FetchConfig) -> dict[str, str | int]:
     params: dict[str, str | int] = {
         "_quantity": page.quantity,
         "_seed": page.seed,
@@ -155,26 +167,71 @@ def _attempt(
     if config.birthday_end:
         params["_birthday_start"] = "1900-01-01"
         params["_birthday_end"] = config.birthday_end
-    try:
-        response = client.get(url, params=params)
-    except httpx.TimeoutException as exc:
-        raise _Retryable(f"timeout ({type(exc).__name__})") from None
-    except httpx.TransportError as exc:
-        raise _Retryable(f"connection error ({type(exc).__name__})") from None
+    return params
+
+
+def _fatal(page: Page, url: str, what: str, advice: str) -> FetchError:
+    """A page failure no retry can fix, naming the page and the URL (never its credentials)."""
+    return FetchError(
+        f"page {page.index}: {what} from {display_url(url)} (not retryable: {advice})"
+    )
+
+
+def _check_status(response: httpx.Response, url: str, page: Page) -> None:
     status = response.status_code
     if status == 429 or status >= 500:
         retry_after = retry_after_seconds(response.headers.get("Retry-After"))
         # The body's `message` is the source's own text (one held an e-mail and a phone
-        # number): the status says what happened, and the body is never quoted.
+        # number): the status says what happened, and the body is never read.
         raise _Retryable(f"HTTP {status}", retry_after)
-    if status != 200:
-        raise FetchError(
-            f"page {page.index}: HTTP {status} from {display_url(url)} "
-            "(not retryable: check the URL and parameters)"
+    if 300 <= status < 400:
+        # Following would send the page's request wherever the source says; Location is the
+        # source's text (it may hold credentials), so it is not quoted either.
+        raise _fatal(
+            page,
+            url,
+            f"HTTP {status} redirect",
+            "redirects are not followed: set the API URL to the address it redirects to",
         )
+    if status != 200:
+        raise _fatal(page, url, f"HTTP {status}", "check the URL and parameters")
+
+
+def _get_body(client: httpx.Client, url: str, page: Page, params: dict[str, str | int]) -> bytes:
+    """The page's 200 body, read within the size and nesting limits."""
+    try:
+        with client.stream("GET", url, params=params) as response:
+            _check_status(response, url, page)
+            body = read_body(response)
+        if nesting_depth(body) > MAX_JSON_DEPTH:
+            raise LimitExceededError(f"the JSON nesting limit of {MAX_JSON_DEPTH} levels")
+        return body
+    except httpx.TimeoutException as exc:
+        raise _Retryable(f"timeout ({type(exc).__name__})") from None
+    except httpx.TransportError as exc:
+        raise _Retryable(f"connection error ({type(exc).__name__})") from None
+    except zlib.error:
+        raise _Retryable("truncated or corrupt gzip body") from None
+    except LimitExceededError as exc:
+        # Not retried: a seeded request gets the same answer again, a valid page is a quarter of
+        # either limit or less, and each retry would cost us what a hostile source chose again.
+        # Only a person can judge the source (or the limit).
+        raise _fatal(
+            page, url, f"response over {exc}", "a valid page is a quarter of it or less"
+        ) from None
+    except EncodingError:
+        raise _fatal(
+            page, url, "response compressed other than with gzip", "only gzip is asked for"
+        ) from None
+
+
+def _attempt(
+    client: httpx.Client, url: str, page: Page, config: FetchConfig
+) -> list[dict[str, Any]]:
+    body = _get_body(client, url, page, _params(page, config))
     try:
         # orjson (already installed with Prefect) parses a page faster than the json module.
-        payload = orjson.loads(response.content)
+        payload = orjson.loads(body)
     except ValueError:  # orjson.JSONDecodeError is a ValueError
         raise _Retryable("truncated or non-JSON body") from None
     data = payload.get("data") if isinstance(payload, dict) else None

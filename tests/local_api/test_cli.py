@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from local_api import LocalApiServer
+from local_api import FaultConfig, LocalApiServer
 from local_api.__main__ import build_parser, faults_from_args, main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,6 +77,19 @@ def test_cli_parses_fault_flags() -> None:
     assert faults.error_statuses == (500, 502)
     assert faults.drift == ("county_code", "missing-email", "extra-field")
     assert faults.down
+
+
+def test_cli_parses_hostile_response_flags() -> None:
+    args = build_parser().parse_args(
+        ["--redirect-rate", "0.5", "--redirect-status", "308", "--gzip-bomb-rate", "1",
+         "--gzip-bomb-bytes", "67108864", "--deep-json-rate", "0.25", "--deep-json-levels", "2000"]
+    )  # fmt: skip
+    faults = faults_from_args(args)
+    assert (faults.redirect_rate, faults.redirect_status) == (0.5, 308)
+    assert (faults.gzip_bomb_rate, faults.gzip_bomb_bytes) == (1.0, 64 << 20)
+    assert (faults.deep_json_rate, faults.deep_json_levels) == (0.25, 2000)
+    defaults = faults_from_args(build_parser().parse_args([]))
+    assert defaults == FaultConfig()  # every flag's default is the config's
 
 
 def test_cli_parses_hostile_source_flags() -> None:

@@ -7,9 +7,11 @@ import datetime as dt
 import email.utils
 import json
 import time
+import zlib
 from collections.abc import Callable
 
 import httpx
+import orjson
 import pytest
 
 from local_api import FaultConfig, LocalApiServer
@@ -208,7 +210,16 @@ def test_stop_is_prompt_with_hung_request(start_server: Start, get: Get) -> None
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"retry_after": "minutes"}, {"truncate_mode": "gzip"}, {"error_rate": 1.5}, {"drift": ("x",)}],
+    [
+        {"retry_after": "minutes"},
+        {"truncate_mode": "gzip"},
+        {"error_rate": 1.5},
+        {"drift": ("x",)},
+        {"redirect_status": 200},
+        {"gzip_bomb_rate": -0.1},
+        {"gzip_bomb_bytes": 1000},
+        {"deep_json_levels": 0},
+    ],
 )
 def test_fault_config_validation(kwargs: dict) -> None:
     with pytest.raises(ValueError):
@@ -354,3 +365,60 @@ def test_error_message_on_rate_limit_only_on_errors(start_server: Start, get: Ge
     assert limited.json() == {"message": LEAKY_MESSAGE}
     assert "Retry-After" in limited.headers
     assert httpx.get(f"{srv.url}/nope").json()["status"] == "Not found"
+
+
+# Hostile responses: each wraps the very page a fault-free server sends, so a client that reads
+# without limits (or follows redirects) accepts it.
+
+
+def test_redirect_points_at_the_same_query_elsewhere(
+    start_server: Start, server: LocalApiServer, get: Get, http: httpx.Client
+) -> None:
+    srv = start_server(redirect_rate=1.0, redirect_status=307)
+    response = get(srv, **PAGE)  # httpx does not follow redirects unless asked
+    assert response.status_code == 307 and response.content == b""
+    location = response.headers["Location"]
+    assert location.startswith(f"{srv.url}/moved/api/v2/persons?")
+    assert srv.served() == [] and srv.stats()["faults"] == {"redirect": 1}
+    # A client that follows gets the page, and the server's log shows it went there.
+    assert http.get(location).json()["data"] == _data(server, get, **PAGE)
+    assert [q["path"] for q in srv.served()] == ["/moved/api/v2/persons"]
+
+
+def test_gzip_bomb_is_the_page_behind_a_gibibyte_of_whitespace(
+    start_server: Start, server: LocalApiServer, get: Get, http: httpx.Client
+) -> None:
+    srv = start_server(gzip_bomb_rate=1.0)
+    with http.stream("GET", f"{srv.base_url}/persons", params=PAGE) as response:
+        assert response.headers["Content-Encoding"] == "gzip"
+        assert response.headers["Connection"] == "close"
+        wire = b"".join(response.iter_raw())  # as sent: iter_raw does not inflate
+    assert len(wire) < 2 << 20  # ~1 MB on the wire
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | 16)
+    expanded, rest = 0, wire
+    while rest:  # in steps, to check the claim without holding a GiB
+        expanded += len(inflater.decompress(rest, 1 << 24))
+        rest = inflater.unconsumed_tail
+    assert inflater.eof and expanded == (1 << 30) + len(get(server, **PAGE).content)
+    assert srv.stats()["faults"] == {"gzip-bomb": 1}
+
+
+def test_gzip_bomb_is_valid_gzip_of_valid_json(
+    start_server: Start, server: LocalApiServer, get: Get
+) -> None:
+    srv = start_server(gzip_bomb_rate=1.0, gzip_bomb_bytes=1 << 20)
+    response = get(srv, **PAGE)  # httpx inflates it, checking the CRC and length
+    assert len(response.content) == (1 << 20) + len(get(server, **PAGE).content)
+    assert response.json()["data"] == _data(server, get, **PAGE)
+
+
+def test_deep_json_nests_900_levels_beside_the_page(
+    start_server: Start, server: LocalApiServer, get: Get
+) -> None:
+    body = get(start_server(deep_json_rate=1.0), **PAGE).content
+    payload = orjson.loads(body)  # within orjson's own limit (1024): it takes it
+    assert payload["data"] == _data(server, get, **PAGE)
+    meta, depth = payload["meta"], 1
+    while meta:
+        (meta,), depth = meta, depth + 1
+    assert depth == 900

@@ -160,6 +160,21 @@ CASES = [
         cause="connection error",
         stop_after=3,
     ),
+    # A hostile source's answers: refused on the first one, never retried, never followed.
+    Case(
+        "gzip bomb (1 MB expanding to 1 GiB)",
+        {"gzip_bomb_rate": 1.0},
+        "failed",
+        cause="-byte body limit",
+    ),
+    Case("redirect to another URL", {"redirect_rate": 1.0}, "failed", cause="HTTP 302 redirect"),
+    Case("JSON nested 900 deep", {"deep_json_rate": 1.0}, "failed", cause="JSON nesting limit"),
+    Case(
+        "gzip bodies under the size limit",
+        {"gzip_bomb_rate": 1.0, "gzip_bomb_bytes": 1 << 20},
+        "completed",
+        faults_fire=False,
+    ),
     Case(
         "combined: fail-first + truncate + reset + latency",
         {"fail_first": 1, "truncate_rate": 0.2, "reset_rate": 0.2, "latency_ms": 20},

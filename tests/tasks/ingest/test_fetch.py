@@ -5,9 +5,13 @@ from __future__ import annotations
 import concurrent.futures
 import datetime as dt
 import random
+import tracemalloc
 
+import httpx
 import pytest
 
+from local_api.pools import SUPPORTED_LOCALES, get_pools
+from local_api.server import REPLAY_HEADER
 from tasks.ingest.fetch import (
     FetchConfig,
     FetchError,
@@ -18,8 +22,11 @@ from tasks.ingest.fetch import (
     fetch_range,
     retry_after_seconds,
 )
+from tasks.ingest.limits import MAX_BODY_BYTES, MAX_JSON_DEPTH, nesting_depth
 from tasks.ingest.plan import group_ranges, plan_pages
 from tasks.ingest.source_schema import SchemaDriftError
+
+KEY = b"test-page-seed-key-0123456789abcdef"  # page seeds are an HMAC under a key of their own
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +46,7 @@ def config(server, **over) -> FetchConfig:
 
 
 def fetch_all(cfg: FetchConfig, records: int, page_size: int, sleeps=None):
-    pages = plan_pages(records, page_size, run_seed=11)
+    pages = plan_pages(records, page_size, run_seed=11, key=KEY)
     ranges = group_ranges(pages, 4)
     results = [
         fetch_range(cfg, r, sleep=Sleeps() if sleeps is None else sleeps, rng=random.Random(0))
@@ -68,6 +75,8 @@ def test_clean_fetch_is_complete_and_typed(api):
         {"short_rate": 0.5, "fault_seed": 7},
         {"error_rate": 0.3, "error_statuses": (500, 502, 503), "fault_seed": 9},
         {"hang_rate": 0.3, "hang_seconds": 3, "fault_seed": 1},
+        # Bodies gzipped to ~1 MiB expanded (under the limit), half of them cut off mid-stream.
+        {"gzip_bomb_rate": 1.0, "gzip_bomb_bytes": 1 << 20, "truncate_rate": 0.5, "fault_seed": 3},
     ],
     ids=[
         "fail-first-500",
@@ -79,6 +88,7 @@ def test_clean_fetch_is_complete_and_typed(api):
         "short-pages",
         "random-5xx",
         "read-timeouts",
+        "truncated-gzip",
     ],
 )
 def test_retryable_faults_recover_to_exactly_the_records(start_api, faults):
@@ -101,7 +111,7 @@ def test_retry_after_is_honoured(start_api, fmt):
     server = start_api(rate_limit=1, rate_window=3, retry_after=fmt)
     sleeps = Sleeps()
     cfg = config(server, retry_after_max=60, max_attempts=3)
-    page = plan_pages(2, 1, run_seed=1)
+    page = plan_pages(2, 1, run_seed=1, key=KEY)
     fetch_page(cfg, page[0], sleep=sleeps)
     with pytest.raises(FetchError, match=r"page 1 failed after 3 attempts; last cause: HTTP 429"):
         fetch_page(cfg, page[1], sleep=sleeps)
@@ -114,7 +124,7 @@ def test_retry_after_is_capped(start_api):
     server = start_api(rate_limit=1, rate_window=3600)
     sleeps = Sleeps()
     cfg = config(server, retry_after_max=0.25, max_attempts=2)
-    pages = plan_pages(2, 1, run_seed=1)
+    pages = plan_pages(2, 1, run_seed=1, key=KEY)
     fetch_page(cfg, pages[0], sleep=sleeps)
     with pytest.raises(FetchError):
         fetch_page(cfg, pages[1], sleep=sleeps)
@@ -144,7 +154,7 @@ def test_non_retryable_4xx_fails_at_once(api):
     cfg = config(api, api_url=api.base_url.rsplit("/api/", 1)[0] + "/api/v9")
     sleeps = Sleeps()
     with pytest.raises(FetchError, match=r"page 0: HTTP 404 .*not retryable") as info:
-        fetch_page(cfg, plan_pages(5, 5, 1)[0], sleep=sleeps)
+        fetch_page(cfg, plan_pages(5, 5, 1, key=KEY)[0], sleep=sleeps)
     assert sleeps == [] and not info.value.transient  # a deployment run does not retry it
     assert api.stats()["total"] == 1
 
@@ -155,7 +165,7 @@ def test_exhausted_page_names_page_and_cause(start_api):
     with pytest.raises(
         FetchError, match=r"page 0 failed after 4 attempts; last cause: HTTP 503"
     ) as info:
-        fetch_page(config(server, max_attempts=4), plan_pages(5, 5, 1)[0], sleep=sleeps)
+        fetch_page(config(server, max_attempts=4), plan_pages(5, 5, 1, key=KEY)[0], sleep=sleeps)
     assert len(sleeps) == 3 and info.value.transient  # the API may be back later
     assert server.stats()["total"] == 4
 
@@ -165,7 +175,9 @@ def test_connection_refused_is_retried_then_fails(api):
     api.stop()
     sleeps = Sleeps()
     with pytest.raises(FetchError, match="last cause: connection error"):
-        fetch_page(config(api, api_url=url, max_attempts=2), plan_pages(1, 1, 1)[0], sleep=sleeps)
+        fetch_page(
+            config(api, api_url=url, max_attempts=2), plan_pages(1, 1, 1, key=KEY)[0], sleep=sleeps
+        )
     assert len(sleeps) == 1
 
 
@@ -200,7 +212,7 @@ def test_rate_limiter_spaces_requests():
 
 def test_pooled_client_reuses_connections(api):
     cfg = config(api)
-    pages = plan_pages(50, 5, 3)
+    pages = plan_pages(50, 5, 3, key=KEY)
     for page in pages:
         fetch_page(cfg, page)
     from tasks.ingest.fetch import _transport
@@ -215,7 +227,7 @@ def test_concurrency_bound_holds_at_the_server(start_api):
     # would see up to 8 requests at once.
     server = start_api(latency_ms=50)
     cfg = config(server, concurrency=3)
-    pages = plan_pages(16 * 5, 5, run_seed=3)
+    pages = plan_pages(16 * 5, 5, run_seed=3, key=KEY)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         done = list(pool.map(lambda page: fetch_page(cfg, page), pages))
     assert [len(records) for records, _ in done] == [5] * 16
@@ -228,5 +240,82 @@ def test_concurrency_bound_holds_at_the_server(start_api):
 def test_the_apis_own_error_message_is_never_quoted(start_api):
     server = start_api(down=True, error_message="Down for jane.doe@example.org, +14155550123")
     with pytest.raises(FetchError) as info:
-        fetch_page(config(server, max_attempts=2), plan_pages(5, 5, 1)[0], sleep=Sleeps())
+        fetch_page(config(server, max_attempts=2), plan_pages(5, 5, 1, key=KEY)[0], sleep=Sleeps())
     assert str(info.value) == "page 0 failed after 2 attempts; last cause: HTTP 503"
+
+
+# Hostile responses: each is refused on its first answer, within the limits, naming the page
+# and the limit, never retried, and never quoting the body or the URL's credentials.
+ONE_PAGE = plan_pages(1000, 1000, run_seed=5, key=KEY)[0]
+
+
+def _refused(server, sleeps: Sleeps, **over) -> FetchError:
+    # Credentials in the URL must not reach the message (the local API ignores them).
+    url = server.base_url.replace("http://", "http://user:secret@")
+    with pytest.raises(FetchError) as info:
+        fetch_page(config(server, api_url=url, **over), ONE_PAGE, sleep=sleeps)
+    message = str(info.value)
+    assert message.startswith("page 0: ") and "not retryable" in message, message
+    assert f"from {server.base_url}/persons " in message and "secret" not in message, message
+    assert not info.value.transient and sleeps == []
+    return info.value
+
+
+def test_gzip_bomb_is_refused_reading_a_bounded_part(start_api):
+    server = start_api(gzip_bomb_rate=1.0)  # ~1 MB on the wire, 1 GiB expanded
+    # A first refusal warms what this process serves from (the page's body and the padding's
+    # CRC), so the peak below is the fetch plus the ~1 MB bomb the server holds while sending.
+    _refused(server, Sleeps())
+    tracemalloc.start()
+    try:
+        error = _refused(server, Sleeps())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert f"response over the {MAX_BODY_BYTES:,}-byte body limit" in str(error)
+    # Measured ~3.7 MiB: the capped body (2 MiB and one 64 KiB step) and the server's bomb. The
+    # bound is 1/128 of the expanded body, and an eighth of what inflating one 64 KiB network
+    # read at once takes (~63 MiB, as httpx's iter_bytes does).
+    assert peak < 4 * MAX_BODY_BYTES, peak
+    assert server.stats()["faults"] == {"gzip-bomb": 2} and server.stats()["total"] == 2
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_redirect_is_refused_and_never_followed(start_api, status):
+    server = start_api(redirect_rate=1.0, redirect_status=status)
+    error = _refused(server, Sleeps())
+    assert f"page 0: HTTP {status} redirect from " in str(error)
+    assert "/moved" not in str(error)  # the Location is the source's text: never quoted
+    # The server logs every 200 it answers, the redirect's target included: there is none.
+    assert server.served() == []
+    assert server.stats()["by_status"] == {str(status): 1}
+
+
+def test_deep_json_is_refused_before_parsing(start_api):
+    server = start_api(deep_json_rate=1.0)  # 900 levels, which orjson alone would accept
+    error = _refused(server, Sleeps())
+    assert f"response over the JSON nesting limit of {MAX_JSON_DEPTH} levels" in str(error)
+    assert server.stats()["faults"] == {"deep-json": 1} and server.stats()["total"] == 1
+
+
+@pytest.mark.parametrize("locale", SUPPORTED_LOCALES)
+def test_the_largest_valid_pages_pass_the_limits(start_api, locale):
+    server = start_api()
+    get_pools(locale)  # built on first use, which can outlast the test's read timeout
+    records, attempts = fetch_page(config(server, locale=locale), ONE_PAGE)
+    assert len(records) == 1000 and attempts == 1
+    # The body as served (asked for again): ~0.47 MB and 4 levels deep, a quarter of either
+    # limit or less, the margin the limits were sized with.
+    (served,) = server.served()
+    body = httpx.get(
+        server.url + served["path"], params=served["params"], headers={REPLAY_HEADER: "1"}
+    ).content
+    assert len(body) < MAX_BODY_BYTES / 4
+    assert nesting_depth(body) == 4 == MAX_JSON_DEPTH / 4
+
+
+def test_a_gzip_page_under_the_limit_passes(start_api, api):
+    # ~1 MiB of whitespace before a real page: gzip, valid JSON, under the limit once expanded.
+    server = start_api(gzip_bomb_rate=1.0, gzip_bomb_bytes=1 << 20)
+    records, attempts = fetch_page(config(server), ONE_PAGE)
+    assert attempts == 1 and records == fetch_page(config(api), ONE_PAGE)[0]
