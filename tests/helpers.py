@@ -98,7 +98,9 @@ COUNT_COLUMNS = {
 
 def published(expected: dict[str, list[dict]], k: int = 5) -> dict[str, list[dict]]:
     """The answers as published: counts of 1..k-1 people show as `<k`, and so does the share
-    computed from such a count (the exact values stay in DuckDB)."""
+    computed from such a count; countries below k are not ranked (exact values stay in DuckDB).
+    Complementary suppression (`x`) is not modelled: tests/tasks/reporting/test_disclosure.py
+    checks it."""
     label = f"<{k}"
     out = {}
     for key, rows in expected.items():
@@ -112,7 +114,23 @@ def published(expected: dict[str, list[dict]], k: int = 5) -> dict[str, list[dic
     share = out["germany-gmail-share"][0]
     if label in (share["german_users"], share["german_gmail_users"]):
         share["gmail_share_pct"] = label
+    out["top-gmail-countries"] = ranked_among_shown(expected["top-gmail-countries"], k)
     return out
+
+
+def ranked_among_shown(top: list[dict], k: int) -> list[dict]:
+    """Top countries as published: only those with k or more Gmail users, dense-ranked among
+    themselves (a hidden count gets no rank and pushes no shown country down)."""
+    shown = [row for row in top if row["gmail_users"] >= k]
+    levels = sorted({row["gmail_users"] for row in shown}, reverse=True)[:3]
+    return sorted(
+        (
+            {**row, "rank": levels.index(row["gmail_users"]) + 1}
+            for row in shown
+            if row["gmail_users"] in levels
+        ),
+        key=lambda row: (row["rank"], row["country"]),
+    )
 
 
 def parquet_cells(root: Path) -> set[str]:
@@ -153,22 +171,24 @@ def leaked(secrets: set[str], cells: set[str], blob: bytes = b"") -> list[str]:
     return sorted(hits)
 
 
-def occurring(needles: set[bytes], blob: bytes) -> set[bytes]:
-    """The needles (8+ bytes each) that occur in blob: `{n for n in needles if n in blob}`, but
-    one pass for all of them. Every 8-byte window of blob is read as an integer (8 strided reads,
-    one per offset) and looked up among the needles' first 8 bytes; only the windows that match
-    one are compared whole."""
-    assert all(len(n) >= 8 for n in needles)
-    if not needles or len(blob) < 8:
+def occurring(needles: set[bytes], blob: bytes, width: int = 8) -> set[bytes]:
+    """The needles (`width`, 8 or 4, bytes or more each) that occur in blob: `{n for n in needles
+    if n in blob}`, but one pass for all of them. Every `width`-byte window of blob is read as an
+    integer (`width` strided reads, one per offset) and looked up among the needles' first
+    `width` bytes; only the windows that match one are compared whole."""
+    assert width in (4, 8) and all(len(n) >= width for n in needles)
+    if not needles or len(blob) < width:
         return set()
     by_head: dict[bytes, list[bytes]] = {}
     for needle in needles:
-        by_head.setdefault(needle[:8], []).append(needle)
-    heads = np.frombuffer(b"".join(by_head), dtype="<u8")
+        by_head.setdefault(needle[:width], []).append(needle)
+    dtype = f"<u{width}"
+    heads = np.frombuffer(b"".join(by_head), dtype=dtype)
     found: set[bytes] = set()
-    for offset in range(8):
-        words = np.frombuffer(blob, dtype="<u8", count=(len(blob) - offset) // 8, offset=offset)
+    for offset in range(width):
+        count = (len(blob) - offset) // width
+        words = np.frombuffer(blob, dtype=dtype, count=count, offset=offset)
         for index in np.flatnonzero(np.isin(words, heads)).tolist():
-            at = offset + 8 * index
-            found.update(n for n in by_head[blob[at : at + 8]] if blob.startswith(n, at))
+            at = offset + width * index
+            found.update(n for n in by_head[blob[at : at + width]] if blob.startswith(n, at))
     return found

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tasks.privacy.suppression import SECONDARY_LABEL
 from tasks.reporting.charts import CHART_AGE_GROUPS, CHART_HISTORY, CHART_TOP_COUNTRIES
 
 GERMANY_GMAIL_SHARE = "germany-gmail-share"
@@ -122,7 +123,7 @@ def _int(value: Any) -> int:
 
 
 def _hidden(value: Any) -> bool:
-    # Small-cell suppression replaces a count with a label such as "<5".
+    # Small-cell suppression replaces a count with a label such as "<5" (or "x" for a complement).
     return isinstance(value, str)
 
 
@@ -185,7 +186,9 @@ def germany_share_sentence(df: pd.DataFrame) -> str:
 def top_countries_sentence(df: pd.DataFrame) -> str:
     """The top countries by Gmail users as a sentence; tied countries are named together."""
     if df.empty:
-        return "No Gmail users in this batch, so there are no top countries."
+        # Countries below the small-cell threshold are not ranked, so this also covers a batch
+        # whose Gmail users are spread thinly.
+        return "No country has enough Gmail users in this batch to be ranked."
     parts = []
     for rank, group in df.sort_values(["rank", "country"]).groupby("rank", sort=True):
         countries = [str(c).translate(_MD_ESCAPES) for c in group["country"]]
@@ -200,6 +203,11 @@ def top_countries_sentence(df: pd.DataFrame) -> str:
 def over_60_sentence(df: pd.DataFrame) -> str:
     """The number of Gmail users aged 60 or over as a sentence."""
     count = df["gmail_users_over_60"].iloc[0] if not df.empty else 0
+    if isinstance(count, str) and count == SECONDARY_LABEL:
+        return (
+            f"The number of Gmail users aged 60 or over is withheld ({count}): with the age "
+            "chart it would give away a small count."
+        )
     if not _hidden(count) and _int(count) == 1:
         return "1 Gmail user is aged 60 or over."
     return f"{_count(count)} Gmail users are aged 60 or over."

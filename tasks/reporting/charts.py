@@ -79,7 +79,7 @@ def _layout(fig: go.Figure, title: str, x_title: str, y_title: str) -> go.Figure
 
 
 def _label(value: Any) -> str:
-    # A count hidden by small-cell suppression arrives as its label (e.g. "<5").
+    # A count hidden by small-cell suppression arrives as its label (e.g. "<5" or "x").
     if isinstance(value, str):
         return value
     return "0" if pd.isna(value) else f"{int(value):,}"
@@ -106,7 +106,9 @@ def _bar_chart(labels: list[str], values: list[Any], text: list[str]) -> go.Figu
 
 def top_countries_chart(df: pd.DataFrame) -> go.Figure:
     """Bar chart of Gmail users per country for the top-ranked countries (ties share a rank)."""
-    data = df.sort_values(["rank", "gmail_users", "country"], ascending=[True, False, True])
+    # Countries of one rank share their count (dense rank); a hidden count is a label, not a
+    # number, so the count is no sort key.
+    data = df.sort_values(["rank", "country"])
     users = list(data["gmail_users"])
     text = [f"#{int(r)}: {_label(u)}" for r, u in zip(data["rank"], users, strict=True)]
     fig = _bar_chart([str(c) for c in data["country"]], users, text)

@@ -8,10 +8,9 @@ import time
 from dataclasses import dataclass
 
 import duckdb
-import pandas as pd
 
 from tasks.common.stage import stage_task
-from tasks.privacy.suppression import small_cell_note, suppress_small_counts
+from tasks.privacy.suppression import small_cell_note
 from tasks.reporting.artifacts import (
     Artifact,
     compose_reports,
@@ -20,18 +19,17 @@ from tasks.reporting.artifacts import (
     top_countries_sentence,
 )
 from tasks.reporting.charts import build_charts, render_pngs
-from tasks.reporting.queries import (
-    COUNT_COLUMNS,
-    gmail_by_age_group,
-    report_history,
-    report_results,
-)
+from tasks.reporting.disclosure import Shown, shown_figures
+from tasks.reporting.queries import gmail_by_age_group, report_history, report_results
 
 
-def published(key: str, df: pd.DataFrame, k: int) -> pd.DataFrame:
-    """A table as people see it: counts of 1..k-1 (and figures derived from them) as `<k`."""
-    counts, derived = COUNT_COLUMNS[key]
-    return suppress_small_counts(df, counts, k, derived=derived)
+def shown_report(con: duckdb.DuckDBPyConnection, run_date: dt.date, k: int) -> Shown:
+    """The run's report tables and chart data as people will see them (nothing rendered)."""
+    # Read through the run's open transaction: the staged rows, not the committed ones.
+    stored = report_results(con, run_date)
+    # Exact values stay in DuckDB; what people see hides counts of fewer than k people, and
+    # whatever would let a reader work such a count out from a published total.
+    return shown_figures(stored, gmail_by_age_group(con, run_date), report_history(con), k)
 
 
 @dataclass
@@ -46,18 +44,10 @@ class Published:
 def compose_user_metrics(
     con: duckdb.DuckDBPyConnection, run_date: dt.date, records: int, k: int
 ) -> Published:
-    """The report tables and the markdown report with charts, small counts as `<k` (not created)."""
-    # Read through the run's open transaction: the staged rows, not the committed ones.
-    stored = report_results(con, run_date)
-    by_age = gmail_by_age_group(con, run_date)
-    history = report_history(con)
-    # Exact values stay in DuckDB; what people see hides counts of fewer than k people.
-    reports = {key: published(key, df, k) for key, df in stored.items()}
-    figures = build_charts(
-        reports["top-gmail-countries"],
-        published("gmail-by-age-group", by_age, k),
-        published("history", history, k),
-    )
+    """The report tables and the markdown report with charts, small counts hidden (not created)."""
+    shown = shown_report(con, run_date, k)
+    reports = shown.reports
+    figures = build_charts(reports["top-gmail-countries"], shown.by_age, shown.history)
     started = time.perf_counter()
     images = render_pngs(figures)  # one browser session for every chart; never raises
     seconds_charts = time.perf_counter() - started

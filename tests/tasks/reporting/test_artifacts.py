@@ -275,3 +275,12 @@ def test_publish_reports_from_an_async_flow(prefect_api: None) -> None:
             flow_run_filter=FlowRunFilter(id={"any_": [state.state_details.flow_run_id]}),
         )
     assert any("2024-05-02" in (a.data or "") for a in artifacts)
+
+
+def test_sentences_for_complements_and_unranked_countries() -> None:
+    withheld = publish.over_60_sentence(pd.DataFrame({"gmail_users_over_60": ["x"]}))
+    assert "withheld (x)" in withheld and "aged 60 or over" in withheld
+    empty = pd.DataFrame({"rank": [], "country": [], "gmail_users": []})
+    assert publish.top_countries_sentence(empty) == (
+        "No country has enough Gmail users in this batch to be ranked."
+    )
