@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from tasks.common.errors import failure_text, redact
 from tasks.common.inputs import InputError, RunOptions, date_range, settings_error_line
 from tasks.common.run_config import checked_run_config
+from tasks.common.secrets import withhold_key
 from tasks.common.settings import get_settings
 
 # Prefect gives its temporary API server 20 s to start; a first run took 21-33 s on a busy
@@ -175,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             return run_check()
         params = preflight(args)
+        withhold_key()  # before Prefect's server or Chromium start: children never inherit it
     except ValidationError as exc:  # pydantic: a bad environment value
         print(f"error: {settings_error_line(exc)}", file=sys.stderr)
         return 2

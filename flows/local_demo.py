@@ -6,13 +6,14 @@ import os
 import subprocess
 import sys
 
-from tasks.common.secrets import DEMO_KEY_FILE, ensure_demo_key
+from tasks.common.secrets import DEMO_KEY_FILE, ensure_demo_key, without_key
 
 
 def start_local_api() -> tuple[subprocess.Popen[str], str]:
     """Start `python -m local_api` on a free loopback port; returns the process and base URL."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "local_api", "--port", "0", "--quiet"],
+        env=without_key(os.environ),  # the API makes no pseudonyms: it gets no key
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from flows.processes import PROJECT_DIR, ServiceError, State, answers, free_port, wait_until
+from tasks.common.secrets import DEMO_KEY_FILE, ensure_demo_key, without_key
 
 POOL = "faker-pool"
 DAILY = "user-metrics-pipeline/daily"
@@ -113,8 +114,6 @@ def _start_worker(state: State, env: dict[str, str], api: str) -> None:
     worker_env = {**env, "FAKER_API_URL": api}
     worker_env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "5")
     if not env.get("PII_HASH_KEY") and not env.get("PII_HASH_KEY_BLOCK"):
-        from tasks.common.secrets import DEMO_KEY_FILE, ensure_demo_key
-
         # As `make run`: a random local key in the git-ignored .secrets/, never one in the repo.
         worker_env.setdefault("PII_HASH_KEY_FILE", str(ensure_demo_key(DEMO_KEY_FILE)))
     cmd = [prefect_bin(), "worker", "start", "--pool", POOL]
@@ -134,12 +133,13 @@ def serve() -> int:
     env.setdefault("PREFECT_UI_URL", server.removesuffix("/api"))  # the links in alerts
     # Not `--background`: see flows/processes.py.
     cmd = [prefect_bin(), "server", "start", "--host", host, "--port", port]
-    _ensure(state, "server", cmd, env, server, f"{server}/health")
+    # Only the worker (and the flow runs it starts) may need the key: the rest never get it.
+    _ensure(state, "server", cmd, without_key(env), server, f"{server}/health")
     env = base_env(server)
     api = state.urls().get("api") or f"http://127.0.0.1:{free_port()}/api/v2"
     cmd = [sys.executable, "-m", "local_api", "--port", api.split(":")[2].split("/")[0], "--quiet"]
-    _ensure(state, "api", cmd, env, api, api.replace("/api/v2", "/health"))
-    set_up(env)
+    _ensure(state, "api", cmd, without_key(env), api, api.replace("/api/v2", "/health"))
+    set_up(without_key(env))
     _start_worker(state, env, api)
     print(f"\nPrefect UI         {server.removesuffix('/api')}  (Artifacts -> user-metrics-report)")
     print(f"Run it now         make trigger   (or: PREFECT_API_URL={server} \\")

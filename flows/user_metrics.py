@@ -7,6 +7,7 @@ python -m flows.user_metrics --api-url URL --records N --page-size P --run-date 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sys
 import uuid
 from typing import Any
@@ -41,7 +42,7 @@ from tasks.common.inputs import RunOptions, date_range
 from tasks.common.logcapture import capture_logs
 from tasks.common.run_config import RunConfig, checked_run_config, resolve_run_config
 from tasks.common.run_record import RunRecord
-from tasks.common.secrets import hash_key, key_id
+from tasks.common.secrets import hash_key, key_id, withhold_key
 from tasks.common.settings import get_settings
 from tasks.reporting.charts import prestart as prestart_charts
 from tasks.storage.database import open_db
@@ -101,6 +102,8 @@ def user_metrics_pipeline(
     try:
         cfg = checked_run_config(get_settings(), options, run_date)
         run.figures.hash_key_id = key_id(hash_key())
+        if os.environ.get("PREFECT__FLOW_RUN_ID"):  # a process a worker started for this run
+            withhold_key()
         cfg, previous_schema = start(cfg, run)
         # Chromium (~2 s to start) comes up while pages are fetched; the report's charts render
         # in it, and it is closed however the run ends.

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 
@@ -12,6 +14,12 @@ from tasks.common.errors import PipelineError
 from tasks.common.settings import Settings
 
 MIN_KEY_LENGTH = 16
+# The variable that holds the key itself; PII_HASH_KEY_BLOCK and _FILE only say where it is.
+KEY_ENV = "PII_HASH_KEY"
+# The key for the processes of a local Dask cluster, which compute pseudonyms: withhold_key()
+# fills it and flows/runners.py hands it to the workers as their environment (Dask's Nanny
+# `env`), the one place a child process gets the key.
+PSEUDONYM_WORKER_ENV: dict[str, str] = {}
 # The offline demo's key (`make run`, `make serve`): random, made on first use, git-ignored.
 DEMO_KEY_FILE = Path(__file__).resolve().parents[2] / ".secrets" / "pii_hash_key"
 
@@ -34,10 +42,11 @@ def resolve_hash_key(settings: Settings) -> bytes:
     """The pseudonymization key: PII_HASH_KEY, else the Secret block, else the demo key file."""
     key = settings.pii_hash_key
     env_key = key.get_secret_value() if key is not None else None
-    # An empty PII_HASH_KEY next to a named block defers to the block (a template that sets
-    # PII_HASH_KEY= for every service, say); alone, it is a mistake worth a clear error rather
-    # than a silent fallback.
-    if env_key is not None and (env_key.strip() or not settings.pii_hash_key_block):
+    # An empty PII_HASH_KEY next to a named block or file defers to it (.env.example's
+    # `PII_HASH_KEY=` beside make run's demo file, say); alone, it is a mistake worth a clear
+    # error rather than a silent fallback.
+    elsewhere = settings.pii_hash_key_block or settings.pii_hash_key_file
+    if env_key is not None and (env_key.strip() or not elsewhere):
         return _checked(env_key, "PII_HASH_KEY")
     if settings.pii_hash_key_block:
         from prefect.blocks.system import Secret
@@ -69,9 +78,32 @@ def key_id(key: bytes) -> str:
 
 
 def ensure_demo_key(path: Path) -> Path:
-    """Create a random local key file (mode 600) for the offline demo if it does not exist."""
+    """The offline demo's key file: made with a random key if missing, always mode 600."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
         path.write_text(secrets.token_hex(32), encoding="utf-8")
+    # A file copied or created by hand may be readable by others: only its owner may read a key.
+    path.chmod(0o600)
     return path
+
+
+def without_key(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` without the key or where to find it: for child processes that make no pseudonyms
+    (the Prefect server, the local API)."""
+    return {name: value for name, value in env.items() if not name.startswith(KEY_ENV)}
+
+
+def withhold_key() -> None:
+    """Resolve the key now, then take it out of this process's environment.
+
+    Every child process inherits the environment, and /proc/<pid>/environ shows it to anyone
+    with the same uid: Prefect's temporary server, Chromium (which runs without its sandbox)
+    and its crash handlers would all hold the key. hash_key() keeps it in this process's
+    memory. Called by processes this project owns (the CLI, a deployment's flow run), never
+    when the flow runs inside someone else's Python process, whose environment is theirs.
+    """
+    hash_key()
+    value = os.environ.pop(KEY_ENV, None)
+    if value is not None:
+        PSEUDONYM_WORKER_ENV[KEY_ENV] = value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -81,3 +82,19 @@ def test_serve_again_reuses_the_running_service(service: Service):
     assert {name: state.pid(name) for name in before} == before
     assert re.search(r"Prefect server\s+already running", output), output
     assert re.search(r"Worker\s+already running", output), output
+
+
+def test_only_the_worker_of_the_service_holds_the_key(service: Service):
+    """`make serve` starts the server and the local API without the key (issue 14, item 4); the
+    worker has it only because this service was given PII_HASH_KEY in its environment."""
+    state = State(service.home)
+    key = service.env["PII_HASH_KEY"].encode()
+    environs = {}
+    for name in ("server", "api", "worker"):
+        pid = state.pid(name)
+        assert pid is not None, name
+        environs[name] = (Path("/proc") / str(pid) / "environ").read_bytes()
+    assert key in environs["worker"]  # the reading works
+    for name in ("server", "api"):
+        assert key not in environs[name], name
+        assert b"PII_HASH_KEY" not in environs[name], name

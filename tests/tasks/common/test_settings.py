@@ -138,3 +138,14 @@ def test_a_subprocess_started_by_a_test_ignores_a_hostile_env_file(tmp_path: Pat
     assert settings_in(tmp_path) == DEFAULTS
     # The control: without the session's setting, the same process reads the file.
     assert settings_in(tmp_path, **{ENV_FILE_VARIABLE: None}) == READ_HOSTILE
+
+
+def test_the_demo_key_file_is_only_readable_by_its_owner(tmp_path) -> None:
+    from tasks.common.secrets import ensure_demo_key
+
+    fresh = ensure_demo_key(tmp_path / "fresh" / "pii_hash_key")
+    existing = tmp_path / "existing"
+    existing.write_text("an-existing-demo-key-0123456789", encoding="utf-8")
+    existing.chmod(0o644)
+    assert ensure_demo_key(existing).read_text(encoding="utf-8").startswith("an-existing")
+    assert {fresh.stat().st_mode & 0o777, existing.stat().st_mode & 0o777} == {0o600}
