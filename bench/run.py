@@ -96,9 +96,11 @@ def _fetch_config(api_url: str, concurrency: int = 8, rpm: int = 0) -> Any:
 def warm_api(api_url: str, records: int, page_size: int) -> float:
     """Request every page of a run once, so the server answers the run from its cache."""
     from tasks.ingest.fetch import close_clients, fetch_page
-    from tasks.ingest.plan import plan_pages, run_seed_for
+    from tasks.ingest.plan import plan_pages, run_seed_for, seed_key
 
-    pages = plan_pages(records, page_size, run_seed_for(RUN_DATE, SEED))
+    # The run's own page seeds: keyed with the key the benchmark's runs use.
+    key = seed_key(os.environ.get("PII_HASH_KEY", BENCH_KEY).encode())
+    pages = plan_pages(records, page_size, run_seed_for(RUN_DATE, SEED), key)
     config = _fetch_config(api_url)
     started = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(config.concurrency) as pool:
@@ -118,11 +120,12 @@ def _server_stats(api_url: str) -> dict[str, Any]:
 def fetch_throughput() -> dict[str, Any]:
     """30 pages, 200 ms each, concurrency 8; and the spacing a requests-per-minute budget gives."""
     from tasks.ingest.fetch import close_clients, fetch_page
-    from tasks.ingest.plan import plan_pages
+    from tasks.ingest.plan import plan_pages, seed_key
 
     proc, url = start_api("--latency-ms", str(THROUGHPUT_LATENCY_MS))
     try:
-        pages = plan_pages(THROUGHPUT_PAGES * 10, 10, SEED)  # small pages: latency dominates
+        # Small pages: latency dominates.
+        pages = plan_pages(THROUGHPUT_PAGES * 10, 10, SEED, seed_key(BENCH_KEY.encode()))
         config = _fetch_config(url, concurrency=THROUGHPUT_CONCURRENCY)
         fetch_page(config, pages[0])  # connection pool and server pools warm, as in a run
         import httpx

@@ -29,18 +29,18 @@ from prefect.artifacts import (
 from prefect.logging import get_logger
 
 from tasks.common import PipelineError, RunConfig, RunRecord, value_free
-from tasks.common.errors import failure_text, redact
+from tasks.common.errors import display_url, failure_text, redact
+from tasks.common.secrets import hash_key
 from tasks.common.settings import get_settings
 from tasks.ingest import (
     MaskedRange,
     PageRange,
-    fetch_page_range_task,
+    fetch_and_mask_range_task,
     group_ranges,
-    mask_page_range_task,
     plan_pages,
     range_count,
 )
-from tasks.ingest.plan import run_seed_for
+from tasks.ingest.plan import run_seed_for, seed_key
 from tasks.privacy import (
     LeakScanReport,
     Protected,
@@ -204,7 +204,8 @@ def staged_outputs(cfg: RunConfig, run: RunRecord) -> Iterator[Staged]:
 
 def plan(cfg: RunConfig) -> list[PageRange]:
     """The run's page ranges: one fetch task per range."""
-    pages = plan_pages(cfg.records, cfg.page_size, run_seed_for(cfg.run_date, cfg.seed))
+    run_seed = run_seed_for(cfg.run_date, cfg.seed)
+    pages = plan_pages(cfg.records, cfg.page_size, run_seed, seed_key(hash_key()))
     fetch_tasks = range_count(len(pages), cfg.fetch.concurrency, cfg.max_fetch_tasks)
     ranges = group_ranges(pages, fetch_tasks)
     get_run_logger().info(
@@ -214,55 +215,44 @@ def plan(cfg: RunConfig) -> list[PageRange]:
         len(pages),
         cfg.page_size,
         len(ranges),
-        cfg.api_url,
+        display_url(cfg.api_url),
     )
     return ranges
 
 
 @in_stage("fetch")
 def fetch_and_mask(cfg: RunConfig, run: RunRecord, staged: Staged) -> pa.Table:
-    """Fetch and mask every range, streaming the masked rows, in page order, into the staged
-    lake file; report progress as pages land."""
+    """Fetch and mask every range, report progress as pages land, then stage the lake file
+    sorted by person_key: source order (and so the seeded page a row came from) is not kept."""
     ranges = plan(cfg)
     total = sum(len(r.pages) for r in ranges)
-    # Each mask task is submitted right behind its fetch: the task runner starts tasks in
-    # submission order, so a range is masked (and its raw rows dropped) as soon as it lands.
-    submitted = []
-    for page_range in ranges:
-        fetch = fetch_page_range_task.submit(cfg.fetch, page_range)
-        # A future stands for its result: Prefect resolves it before the mask task runs (its
-        # typed overloads do not say so).
-        mask = mask_page_range_task.submit(fetch, cfg.run_date)  # type: ignore[call-overload]
-        submitted.append((fetch, mask))
+    submitted = [fetch_and_mask_range_task.submit(cfg.fetch, r, cfg.run_date) for r in ranges]
     # The artifact's id: a sync caller gets it directly (Prefect types it "id or coroutine").
     progress: UUID = create_progress_artifact(  # type: ignore[assignment]
         progress=0.0, description=f"Pages fetched and masked for run date {cfg.run_date}"
     )
     tables, signatures, updated = [], set(), time.monotonic()
-    run.figures.pages = run.figures.retries = 0
-    for fetch, mask in submitted:
-        # A failed fetch leaves its mask task never run: surface the fetch's own error.
-        fetch.wait()
-        if fetch.state.is_failed():
-            fetch.result()
-        part: MaskedRange = mask.result()
-        tables.append(take_range(run, staged, part, total))
+    run.figures.pages = run.figures.retries = run.figures.records_fetched = 0
+    for future in submitted:  # in page order, whatever order the ranges finish in
+        part: MaskedRange = future.result()
+        tables.append(take_range(run, part, total))
         signatures |= part.signatures
         # At most one update a second (each is a call to the Prefect API), and always the last.
         if run.figures.pages == total or time.monotonic() - updated >= PROGRESS_SECONDS:
             update_progress_artifact(progress, progress=100.0 * run.figures.pages / total)
             updated = time.monotonic()
-    run.figures.records_fetched = staged.raw.rows
     run.figures.source_schema = " | ".join(sorted(signatures))
-    return pa.concat_tables(tables)
-
-
-def take_range(run: RunRecord, staged: Staged, part: MaskedRange, total: int) -> pa.Table:
-    """A masked range into the staged lake file and the run's figures; returns its rows."""
-    table = part.take_table()
     with run.timed("lake"):
-        staged.raw.write(table)
+        batch = pa.concat_tables(tables).sort_by("person_key")
+        staged.raw.write(batch)
+    return batch
+
+
+def take_range(run: RunRecord, part: MaskedRange, total: int) -> pa.Table:
+    """A masked range's rows, its figures into the run's; returns its rows."""
+    table = part.take_table()
     run.secrets.append(part.secrets)
+    run.figures.records_fetched = (run.figures.records_fetched or 0) + table.num_rows
     run.figures.pages = (run.figures.pages or 0) + part.pages
     run.figures.retries = (run.figures.retries or 0) + part.retries
     # Summed over mask task runs, which overlap with fetching and with each other.
@@ -272,7 +262,7 @@ def take_range(run: RunRecord, staged: Staged, part: MaskedRange, total: int) ->
         "pages %d/%d done (%d records, %d retries so far)",
         run.figures.pages,
         total,
-        staged.raw.rows,
+        run.figures.records_fetched,
         run.figures.retries,
     )
     return table

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import socket
 from urllib.parse import urlsplit
 
@@ -14,6 +15,7 @@ from tasks.common.errors import PipelineError, display_url
 MAX_PAGE_SIZE = 1000  # the API clamps larger requests to 1000 without saying so
 MAX_RECORDS = 10_000_000
 MAX_SEED = 2**31 - 1  # the API's seeds are 32-bit; 0 means "no seed" there
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 class RunOptions(BaseModel):
@@ -79,12 +81,14 @@ def parse_run_date(value: str | dt.date | None, today: dt.date | None = None) ->
     if isinstance(value, dt.date):
         parsed = value
     else:
+        # Only YYYY-MM-DD: fromisoformat also takes week dates (2026-W47-5) and compact forms.
+        text = value.strip()
         try:
-            parsed = dt.date.fromisoformat(value.strip())
+            if not _ISO_DATE.fullmatch(text):
+                raise ValueError
+            parsed = dt.date.fromisoformat(text)
         except ValueError:
             raise InputError(f"run_date {value!r} is not a date in YYYY-MM-DD form") from None
-        if len(value.strip()) != 10:
-            raise InputError(f"run_date {value!r} is not a date in YYYY-MM-DD form")
     if parsed > today:
         raise InputError(f"run_date {parsed.isoformat()} is in the future (today is {today})")
     return parsed

@@ -18,7 +18,6 @@ RAW_SCHEMA = pa.schema(
     [
         pa.field("person_key", pa.string(), nullable=False),
         pa.field("run_date", pa.date32(), nullable=False),
-        pa.field("page", pa.int32(), nullable=False),
         pa.field("firstname", pa.string()),
         pa.field("lastname", pa.string()),
         pa.field("email", pa.string()),  # "****@domain" as served; "****" when there is no "@"

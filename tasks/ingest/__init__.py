@@ -1,15 +1,14 @@
 """Ingest: plan the pages, fetch them from the Faker API with retries, check their shape and mask
-them; raw rows exist only here, in memory, and end in the mask task."""
+them; raw rows exist only here, in memory, and end in the task that fetched them."""
 
 from tasks.ingest.plan import PageRange, group_ranges, plan_pages, range_count
-from tasks.ingest.ranges import MaskedRange, fetch_page_range_task, mask_page_range_task
+from tasks.ingest.ranges import MaskedRange, fetch_and_mask_range_task
 
 __all__ = [
     "MaskedRange",
     "PageRange",
-    "fetch_page_range_task",
+    "fetch_and_mask_range_task",
     "group_ranges",
-    "mask_page_range_task",
     "plan_pages",
     "range_count",
 ]

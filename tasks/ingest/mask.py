@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -17,9 +18,10 @@ _COMPUTED = pa.schema([RAW_SCHEMA.field(name) for name in ("person_key", "email"
 
 
 def hmac_pads(key: bytes) -> tuple[bytes, bytes]:
-    """The inner and outer HMAC-SHA-256 pads for `key`."""
+    """The inner and outer HMAC-SHA-256 pads for `key`, of any length (RFC 2104)."""
     if len(key) > _BLOCK:
-        raise ValueError("HMAC keys longer than 64 bytes are not supported; use 16-64 bytes")
+        # RFC 2104: a key longer than the block is hashed first (Python's hmac does the same).
+        key = hashlib.sha256(key).digest()
     padded = key.ljust(_BLOCK, b"\0")
     return bytes(b ^ 0x36 for b in padded), bytes(b ^ 0x5C for b in padded)
 
@@ -77,6 +79,6 @@ def mask_pii(source: pa.Table, run_date: dt.date, key: bytes) -> pa.Table:
         run_date=pa.repeat(pa.scalar(run_date, pa.date32()), rows),
         email=computed["email"],
         age=computed["age"],
-        **{name: source[name] for name in ("page", "gender", "country", "country_code")},
+        **{name: source[name] for name in ("gender", "country", "country_code")},
     )
     return pa.Table.from_arrays([columns[f.name] for f in RAW_SCHEMA], schema=RAW_SCHEMA)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import math
 from dataclasses import dataclass
 
-from tasks.common.inputs import check_page_size, check_records
+from tasks.common.inputs import MAX_SEED, check_page_size, check_records
 
 
 @dataclass(frozen=True)
@@ -39,29 +40,47 @@ class PageRange:
 
 
 def run_seed_for(run_date: dt.date, seed: int | None) -> int:
-    """The run's seed: the given one, else one derived from the run date (stable across reruns)."""
+    """The run's seed: the given one, else one derived from the run date (stable across reruns).
+
+    Public on purpose: the page seeds themselves need the seed key (`page_seed`).
+    """
     if seed is not None:
         return seed
-    return _positive_seed(f"run-date:{run_date.isoformat()}")
+    digest = hashlib.sha256(f"run-date:{run_date.isoformat()}".encode()).digest()
+    return _positive(digest)
 
 
-def page_seed(run_seed: int, index: int) -> int:
-    """Seed of page `index`: a hash of the run seed, never 0 (the API ignores `_seed=0`)."""
-    return _positive_seed(f"{run_seed}:{index}")
+def seed_key(pseudonym_key: bytes) -> bytes:
+    """The key page seeds are derived with: one of its own, derived from the pseudonym key.
+
+    Seeds anyone could recompute let anyone replay a date's requests and match the source's
+    records to lake rows, and so to their person_key; with keyed seeds only the key holder can.
+    A separate derived key means a seed never helps toward the pseudonym key itself.
+    """
+    return hmac.new(pseudonym_key, b"faker-api-dataflow page seeds", hashlib.sha256).digest()
 
 
-def _positive_seed(text: str) -> int:
-    digest = hashlib.sha256(text.encode()).digest()
-    return int.from_bytes(digest[:4], "big") % (2**31 - 1) + 1
+def page_seed(key: bytes, run_seed: int, index: int) -> int:
+    """Seed of page `index`: an HMAC of the run seed under the seed key, never 0 (the API ignores
+    `_seed=0`)."""
+    return _positive(hmac.new(key, f"{run_seed}:{index}".encode(), hashlib.sha256).digest())
 
 
-def plan_pages(records: int, page_size: int, run_seed: int) -> list[Page]:
+def _positive(digest: bytes) -> int:
+    return int.from_bytes(digest[:4], "big") % MAX_SEED + 1
+
+
+def plan_pages(records: int, page_size: int, run_seed: int, key: bytes) -> list[Page]:
     """Split `records` into pages of `page_size`; the last page carries the remainder."""
     check_records(records)
     check_page_size(page_size)
     count = math.ceil(records / page_size)
     return [
-        Page(index=i, quantity=min(page_size, records - i * page_size), seed=page_seed(run_seed, i))
+        Page(
+            index=i,
+            quantity=min(page_size, records - i * page_size),
+            seed=page_seed(key, run_seed, i),
+        )
         for i in range(count)
     ]
 

@@ -1,5 +1,7 @@
-"""A page range's journey from the API to masked rows: fetch it, then mask it in a task of its
-own, so the raw rows end in the mask task and only hashes of their values go on."""
+"""A page range from the API to masked rows in one task: the fetch is a plain function called
+inside it, so raw rows exist only in the process and task that fetched them (under any task
+runner, Dask included) and a task result never holds them: only masked rows and hashes of the
+raw values (for the leak scan) leave the task."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from tasks.common.handoff import HandsOverTable
 from tasks.common.run_config import FetchConfig
 from tasks.common.secrets import hash_key
 from tasks.common.stage import stage_task
-from tasks.ingest.fetch import FetchedRange, fetch_range
+from tasks.ingest.fetch import fetch_range
 from tasks.ingest.mask import mask_pii
 from tasks.ingest.plan import PageRange
 from tasks.privacy.leak_scan import SecretHashes, secret_hashes
@@ -21,7 +23,7 @@ from tasks.privacy.leak_scan import SecretHashes, secret_hashes
 
 @dataclass
 class MaskedRange(HandsOverTable):
-    """A masked range with what it cost, handed from the mask task to the lake writer."""
+    """A masked range with what it cost, handed from its task to the lake writer."""
 
     table: pa.Table | None
     # Hashes of the range's raw values for the run's leak scan; the raw rows are gone.
@@ -35,35 +37,31 @@ class MaskedRange(HandsOverTable):
     seconds_hash: float
 
 
-def fetch_page_range(config: FetchConfig, page_range: PageRange) -> tuple[FetchedRange, float]:
-    """Fetch a range of pages (raw records stay in memory only); returns them and the seconds."""
+def fetch_and_mask_range(
+    config: FetchConfig, page_range: PageRange, run_date: dt.date
+) -> MaskedRange:
+    """Fetch a range of pages, mask it, hash its raw values; the raw rows end here."""
     started = time.perf_counter()
     fetched = fetch_range(config, page_range)
-    return fetched, time.perf_counter() - started
-
-
-fetch_page_range_task = stage_task(fetch_page_range, task_run_name="fetch {page_range.label}")
-
-
-def mask_page_range(fetched: tuple[FetchedRange, float], run_date: dt.date) -> MaskedRange:
-    """Mask a fetched range and hash its raw values for the leak scan; the raw rows end here."""
-    raw, seconds_fetch = fetched
-    source = raw.take_table()
-    started = time.perf_counter()
+    source = fetched.take_table()
+    fetched_at = time.perf_counter()
     table = mask_pii(source, run_date, hash_key())
-    masked = time.perf_counter()
+    masked_at = time.perf_counter()
     secrets = secret_hashes(source)
+    del source  # before the task returns: nothing raw is part of its result
     return MaskedRange(
         table=table,
         secrets=secrets,
-        pages=raw.pages,
-        attempts=raw.attempts,
-        retries=raw.retries,
-        signatures=raw.signatures,
-        seconds_fetch=seconds_fetch,
-        seconds_mask=masked - started,
-        seconds_hash=time.perf_counter() - masked,
+        pages=fetched.pages,
+        attempts=fetched.attempts,
+        retries=fetched.retries,
+        signatures=fetched.signatures,
+        seconds_fetch=fetched_at - started,
+        seconds_mask=masked_at - fetched_at,
+        seconds_hash=time.perf_counter() - masked_at,
     )
 
 
-mask_page_range_task = stage_task(mask_page_range)
+fetch_and_mask_range_task = stage_task(
+    fetch_and_mask_range, task_run_name="fetch and mask {page_range.label}"
+)

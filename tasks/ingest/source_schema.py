@@ -35,7 +35,6 @@ _ARROW = {"string": pa.string(), "number": pa.float64()}
 # The typed, flattened raw page: held in memory between fetch and mask, never written anywhere.
 SOURCE_SCHEMA = pa.schema(
     [pa.field(name, _ARROW[kind]) for name, kind, _ in SOURCE_FIELDS.values()]
-    + [pa.field("page", pa.int32())]
 )
 
 
@@ -128,5 +127,4 @@ def to_source_table(records: list[dict[str, Any]], page_index: int) -> tuple[pa.
             raise SchemaDriftError(
                 f"page {page_index}: field '{path}' has values that do not convert to {kind}"
             ) from None
-    columns.append(pa.array([page_index] * flat.num_rows, pa.int32()))
     return pa.Table.from_arrays(columns, schema=SOURCE_SCHEMA), signature

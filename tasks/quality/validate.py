@@ -300,7 +300,6 @@ def _warm_up_batches(rows: int = _WARM_UP_ROWS) -> tuple[pa.Table, pa.Table]:
     raw = {
         **shared,
         **dict.fromkeys(MASKED_COLUMNS, [MASK] * rows),
-        "page": [0] * rows,
         "email": [f"{MASK}@example.com"] * rows,
         "age": [35] * rows,
     }
@@ -335,7 +334,7 @@ def warm_up() -> None:
 # run date, the age in years) stay; a source field stays only where its value has a known-safe
 # shape, and everything else becomes MASK: a batch may be quarantined precisely because the
 # source put a value where it does not belong (a full name in `gender`).
-_SAFE_COLUMNS = frozenset({"run_date", "age", "page"})
+_SAFE_COLUMNS = frozenset({"run_date", "age"})
 _SAFE_SHAPES = {
     "person_key": r"^[0-9a-f]{64}$",
     "country_code": r"^[A-Z]{2}$",

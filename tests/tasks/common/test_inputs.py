@@ -30,7 +30,19 @@ def test_page_size_out_of_range(value):
         check_page_size(value)
 
 
-@pytest.mark.parametrize("value", ["2026-13-01", "25/11/2026", "yesterday", "2026-1-5", ""])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2026-13-01",
+        "25/11/2026",
+        "yesterday",
+        "2026-1-5",
+        "",
+        "2026-W47-5",
+        "20261120",
+        "2026-11-20T00:00",
+    ],
+)
 def test_malformed_dates(value):
     with pytest.raises(InputError, match="YYYY-MM-DD"):
         parse_run_date(value, today=TODAY)

@@ -1,9 +1,20 @@
 import datetime as dt
+import hashlib
+import hmac
 
 import pytest
 
 from tasks.common.inputs import InputError
-from tasks.ingest.plan import group_ranges, page_seed, plan_pages, range_count, run_seed_for
+from tasks.ingest.plan import (
+    group_ranges,
+    page_seed,
+    plan_pages,
+    range_count,
+    run_seed_for,
+    seed_key,
+)
+
+KEY = seed_key(b"test-hmac-key-0123456789abcdef")
 
 
 @pytest.mark.parametrize(
@@ -20,20 +31,33 @@ from tasks.ingest.plan import group_ranges, page_seed, plan_pages, range_count, 
     ],
 )
 def test_plan_covers_exactly_the_records(records, page_size, quantities):
-    pages = plan_pages(records, page_size, run_seed=42)
+    pages = plan_pages(records, page_size, run_seed=42, key=KEY)
     assert [p.quantity for p in pages] == quantities
     assert [p.index for p in pages] == list(range(len(quantities)))
     assert sum(p.quantity for p in pages) == records
 
 
 def test_page_seeds_are_distinct_nonzero_and_reproducible():
-    pages = plan_pages(100_000, 100, run_seed=7)
+    pages = plan_pages(100_000, 100, run_seed=7, key=KEY)
     seeds = [p.seed for p in pages]
     assert len(set(seeds)) == len(seeds)
     assert all(1 <= s <= 2**31 - 1 for s in seeds)
-    assert seeds == [p.seed for p in plan_pages(100_000, 100, run_seed=7)]
-    assert seeds != [p.seed for p in plan_pages(100_000, 100, run_seed=8)]
-    assert page_seed(7, 0) == seeds[0]
+    assert seeds == [p.seed for p in plan_pages(100_000, 100, run_seed=7, key=KEY)]
+    assert seeds != [p.seed for p in plan_pages(100_000, 100, run_seed=8, key=KEY)]
+    assert page_seed(KEY, 7, 0) == seeds[0]
+
+
+def test_page_seeds_need_the_key():
+    """Only the key holder can replay a date's requests: another key gives other seeds, and
+    the seeds are an HMAC under a key of their own, never the pseudonym key itself."""
+    pseudonym_key = b"test-hmac-key-0123456789abcdef"
+    seeds = [p.seed for p in plan_pages(1000, 100, run_seed=7, key=KEY)]
+    other = [p.seed for p in plan_pages(1000, 100, run_seed=7, key=seed_key(b"x" * 32))]
+    assert not set(seeds) & set(other)
+    assert pseudonym_key != KEY and len(KEY) == 32
+    # Written out independently: HMAC-SHA-256 of "run_seed:index", first 4 bytes, 1..2**31-1.
+    digest = hmac.new(KEY, b"7:0", hashlib.sha256).digest()
+    assert seeds[0] == int.from_bytes(digest[:4], "big") % (2**31 - 1) + 1
 
 
 def test_run_seed_derives_from_date_unless_given():
@@ -46,7 +70,7 @@ def test_run_seed_derives_from_date_unless_given():
 @pytest.mark.parametrize(("records", "page_size"), [(0, 10), (-5, 10), (10, 0), (10, 1001)])
 def test_plan_refuses_bad_input(records, page_size):
     with pytest.raises(InputError):
-        plan_pages(records, page_size, run_seed=1)
+        plan_pages(records, page_size, run_seed=1, key=KEY)
 
 
 @pytest.mark.parametrize(
@@ -59,7 +83,7 @@ def test_plan_refuses_bad_input(records, page_size):
     ],
 )
 def test_group_ranges_is_contiguous_and_complete(n_pages, max_ranges, sizes):
-    pages = plan_pages(n_pages, 1, run_seed=1)
+    pages = plan_pages(n_pages, 1, run_seed=1, key=KEY)
     ranges = group_ranges(pages, max_ranges)
     assert [len(r.pages) for r in ranges] == sizes
     flat = [p for r in ranges for p in r.pages]

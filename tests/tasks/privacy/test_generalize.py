@@ -26,7 +26,6 @@ def masked_batch(rows: list[dict], run_date: datetime.date = RUN_DATE) -> pa.Tab
                 **defaults,
                 "person_key": f"key-{i}",
                 "run_date": run_date,
-                "page": 0,
                 "email": "****@example.com",
                 "age": 30,
                 "gender": "female",
@@ -135,7 +134,7 @@ def test_generalize_schema_and_values() -> None:
 def test_generalize_drops_every_other_column() -> None:
     result = generalize(masked_batch([{}]), RUN_DATE)
     assert result.column_names == ANALYTICAL_SCHEMA.names
-    for dropped in ("email", "age", "city", "zipcode", "latitude", "page", "firstname"):
+    for dropped in ("email", "age", "city", "zipcode", "latitude", "firstname"):
         assert dropped not in result.column_names
 
 
