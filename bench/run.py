@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import datetime as dt
+import itertools
 import json
 import os
 import platform
@@ -24,7 +25,7 @@ from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
-DEFAULT_SIZES = (30_000, 1_000_000)
+DEFAULT_SIZES = (1_000, 30_000, 100_000, 1_000_000)
 RUN_DATE = dt.date(2026, 11, 26)
 SEED = 20261126
 BENCH_KEY = "bench-only-hmac-key-0123456789"  # synthetic data only; never a real key
@@ -336,6 +337,18 @@ def derive(run: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def marginal(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """µs per extra record between consecutive sizes (flow seconds, start-up excluded), e.g.
+    `1,000->100,000`: what each record costs once the fixed costs are paid."""
+    done = sorted(
+        (run["records"], run["stages"]["total"]) for run in runs if "total" in run["stages"]
+    )
+    return {
+        f"{a:,}->{b:,}": round(1e6 * (tb - ta) / (b - a), 1)
+        for (a, ta), (b, tb) in itertools.pairwise(done)
+    }
+
+
 def stage_names(runs: list[dict[str, Any]]) -> list[str]:
     """Known stages in pipeline order, then whatever else the flow reported, then total."""
     seen = {name for run in runs for name in run["stages"]}
@@ -396,6 +409,24 @@ def markdown(results: dict[str, Any]) -> str:
             lines += ["", f"Peak RSS by stage, {run['records']:,} records (MiB): {text}."]
     for run in failed:
         lines += ["", f"The {run['records']:,}-record run FAILED: {run['error']}"]
+    if steps := marginal(runs):
+        text = ", ".join(f"{step}: {us:,} µs" for step, us in steps.items())
+        lines += ["", f"Marginal cost per record (flow seconds, start-up excluded): {text}."]
+    if wall := results.get("wall"):
+        lines += [
+            "",
+            f"Wall time as users feel it (process start to exit): `make run` (30,000 records) "
+            f"first {wall['make_run_first_s']} s (starts the local Prefect server), repeat "
+            f"{wall['make_run_repeat_s']} s; a 1,000-record CLI run, repeat "
+            f"{wall['cli_1k_repeat_s']} s.",
+        ]
+    if parsed := results.get("bytes_to_rows"):
+        split = ", ".join(f"{k[3:]} {v} ms" for k, v in parsed.items() if k.startswith("ms_"))
+        lines += [
+            "",
+            f"Response bytes to masked + generalized rows, one process, {parsed['records']:,} "
+            f"records in 30 pages: {parsed['records_per_s']:,} records/s ({split}).",
+        ]
     if transform := results.get("transform"):
         lines += [
             "",
@@ -432,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--page-size", type=int, default=1000)
     parser.add_argument("--out-dir", type=Path, default=BENCH_DIR, help="where results go")
     parser.add_argument("--skip-throughput", action="store_true", help="skip the 200 ms check")
+    parser.add_argument("--skip-wall", action="store_true", help="skip the user wall times")
     # Internal: one size in this process.
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--api-url", help=argparse.SUPPRESS)
@@ -462,6 +494,11 @@ def main(argv: list[str] | None = None) -> int:
                 run = derive(run_size(url, size, args.page_size, Path(tmp)))
                 run["seconds_api_warm_up"] = warm
                 results["runs"].append(run)
+        if not args.skip_wall:
+            from bench import wall
+
+            print("wall times: make run first and repeat, a 1,000-record CLI run", flush=True)
+            results["wall"] = wall.measure(url)
     finally:
         stop(proc)
     if not args.skip_throughput:
@@ -470,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench import transform
 
     results["transform"] = transform.measure(max(sizes))
+    results["bytes_to_rows"] = transform.bytes_to_rows()
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -6,6 +6,7 @@ import datetime as dt
 import time
 from collections.abc import Callable
 
+import orjson
 import pyarrow as pa
 
 from local_api.pools import get_pools
@@ -82,6 +83,46 @@ def measure(records: int = 1_000_000, repeats: int = 3) -> dict:
     }
     rates = {f"{name}_records_per_s": round(records / s) for name, s in seconds.items()}
     return {"records": records, "chunk_rows": CHUNK_ROWS, **rates}
+
+
+def page_bodies(pages: int = 30, size: int = PAGE_SIZE) -> list[bytes]:
+    """Response bodies as the API sends them (the contract's envelope), for `pages` seeds."""
+    pools = get_pools("en_US")
+    bodies = []
+    for index in range(pages):
+        params = {"_quantity": [str(size)], "_seed": [str(index + 1)]}
+        params |= {"_birthday_end": [RUN_DATE.isoformat()]}
+        records = build_records(parse_query(params), pools)
+        envelope = {"status": "OK", "code": 200, "locale": "en_US", "seed": str(index + 1)}
+        bodies.append(orjson.dumps({**envelope, "total": size, "data": records}))
+    return bodies
+
+
+def bytes_to_rows(pages: int = 30, repeats: int = 5) -> dict:
+    """Response bytes -> masked and generalized Arrow, the fetch task's CPU path, per step:
+    parse (orjson), typed columns (to_source_table), mask, generalize; best of `repeats`."""
+    bodies = page_bodies(pages)
+    records = pages * PAGE_SIZE
+
+    def parse() -> list[list[dict]]:
+        return [orjson.loads(body)["data"] for body in bodies]
+
+    parsed = parse()
+
+    def typed() -> pa.Table:
+        return pa.concat_tables([to_source_table(data, i)[0] for i, data in enumerate(parsed)])
+
+    source = typed()
+    masked = mask_pii(source, RUN_DATE, KEY)
+    seconds = {
+        "parse": best_seconds(parse, repeats),
+        "typed": best_seconds(typed, repeats),
+        "mask": best_seconds(lambda: mask_pii(source, RUN_DATE, KEY), repeats),
+        "generalize": best_seconds(lambda: generalize(masked, RUN_DATE), repeats),
+    }
+    total = sum(seconds.values())
+    split = {f"ms_{name}": round(1000 * s, 1) for name, s in seconds.items()}
+    return {"records": records, "records_per_s": round(records / total), **split}
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
+from flows.server import server_mode
 from tasks.common.errors import failure_text, redact
 from tasks.common.inputs import InputError, RunOptions, date_range, settings_error_line
 from tasks.common.run_config import checked_run_config
@@ -76,6 +77,7 @@ def preflight(args: argparse.Namespace) -> dict[str, Any]:
     """The flow's parameters, once every input is checked: before Prefect starts, any request
     is made or anything is written."""
     settings = get_settings()
+    server_mode()  # a bad CLI_PREFECT_SERVER is bad input too
     options = RunOptions(**{name: getattr(args, name) for name in RunOptions.model_fields})
     if args.backfill:
         days: list[dt.date] = date_range(args.start_date, args.end_date, settings.backfill_max_days)
@@ -103,13 +105,41 @@ def startup_budget() -> Iterator[int]:
         yield STARTUP_BUDGET_SECONDS
 
 
+@contextmanager
+def prefect_api() -> Iterator[int]:
+    """The run's Prefect API: the local server (flows/server.py), started if need be, or the one
+    Prefect is set to, or its temporary server with a realistic start-up budget; yields the
+    start-up budget in seconds."""
+    from flows.server import START_SECONDS, server_for_run
+
+    url = server_for_run()
+    if url is None:
+        with startup_budget() as budget:
+            yield budget
+        return
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    # In the environment too: a local Dask cluster's workers are Prefect clients of their own,
+    # and without it each would start a temporary server.
+    os.environ["PREFECT_API_URL"] = url
+    settings: dict[Any, Any] = {PREFECT_API_URL: url}
+    if auth := os.environ.get("PREFECT_SERVER_API_AUTH_STRING"):
+        os.environ["PREFECT_API_AUTH_STRING"] = settings[PREFECT_API_AUTH_STRING] = auth
+    with temporary_settings(settings):
+        yield int(START_SECONDS["server"])
+
+
 def outside_flow_error(exc: BaseException, budget: int) -> str:
     """One line for a failure before or around the flow run (no traceback, no values)."""
+    from flows.processes import ServiceError
+
+    if isinstance(exc, ServiceError):  # one line of ours, naming the server's log
+        return str(exc)
     if "ephemeral Prefect API server" in str(exc):
         return (
             f"Prefect's temporary API server did not start within {budget} s: raise "
-            f"{STARTUP_BUDGET_ENV}, or run one server for every run (`make serve`, or "
-            "PREFECT_API_URL pointing at a running server)"
+            f"{STARTUP_BUDGET_ENV}, or use the local server (unset CLI_PREFECT_SERVER), or "
+            "PREFECT_API_URL pointing at a running server"
         )
     return f"{failure_text(exc)} (before the flow run could record it)"
 
@@ -139,7 +169,7 @@ def run_flow(args: argparse.Namespace, params: dict[str, Any]) -> int:
 
     budget = STARTUP_BUDGET_SECONDS
     try:
-        with startup_budget() as budget:
+        with prefect_api() as budget:
             flow = user_metrics_backfill if args.backfill else user_metrics_pipeline
             state = flow(**params, return_state=True)
     except KeyboardInterrupt:

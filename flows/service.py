@@ -22,34 +22,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from flows.processes import PROJECT_DIR, ServiceError, State, answers, free_port, wait_until
+from flows.server import (
+    LABELS,
+    START_SECONDS,
+    base_env,
+    ensure_process,
+    ensure_server,
+    prefect_bin,
+)
 from tasks.common.secrets import DEMO_KEY_FILE, ensure_demo_key, without_key
 
 POOL = "faker-pool"
 DAILY = "user-metrics-pipeline/daily"
-DEFAULT_PORT = 4200
-# Sized for a busy 2-core machine: the server's first start (a fresh SQLite) took ~12 s quiet.
-START_SECONDS = {"server": 180.0, "api": 120.0, "worker": 120.0}
-LABELS = {"server": "Prefect server", "api": "Local Faker API", "worker": "Worker"}
-
-
-def prefect_bin() -> str:
-    """The `prefect` CLI of this interpreter, so flow runs use the project's .venv."""
-    candidate = Path(sys.executable).with_name("prefect")
-    return str(candidate) if candidate.exists() else "prefect"
-
-
-def base_env(api_url: str | None = None) -> dict[str, str]:
-    """This environment plus the Prefect settings every service command needs."""
-    env = dict(os.environ)
-    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    env["PREFECT_HOME"] = str(Path(env.get("PREFECT_HOME") or PROJECT_DIR / ".prefect").resolve())
-    env["PROJECT_DIR"] = env.get("PROJECT_DIR") or str(PROJECT_DIR)  # prefect.yaml's pull step
-    if env.get("PREFECT_SERVER_API_AUTH_STRING"):
-        # The server asks every client for it: the CLI, the worker and the flow runs it starts.
-        env["PREFECT_API_AUTH_STRING"] = env["PREFECT_SERVER_API_AUTH_STRING"]
-    if api_url:
-        env["PREFECT_API_URL"] = api_url
-    return env
 
 
 def run(args: Sequence[str], env: Mapping[str, str], what: str) -> str:
@@ -72,20 +56,6 @@ def set_up(env: Mapping[str, str]) -> None:
     run(["--no-prompt", "deploy", "--all"], env, "prefect deploy")
     print(f"Work pool          {POOL} (process, concurrency 1); deployments from prefect.yaml")
     print(run([sys.executable, "-m", "flows.operations"], env, "alerts").rstrip())
-
-
-def _ensure(
-    state: State, name: str, cmd: list[str], env: dict[str, str], url: str, health: str
-) -> str:
-    """Reuse our `name` if it still answers at `url`, else (re)start it and wait for `health`."""
-    if state.pid(name) is not None and state.urls().get(name) == url and answers(health):
-        print(f"{LABELS[name]:<18} already running (pid {state.pid(name)}) at {url}")
-        return url
-    state.stop(name)
-    proc = state.launch(name, cmd, env, **{name: url})
-    wait_until(lambda: answers(health), name, START_SECONDS[name], proc, state.log(name))
-    print(f"{LABELS[name]:<18} started (pid {proc.pid}) at {url}, log {state.log(name)}")
-    return url
 
 
 def _worker_online(env: Mapping[str, str]) -> bool:
@@ -127,18 +97,15 @@ def serve() -> int:
     """Start whatever of server, local API, pool, deployments and worker is not running yet."""
     env = base_env()
     state = State(Path(env["PREFECT_HOME"]))
-    host = env.get("PREFECT_SERVER_API_HOST", "127.0.0.1")
-    port = env.get("PREFECT_SERVER_API_PORT", str(DEFAULT_PORT))
-    server = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/api"
-    env.setdefault("PREFECT_UI_URL", server.removesuffix("/api"))  # the links in alerts
-    # Not `--background`: see flows/processes.py.
-    cmd = [prefect_bin(), "server", "start", "--host", host, "--port", port]
     # Only the worker (and the flow runs it starts) may need the key: the rest never get it.
-    _ensure(state, "server", cmd, without_key(env), server, f"{server}/health")
+    server, line = ensure_server(state, env)
+    print(line)
+    env.setdefault("PREFECT_UI_URL", server.removesuffix("/api"))  # the links in alerts
     env = base_env(server)
     api = state.urls().get("api") or f"http://127.0.0.1:{free_port()}/api/v2"
     cmd = [sys.executable, "-m", "local_api", "--port", api.split(":")[2].split("/")[0], "--quiet"]
-    _ensure(state, "api", cmd, without_key(env), api, api.replace("/api/v2", "/health"))
+    health = api.replace("/api/v2", "/health")
+    print(ensure_process(state, "api", cmd, without_key(env), api, health))
     set_up(without_key(env))
     _start_worker(state, env, api)
     print(f"\nPrefect UI         {server.removesuffix('/api')}  (Artifacts -> user-metrics-report)")

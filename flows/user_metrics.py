@@ -44,6 +44,7 @@ from tasks.common.run_config import RunConfig, checked_run_config, resolve_run_c
 from tasks.common.run_record import RunRecord
 from tasks.common.secrets import hash_key, key_id, withhold_key
 from tasks.common.settings import get_settings
+from tasks.quality import prewarm as prewarm_validation
 from tasks.reporting.charts import prestart as prestart_charts
 from tasks.storage.database import open_db
 from tasks.storage.migrations import migrate
@@ -105,8 +106,10 @@ def user_metrics_pipeline(
         if os.environ.get("PREFECT__FLOW_RUN_ID"):  # a process a worker started for this run
             withhold_key()
         cfg, previous_schema = start(cfg, run)
-        # Chromium (~2 s to start) comes up while pages are fetched; the report's charts render
-        # in it, and it is closed however the run ends.
+        # GX's import and first validation (~5-9 s) and Chromium (~2 s) come up while pages are
+        # fetched, where the run waits on the network anyway; the report's charts render in
+        # that Chromium, which is closed however the run ends.
+        prewarm_validation()
         with capture_logs() as log_lines, prestart_charts(), staged_outputs(cfg, run) as staged:
             batch = fetch_and_mask(cfg, run, staged)
             check_drift(cfg, run, staged, previous_schema)

@@ -4,6 +4,7 @@ quarantine of a batch that fails (masked once more, leak-scanned before it is wr
 from tasks.quality.drift import accepts, compare_signatures, drift_markdown, enforce_policy
 from tasks.quality.validate import (
     ValidationError,
+    prewarm,
     quarantine,
     validate_analytical_task,
     validate_masked_task,
@@ -16,6 +17,7 @@ __all__ = [
     "compare_signatures",
     "drift_markdown",
     "enforce_policy",
+    "prewarm",
     "quarantine",
     "validate_analytical_task",
     "validate_masked_task",

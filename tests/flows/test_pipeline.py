@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 import json
 import math
+import re
 from pathlib import Path
 
 import duckdb
@@ -224,5 +225,9 @@ def test_no_raw_value_anywhere(api, pipeline_env, prefect_storage, capfd):
     assert not leaked(secrets, parquet_cells(lake), file_bytes(lake)), "lake"
     assert not leaked(secrets, duckdb_cells(db)), "duckdb"
     assert not leaked(secrets, set(), file_bytes(prefect_storage)), "prefect results"
-    assert not leaked(secrets, set(), Path(prefect_db).read_bytes()), "prefect database"
+    prefect_bytes = Path(prefect_db).read_bytes()
+    # The session's Prefect database holds every test's run dates (runs are named after them);
+    # a served birthday that happens to equal one of them is that date, not a leak.
+    run_dates = {d.decode() for d in re.findall(rb"run-date-(\d{4}-\d{2}-\d{2})", prefect_bytes)}
+    assert not leaked(secrets - run_dates, set(), prefect_bytes), "prefect database"
     assert not leaked(secrets, set(), (out + err).encode()), "logs"

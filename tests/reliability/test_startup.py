@@ -33,6 +33,7 @@ def test_a_start_up_that_fails_is_one_line(api: LocalApiServer, tmp_path: Path) 
     env.update(
         {
             STARTUP_BUDGET_ENV: "1",  # absurdly low: the server cannot be up in a second
+            "CLI_PREFECT_SERVER": "temporary",  # the default would start the local server
             "PREFECT_HOME": str(tmp_path / "prefect-home"),
             "DATA_LAKE_DIR": str(tmp_path / "lake"),
             "DUCKDB_PATH": str(tmp_path / "db" / "faker.duckdb"),

@@ -111,6 +111,21 @@ def test_import_does_not_import_great_expectations() -> None:
     assert subprocess.run([sys.executable, "-c", code], cwd=root, check=False).returncode == 0
 
 
+def test_prewarm_imports_gx_and_validates_on_a_thread() -> None:
+    # A fresh process: GX is not imported until the warm-up thread does it, and the thread
+    # leaves both suites loaded for the run's validation.
+    code = (
+        "import sys, tasks.quality.validate as v, tasks.quality.gx_suites as g\n"
+        "assert 'great_expectations' not in sys.modules\n"
+        "t = v.prewarm(); assert t.daemon; t.join()\n"
+        "assert 'great_expectations' in sys.modules\n"
+        "assert v.validate_masked(v._warm_up_batches()[0], v._WARM_UP_ROWS).success\n"
+    )
+    root = Path(__file__).resolve().parents[3]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_valid_batches_pass() -> None:
     masked = validate_masked(make_raw(), ROWS)
     analytical = validate_analytical(make_analytical(), ROWS)
