@@ -75,6 +75,7 @@ from tasks.storage import (
     AtomicParquetWriter,
     DatabaseBusyError,
     finish_run,
+    in_key_order,
     kept_columns,
     open_db,
     quarantine_path,
@@ -243,7 +244,8 @@ def fetch_and_mask(cfg: RunConfig, run: RunRecord, staged: Staged) -> pa.Table:
             updated = time.monotonic()
     run.figures.source_schema = " | ".join(sorted(signatures))
     with run.timed("lake"):
-        batch = pa.concat_tables(tables).sort_by("person_key")
+        batch = in_key_order(pa.concat_tables(tables))
+        del tables  # the ranges in source order: only the sorted batch lives on
         staged.raw.write(batch)
     return batch
 

@@ -3,7 +3,7 @@ migrations, a date's batch, the pipeline_runs rows, and recovery from killed run
 
 from tasks.storage.batches import stage_batch_task
 from tasks.storage.database import DatabaseBusyError, open_db, utc_now
-from tasks.storage.lake import AtomicParquetWriter, quarantine_path, raw_writer
+from tasks.storage.lake import AtomicParquetWriter, in_key_order, quarantine_path, raw_writer
 from tasks.storage.runs import (
     finish_run,
     kept_columns,
@@ -17,6 +17,7 @@ __all__ = [
     "AtomicParquetWriter",
     "DatabaseBusyError",
     "finish_run",
+    "in_key_order",
     "kept_columns",
     "open_db",
     "quarantine_path",

@@ -77,3 +77,33 @@ def test_an_unfinished_writer_is_aborted(tmp_path):
         writer.finish()
         raise RuntimeError("a check failed before the commit")
     assert temp_files(tmp_path) == [] and not target.exists()
+
+
+def test_in_key_order_sorts_whole_rows_by_person_key():
+    from tasks.common.schemas import MASK, MASKED_COLUMNS, RAW_SCHEMA
+    from tasks.storage.lake import in_key_order
+
+    keys = [f"{(i * 7919) % 101:064x}" for i in range(101)]  # a shuffled order
+    rows = [
+        {
+            **dict.fromkeys(MASKED_COLUMNS, MASK),
+            "person_key": key,
+            "run_date": dt.date(2026, 10, 1),
+            "email": f"{MASK}@d{i}.example",
+            "age": i,
+            "gender": ("female", "male")[i % 2],
+            "country": f"Country {i}",
+            "country_code": f"C{i % 10}",
+        }
+        for i, key in enumerate(keys)
+    ]
+    # In chunks, as the ranges arrive.
+    table = pa.concat_tables(
+        [pa.Table.from_pylist(rows[i : i + 30], schema=RAW_SCHEMA) for i in range(0, 101, 30)]
+    )
+    ordered = in_key_order(table)
+    assert ordered.schema == RAW_SCHEMA
+    assert ordered["person_key"].to_pylist() == sorted(keys)
+    # Each row keeps its own values: the same rows, only in another order.
+    as_rows = ordered.to_pylist()
+    assert sorted(as_rows, key=lambda r: r["age"]) == rows
