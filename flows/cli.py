@@ -17,7 +17,8 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
-from flows.server import server_mode
+from flows.processes import ServiceError
+from flows.server import START_SECONDS, server_for_run, server_mode
 from tasks.common.errors import failure_text, redact
 from tasks.common.inputs import InputError, RunOptions, date_range, settings_error_line
 from tasks.common.run_config import checked_run_config
@@ -110,8 +111,6 @@ def prefect_api() -> Iterator[int]:
     """The run's Prefect API: the local server (flows/server.py), started if need be, or the one
     Prefect is set to, or its temporary server with a realistic start-up budget; yields the
     start-up budget in seconds."""
-    from flows.server import START_SECONDS, server_for_run
-
     url = server_for_run()
     if url is None:
         with startup_budget() as budget:
@@ -131,8 +130,6 @@ def prefect_api() -> Iterator[int]:
 
 def outside_flow_error(exc: BaseException, budget: int) -> str:
     """One line for a failure before or around the flow run (no traceback, no values)."""
-    from flows.processes import ServiceError
-
     if isinstance(exc, ServiceError):  # one line of ours, naming the server's log
         return str(exc)
     if "ephemeral Prefect API server" in str(exc):
