@@ -16,7 +16,7 @@ import pytest
 from flows.processes import State, free_port
 from tasks.storage.recovery import process_alive
 from tests.helpers import run_watched
-from tests.reliability.conftest import NO_BROWSER
+from tests.reliability.conftest import NO_BROWSER, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(900)
@@ -43,11 +43,8 @@ def _env(tmp_path: Path, key: str, **extra: str) -> dict[str, str]:
 
 
 def _cli(api, env: dict[str, str], day: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "flows.user_metrics", "--api-url", api.base_url]
-    cmd += ["--records", "1000", "--run-date", day]
-    return subprocess.run(
-        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
-    )
+    args = ["--api-url", api.base_url, "--records", "1000", "--run-date", day]
+    return run_cli(args, env, timeout=600)
 
 
 def _stop(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
