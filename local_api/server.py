@@ -170,6 +170,14 @@ class _HttpServer(ThreadingHTTPServer):
             self._open.discard(request)
         super().shutdown_request(request)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-response is no server error: a bounded client stops
+        reading a gzip bomb, and a streaming one closes an error response unread. Anything
+        else still prints its traceback."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
     def drop_connections(self) -> None:
         """Shut down idle keep-alive sockets so a stopped server stops answering."""
         with self._open_lock:
@@ -306,8 +314,7 @@ class _Handler(BaseHTTPRequestHandler):
         if decision.truncate:
             self._truncated(body, headers)
             return
-        with contextlib.suppress(ConnectionError):
-            self._send(200, body, headers)
+        self._send(200, body, headers)  # a client hanging up: see _HttpServer.handle_error
 
     def _truncated(self, body: bytes, headers: dict[str, str]) -> None:
         """Half the body: whole as far as HTTP goes (json mode), or cut short (connection)."""
