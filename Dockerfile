@@ -15,6 +15,7 @@ ENV PROJECT_DIR=/app \
     UV_PROJECT_ENVIRONMENT=/opt/venv \
     UV_PYTHON_DOWNLOADS=never \
     UV_LINK_MODE=copy \
+    UV_COMPILE_BYTECODE=1 \
     PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     BROWSER_PATH=/usr/bin/chromium \
@@ -31,6 +32,9 @@ COPY tasks/ tasks/
 COPY local_api/ local_api/
 COPY expectations/ expectations/
 COPY prefect.yaml automations.yaml ./
+# The app user cannot write __pycache__ under /app: compile the project's modules now, as uv
+# compiled the dependencies (UV_COMPILE_BYTECODE), so no run compiles them from source.
+RUN python -m compileall -q flows tasks local_api
 
 # Non-root; it owns only the output folders (mounted as volumes by compose) and its home.
 RUN useradd --create-home --uid 10001 app \

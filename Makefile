@@ -25,8 +25,11 @@ uv: ## Install uv from PyPI if it is missing
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 \
 		|| $(PYTHON) -m pip install --quiet uv
 
+# --compile-bytecode writes every installed module's .pyc once, here. Where PYTHONDONTWRITEBYTECODE
+# is set (CI runners, containers, this project's machines) Python never writes them itself, and
+# each run compiled Prefect and GX from source again: GX's import took 8 s instead of 3.7.
 $(VENV)/.synced: uv.lock pyproject.toml | uv
-	$(UV) sync --frozen --python $(PYTHON)
+	$(UV) sync --frozen --compile-bytecode --python $(PYTHON)
 	@touch $@
 
 venv: $(VENV)/.synced ## Create .venv from uv.lock
