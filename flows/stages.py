@@ -28,8 +28,9 @@ from prefect.artifacts import (
 )
 from prefect.logging import get_logger
 
-from tasks.common import PipelineError, RunConfig, RunRecord, value_free
-from tasks.common.errors import display_url, failure_text, redact
+from tasks.common.errors import PipelineError, display_url, failure_text, redact, value_free
+from tasks.common.run_config import RunConfig
+from tasks.common.run_record import RunRecord
 from tasks.common.secrets import hash_key
 from tasks.common.settings import get_settings
 from tasks.ingest import (
@@ -48,12 +49,9 @@ from tasks.privacy import (
     protect_privacy_task,
     scan_for_leaks_task,
 )
-from tasks.quality import (
+from tasks.quality.drift import accepts, compare_signatures, drift_markdown, enforce_policy
+from tasks.quality.validate import (
     ValidationError,
-    accepts,
-    compare_signatures,
-    drift_markdown,
-    enforce_policy,
     quarantine,
     validate_analytical_task,
     validate_masked_task,

@@ -1,25 +1,7 @@
 """Quality: the Great Expectations suites of both layers, schema drift between runs, and the
-quarantine of a batch that fails (masked once more, leak-scanned before it is written)."""
+quarantine of a batch that fails (masked once more, leak-scanned before it is written).
 
-from tasks.quality.drift import accepts, compare_signatures, drift_markdown, enforce_policy
-from tasks.quality.validate import (
-    ValidationError,
-    prewarm,
-    quarantine,
-    validate_analytical_task,
-    validate_masked_task,
-    validation_artifact,
-)
-
-__all__ = [
-    "ValidationError",
-    "accepts",
-    "compare_signatures",
-    "drift_markdown",
-    "enforce_policy",
-    "prewarm",
-    "quarantine",
-    "validate_analytical_task",
-    "validate_masked_task",
-    "validation_artifact",
-]
+This package's `__init__` imports nothing: a CLI process starts the validator process
+(tasks/quality/validator.py) before it imports Prefect, and must not pay for Prefect to do so.
+Import from the modules: validate, drift, validator.
+"""
