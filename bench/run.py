@@ -179,13 +179,17 @@ def child(args: argparse.Namespace) -> int:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     from flows.user_metrics import user_metrics_pipeline
-    from tasks.quality.validate import warm_up
+    from tasks.quality import validator
+    from tasks.quality.gx_validation import warm_up_batches
 
     seconds_import = time.perf_counter() - t0
 
-    # GX's one-time start-up: import, context, suites, assets and a first (small) validation.
+    # GX's one-time start-up, in the validator process the flow validates in: its start, GX's
+    # import, context, suites and assets, and the answer to a first (small) validation.
     t0 = time.perf_counter()
-    warm_up()
+    masked, _ = warm_up_batches()
+    if validator.start().validate("masked", masked, masked.num_rows) is None:
+        raise RuntimeError("the validator process gave no answer")
     seconds_gx = time.perf_counter() - t0
 
     @task
@@ -217,15 +221,9 @@ def child(args: argparse.Namespace) -> int:
 
     def sample_rss() -> None:
         # RSS over the run, to see which stage sets the peak (ru_maxrss only gives its height).
-        status = Path("/proc/self/status")
         while not sampling.wait(0.25):
-            if status.exists():
-                kib = next(
-                    int(line.split()[1])
-                    for line in status.read_text().splitlines()
-                    if line.startswith("VmRSS:")
-                )
-                samples.append((time.perf_counter() - started, kib / 1024, current_stage()))
+            kib = _status_kib(os.getpid(), "VmRSS")
+            samples.append((time.perf_counter() - started, kib / 1024, current_stage()))
 
     started = time.perf_counter()
     sampler = threading.Thread(target=sample_rss, name="rss-sampler", daemon=True)
@@ -253,6 +251,9 @@ def child(args: argparse.Namespace) -> int:
 
     # ru_maxrss is KiB on Linux: this process's peak, not the Prefect server's or Chromium's.
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # The validator process holds the pandas frame GX validates: its own peak, reported beside.
+    validator_pid = validator.start().pid
+    validator_kib = _status_kib(validator_pid, "VmHWM") if validator_pid else 0
     result = {
         "records": args.records,
         "records_loaded": summary["records_loaded"],
@@ -270,11 +271,20 @@ def child(args: argparse.Namespace) -> int:
         },
         "task_runs": task_runs,
         "peak_rss_mib": peak_kib / 1024,
+        "validator_peak_rss_mib": validator_kib / 1024,
         # (seconds since the flow started, RSS MiB, stage), every 0.25 s.
         "rss_timeline": [(round(t, 2), round(mib), stage) for t, mib, stage in samples],
         "peak_rss_mib_by_stage": _peaks(samples),
     }
     Path(args.result_file).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def _status_kib(pid: int, field: str) -> int:
+    """A memory figure (KiB) of /proc/<pid>/status, e.g. VmRSS or VmHWM (the peak)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
     return 0
 
 
@@ -400,6 +410,7 @@ def markdown(results: dict[str, Any]) -> str:
         0,
     )
     row("peak RSS MiB (flow process)", [run["peak_rss_mib"] for run in runs], 0)
+    row("peak RSS MiB (validator process)", [run.get("validator_peak_rss_mib") for run in runs], 0)
     row("task runs", [run["task_runs"] for run in runs])
     row("pages", [run["pages"] for run in runs])
     row("cores", [results["machine"]["cores"] for _ in runs])

@@ -246,7 +246,7 @@ def validate_here(table: pa.Table, layer: str, expected_rows: int) -> Validation
 _WARM_UP_ROWS = 64
 
 
-def _warm_up_batches(rows: int = _WARM_UP_ROWS) -> tuple[pa.Table, pa.Table]:
+def warm_up_batches(rows: int = _WARM_UP_ROWS) -> tuple[pa.Table, pa.Table]:
     """A small valid masked batch and its analytical counterpart (made-up, PII-free values)."""
     today = date.today()
     shared = {
@@ -284,6 +284,6 @@ def warm_up() -> None:
     (the validator process does it as it starts).
     A suite file GX cannot fully load raises SuiteLoadError here, as it would in validation.
     """
-    masked, analytical = _warm_up_batches()
+    masked, analytical = warm_up_batches()
     validate_here(masked, "masked", masked.num_rows)
     validate_here(analytical, "analytical", analytical.num_rows)

@@ -22,7 +22,7 @@ from tasks.quality.gx_validation import (
     RESULT_FORMAT,
     _regex_columns,
     _validation_frame,
-    _warm_up_batches,
+    warm_up_batches,
 )
 from tasks.quality.validate import (
     ANALYTICAL_SUITE_PATH,
@@ -388,7 +388,7 @@ def test_validation_frame_changes_representations_not_values() -> None:
 
 def test_warm_up_batches_are_valid() -> None:
     # A warm-up that failed validation would warm up the failure paths instead.
-    masked, analytical = _warm_up_batches()
+    masked, analytical = warm_up_batches()
     assert validate_masked(masked, masked.num_rows).success
     assert validate_analytical(analytical, analytical.num_rows).success
     frame = _validation_frame(masked)
