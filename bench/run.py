@@ -432,11 +432,14 @@ def markdown(results: dict[str, Any]) -> str:
             f"{wall['cli_1k_repeat_s']} s.",
         ]
     if parsed := results.get("bytes_to_rows"):
-        split = ", ".join(f"{k[3:]} {v} ms" for k, v in parsed.items() if k.startswith("ms_"))
+        steps = ("columns", "mask", "generalize")
+        split = ", ".join(f"{step} {parsed[f'ms_{step}']} ms" for step in steps)
         lines += [
             "",
             f"Response bytes to masked + generalized rows, one process, {parsed['records']:,} "
-            f"records in 30 pages: {parsed['records_per_s']:,} records/s ({split}).",
+            f"records in 30 pages: {parsed['records_per_s']:,} records/s ({split}); the general "
+            f"path's columns (orjson + to_source_table), for a page off the contract: "
+            f"{parsed['ms_general_path_columns']} ms.",
         ]
     if transform := results.get("transform"):
         lines += [

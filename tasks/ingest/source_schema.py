@@ -30,11 +30,12 @@ SOURCE_FIELDS: dict[str, tuple[str, str, bool]] = {
     "website": ("website", "string", False),
     "image": ("image", "string", False),
 }
-_ARROW = {"string": pa.string(), "number": pa.float64()}
+# Our Arrow type for each type class of SOURCE_FIELDS.
+ARROW_TYPES = {"string": pa.string(), "number": pa.float64()}
 
 # The typed, flattened raw page: held in memory between fetch and mask, never written anywhere.
 SOURCE_SCHEMA = pa.schema(
-    [pa.field(name, _ARROW[kind]) for name, kind, _ in SOURCE_FIELDS.values()]
+    [pa.field(name, ARROW_TYPES[kind]) for name, kind, _ in SOURCE_FIELDS.values()]
 )
 
 
@@ -52,7 +53,8 @@ class SchemaDriftError(PipelineError):
     """The source changed shape in a way the pipeline cannot absorb; names the field."""
 
 
-def _type_class(arrow_type: pa.DataType) -> str:
+def type_class(arrow_type: pa.DataType) -> str:
+    """The JSON type class an inferred Arrow type stands for, as signatures name it."""
     if pa.types.is_null(arrow_type):
         return "null"
     if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
@@ -103,7 +105,7 @@ def to_source_table(records: list[dict[str, Any]], page_index: int) -> tuple[pa.
         raise SchemaDriftError(
             f"page {page_index}: records disagree on field types (schema drift)"
         ) from None
-    present = {f.name: _type_class(f.type) for f in flat.schema}
+    present = {f.name: type_class(f.type) for f in flat.schema}
     signature = signature_of(present)
     columns = []
     for path, (_name, kind, required) in SOURCE_FIELDS.items():
@@ -114,14 +116,14 @@ def to_source_table(records: list[dict[str, Any]], page_index: int) -> tuple[pa.
                     f"page {page_index}: field '{path}' is missing from the source"
                     + unexpected_note(present)
                 )
-            columns.append(pa.nulls(flat.num_rows, _ARROW[kind]))
+            columns.append(pa.nulls(flat.num_rows, ARROW_TYPES[kind]))
             continue
         if found not in (kind, "null"):
             raise SchemaDriftError(
                 f"page {page_index}: field '{path}' has type {found}, expected {kind}"
             )
         try:
-            columns.append(flat.column(path).cast(_ARROW[kind]))
+            columns.append(flat.column(path).cast(ARROW_TYPES[kind]))
         except (pa.ArrowException, TypeError, ValueError):
             # e.g. integer coordinates beyond float64's exact range
             raise SchemaDriftError(

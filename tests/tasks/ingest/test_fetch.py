@@ -230,7 +230,7 @@ def test_concurrency_bound_holds_at_the_server(start_api):
     pages = plan_pages(16 * 5, 5, run_seed=3, key=KEY)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         done = list(pool.map(lambda page: fetch_page(cfg, page), pages))
-    assert [len(records) for records, _ in done] == [5] * 16
+    assert [fetched.table.num_rows for fetched, _ in done] == [5] * 16
     stats = server.stats()
     assert stats["total"] == 16
     # Equal to the bound, not just under it: the gate is the limit, not too few threads.
@@ -302,8 +302,8 @@ def test_deep_json_is_refused_before_parsing(start_api):
 def test_the_largest_valid_pages_pass_the_limits(start_api, locale):
     server = start_api()
     get_pools(locale)  # built on first use, which can outlast the test's read timeout
-    records, attempts = fetch_page(config(server, locale=locale), ONE_PAGE)
-    assert len(records) == 1000 and attempts == 1
+    fetched, attempts = fetch_page(config(server, locale=locale), ONE_PAGE)
+    assert fetched.table.num_rows == 1000 and attempts == 1
     # The body as served (asked for again): ~0.47 MB and 4 levels deep, a quarter of either
     # limit or less, the margin the limits were sized with.
     (served,) = server.served()
@@ -317,5 +317,5 @@ def test_the_largest_valid_pages_pass_the_limits(start_api, locale):
 def test_a_gzip_page_under_the_limit_passes(start_api, api):
     # ~1 MiB of whitespace before a real page: gzip, valid JSON, under the limit once expanded.
     server = start_api(gzip_bomb_rate=1.0, gzip_bomb_bytes=1 << 20)
-    records, attempts = fetch_page(config(server), ONE_PAGE)
-    assert attempts == 1 and records == fetch_page(config(api), ONE_PAGE)[0]
+    fetched, attempts = fetch_page(config(server), ONE_PAGE)
+    assert attempts == 1 and fetched.table.equals(fetch_page(config(api), ONE_PAGE)[0].table)
