@@ -64,7 +64,7 @@ TEST_WORKERS ?= 2
 test: setup ## Run the test suite on TEST_WORKERS=2 workers (PYTEST_ARGS="-k ..." to narrow)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
-bench: setup ## Benchmark 30,000 and 1,000,000 records on the local API (bench/results.md)
+bench: setup ## Benchmark 1k, 30k, 100k and 1M records and the waits users feel (bench/results.md)
 	$(PY) -m bench.run
 
 lint: venv ## ruff (lint and format check) and mypy (strict on flows/ and tasks/)
