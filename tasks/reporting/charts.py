@@ -14,7 +14,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import plotly.graph_objects as go
 
 from tasks.common.logs import run_logger
 from tasks.common.schemas import AGE_GROUPS
+from tasks.common.secrets import without_key
 
 # Names of the chart images; `tasks.reporting.artifacts.report_markdown` looks images up by these.
 CHART_TOP_COUNTRIES = "top-gmail-countries"
@@ -309,10 +310,17 @@ class ChartBrowser:
         chart_browser = self
 
         class OfflineChromium(Chromium):
-            """choreographer's Chromium with the offline flags: it has no option for extra ones."""
+            """choreographer's Chromium with the offline flags (it has no option for extra ones)
+            and an environment without the key."""
 
             def get_cli(self) -> list[str]:
                 return [*super().get_cli(), *OFFLINE_CHROMIUM_FLAGS]
+
+            def get_env(self) -> MutableMapping[str, str]:
+                # The CLI and a deployment's flow run withhold the key before Chromium starts;
+                # a flow run inside someone else's process leaves its environment as it is, and
+                # the browser must not hold the key there either.
+                return without_key(super().get_env())
 
             def pre_open(self) -> None:
                 super().pre_open()

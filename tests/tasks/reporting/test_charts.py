@@ -5,6 +5,7 @@ No wall-clock assertions here: `make bench` reports `seconds charts` per run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -355,6 +356,23 @@ def test_prestart_then_render_from_another_thread(
 
 
 @pytest.mark.slow
+def test_chromium_never_holds_the_key(chromium: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Where the flow runs inside someone else's process, that process's environment may hold the
+    # key (the CLI and a deployment's flow run withhold it first): the browser still gets none.
+    monkeypatch.setenv("PII_HASH_KEY", "a-key-chromium-must-never-hold-0123")
+    monkeypatch.setenv("CHART_TEST_MARKER", "inherited")
+    with charts.prestart() as session:
+        assert session.wait_ready(60)
+        environs = []
+        for pid, _ in _processes("chrom"):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                environs.append(Path(f"/proc/{pid}/environ").read_bytes())
+    assert environs, "no Chromium process found"
+    assert any(b"CHART_TEST_MARKER=inherited" in env for env in environs)  # the reading works
+    assert not any(b"PII_HASH_KEY" in env for env in environs)
+
+
+@pytest.mark.slow
 def test_prestarted_browser_closed_unused_leaves_nothing(
     chromium: str, opened: list[object], top_countries: pd.DataFrame
 ) -> None:
@@ -405,8 +423,9 @@ def test_exit_hook_closes_a_forgotten_browser(chromium: str) -> None:
         capture_output=True,
         text=True,
         timeout=120,
-        check=True,
+        check=False,
     )
+    assert done.returncode == 0, done.stderr[-2000:]
     running = {(pid, created) for pid, created in json.loads(done.stdout.strip().splitlines()[-1])}
     assert running
     assert not _still_running(running)
