@@ -9,7 +9,7 @@ from __future__ import annotations
 from tasks.quality import validator
 
 if __name__ == "__main__":
-    # The CLI. GX's import (~8 s of CPU here) starts first, in the validator process on the other
+    # The CLI. GX's import (~4 s of CPU here) starts first, in the validator process on the other
     # core, while this one imports Prefect and the stages below and sets the run up; the imports
     # below therefore come after a statement (E402 is ignored for this file in pyproject.toml).
     validator.start()
@@ -114,7 +114,7 @@ def user_metrics_pipeline(
         if os.environ.get("PREFECT__FLOW_RUN_ID"):  # a process a worker started for this run
             withhold_key()
         cfg, previous_schema = start(cfg, run)
-        # GX's import and first validation (~5-9 s) and Chromium (~2 s) come up while pages are
+        # GX's import and first validation (~4-5 s) and Chromium (~2 s) come up while pages are
         # fetched, where the run waits on the network anyway; the report's charts render in
         # that Chromium, which is closed however the run ends.
         prewarm_validation()

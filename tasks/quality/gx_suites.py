@@ -1,7 +1,8 @@
 """Great Expectations plumbing: one lazy import, one ephemeral context, strict suite loading.
 
-`import great_expectations` takes 6-9 s, so nothing here imports it at module import time; the first
-caller pays once per process and everyone after reuses the module, the context and the suites.
+`import great_expectations` takes 4-9 s on 2 cores (3.7 s with compiled bytecode), so nothing here
+imports it at module import time; the first caller pays once per process and everyone after
+reuses the module, the context and the suites.
 """
 
 from __future__ import annotations

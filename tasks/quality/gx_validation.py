@@ -278,7 +278,7 @@ def warm_up_batches(rows: int = _WARM_UP_ROWS) -> tuple[pa.Table, pa.Table]:
 def warm_up() -> None:
     """Pay GX's one-time costs now: import, context, both suites and assets, a first validation.
 
-    After GX's 6-9 s import, the first validation in a process still costs tens of milliseconds
+    After GX's 4-9 s import, the first validation in a process still costs tens of milliseconds
     more than later ones (GX and pandas set up metric and string code paths on first use). This
     runs both suites once on a small made-up batch, so a run can do all of it ahead of time
     (the validator process does it as it starts).
