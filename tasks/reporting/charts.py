@@ -254,6 +254,28 @@ def _kaleido_server() -> Any:
     return kaleido._global_server
 
 
+# choreographer's pipe reader logs this, with a traceback, when a read cut a message short (seen
+# while the browser closes at exit on a busy machine), and then ignores the message itself.
+_CHOREOGRAPHER_IGNORED = "JSONError decoding message. Ignoring"
+_PIPE_LOGGER = "choreographer.channels.pipe"
+
+
+def _not_ignored(record: logging.LogRecord) -> bool:
+    return _CHOREOGRAPHER_IGNORED not in record.getMessage()
+
+
+def _quiet_choreographer() -> None:
+    """Drop the one error choreographer logs and ignores: a traceback reaches no user for it.
+
+    Called once choreographer is imported, so that the logger is already logistro's (creating
+    it first here would give choreographer a plain Logger without logistro's extra levels).
+    Any other record of that logger still passes.
+    """
+    logger = logging.getLogger(_PIPE_LOGGER)
+    if _not_ignored not in logger.filters:
+        logger.addFilter(_not_ignored)
+
+
 class _BrowserGone(RuntimeError):
     """kaleido's server renders no more: its browser failed, died or missed the deadline."""
 
@@ -304,6 +326,8 @@ class ChartBrowser:
         global _other_excepthook
         import kaleido
         from choreographer.browsers.chromium import Chromium
+
+        _quiet_choreographer()
 
         if _kaleido_server().is_running():
             raise RuntimeError("the previous chart browser is still closing")

@@ -355,6 +355,35 @@ def test_prestart_then_render_from_another_thread(
     session.close()  # idempotent
 
 
+def test_the_error_choreographer_ignores_prints_no_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # choreographer logs a message a read cut short (while the browser closes at exit) with a
+    # traceback, then ignores the message; other records of its pipe logger still pass.
+    import logging
+
+    from choreographer.channels import pipe
+
+    charts._quiet_choreographer()
+    charts._quiet_choreographer()  # idempotent
+    logger = logging.getLogger(charts._PIPE_LOGGER)
+    assert logger is pipe._logger
+    assert logger.filters.count(charts._not_ignored) == 1
+    handler = logging.StreamHandler()
+    logger.addHandler(handler)
+    try:
+        try:
+            raise ValueError("a cut message")
+        except ValueError:
+            logger.exception("JSONError decoding message. Ignoring")
+        logger.error("Error in trying to decode JSON off our read.")
+    finally:
+        logger.removeHandler(handler)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Ignoring" not in err
+    assert "Error in trying to decode JSON" in err
+
+
 @pytest.mark.slow
 def test_chromium_never_holds_the_key(chromium: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # Where the flow runs inside someone else's process, that process's environment may hold the
