@@ -188,7 +188,8 @@ def child(args: argparse.Namespace) -> int:
     # import, context, suites and assets, and the answer to a first (small) validation.
     t0 = time.perf_counter()
     masked, _ = warm_up_batches()
-    if validator.start().validate("masked", masked, masked.num_rows) is None:
+    validating = validator.start()  # the flow's prewarm finds it running and keeps it
+    if validating.validate("masked", masked, masked.num_rows) is None:
         raise RuntimeError("the validator process gave no answer")
     seconds_gx = time.perf_counter() - t0
 
@@ -252,7 +253,7 @@ def child(args: argparse.Namespace) -> int:
     # ru_maxrss is KiB on Linux: this process's peak, not the Prefect server's or Chromium's.
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # The validator process holds the pandas frame GX validates: its own peak, reported beside.
-    validator_pid = validator.start().pid
+    validator_pid = validating.pid  # None once stopped: no figure then, rather than a new one's
     validator_kib = _status_kib(validator_pid, "VmHWM") if validator_pid else 0
     result = {
         "records": args.records,
