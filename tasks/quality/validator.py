@@ -91,7 +91,7 @@ class Validator:
             return summary
 
     def stop(self) -> None:
-        """Close its stdin (it exits at once, or after its import) and reap it."""
+        """Close its pipes, kill it if it still runs (it holds nothing worth finishing), reap it."""
         with self._lock:
             self._stop_locked()
 
