@@ -20,7 +20,13 @@ from pydantic import ValidationError
 from flows.processes import ServiceError
 from flows.server import START_SECONDS, server_for_run, server_mode
 from tasks.common.errors import failure_text, redact
-from tasks.common.inputs import InputError, RunOptions, date_range, settings_error_line
+from tasks.common.inputs import (
+    EARLIEST_RUN_DATE,
+    InputError,
+    RunOptions,
+    date_range,
+    settings_error_line,
+)
 from tasks.common.run_config import checked_run_config
 from tasks.common.secrets import withhold_key
 from tasks.common.settings import get_settings
@@ -50,7 +56,9 @@ def parse_args(argv: list[str] | None, description: str | None) -> argparse.Name
     for name, info in RunOptions.model_fields.items():
         flag = "--" + name.replace("_", "-")
         parser.add_argument(flag, type=_option_type(name), help=f"{info.description}")
-    parser.add_argument("--run-date", help="YYYY-MM-DD (default: today, UTC)")
+    parser.add_argument(
+        "--run-date", help=f"YYYY-MM-DD, from {EARLIEST_RUN_DATE} on (default: today, UTC)"
+    )
     parser.add_argument("--start-date", help="backfill: first date, YYYY-MM-DD")
     parser.add_argument("--end-date", help="backfill: last date, YYYY-MM-DD")
     parser.add_argument("--force", action="store_true", help="backfill: reload loaded dates too")

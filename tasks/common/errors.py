@@ -57,13 +57,25 @@ class StageError(PipelineError):
 
 
 def display_url(url: object) -> str:
-    """scheme://host:port/path of a URL: never its credentials or query string."""
-    parts = urlsplit(str(url).strip())
+    """scheme://host:port/path of a URL: never its user info, query string or fragment."""
+    text = str(url).strip()
+    head, at, tail = text.rpartition("@")
+    scheme, sep, _ = head.partition("://")
+    if at and any(mark in head for mark in "?#"):
+        # A "?" or "#" before the last "@": a password may hold the "?", or a token the "@";
+        # neither side is safe to show.
+        return f"{scheme}{sep}<withheld>" if sep else "<withheld>"
+    if at:  # drop what a "user:password@" may hold, even when it is not well-formed
+        text = f"{scheme}{sep}{tail}" if sep else tail
+    text = re.split(r"[?#]", text, maxsplit=1)[0]
+    try:
+        parts = urlsplit(text)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # a bad port or bracket: nothing to take apart
+        return text[:100]
     if not parts.scheme or not parts.hostname:
-        # Not a URL we can take apart: what follows any "user:password@", as typed.
-        return str(url).strip().rsplit("@", 1)[-1][:100]
+        return text[:100]
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 

@@ -15,6 +15,10 @@ from tasks.common.errors import PipelineError, display_url
 MAX_PAGE_SIZE = 1000  # the API clamps larger requests to 1000 without saying so
 MAX_RECORDS = 10_000_000
 MAX_SEED = 2**31 - 1  # the API's seeds are 32-bit; 0 means "no seed" there
+# The API's birthdays start here, and a run asks for persons born by its date.
+EARLIEST_RUN_DATE = dt.date(1900, 1, 1)
+# A setting whose name holds one of these may carry a secret: its value is never echoed.
+SECRET_NAME_PARTS = ("URL", "KEY", "SECRET", "PASSWORD", "TOKEN")
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
@@ -43,11 +47,33 @@ class InputError(PipelineError, ValueError):
 
 
 def check_api_url(url: str) -> str:
-    """Return the URL without a trailing slash, or raise if it is not an http(s) URL with a host."""
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InputError(f"api_url {display_url(url)!r} is not an http(s) URL with a host")
-    return url.strip().rstrip("/")
+    """Return a plain http(s) base URL without its trailing slash; refuse any other.
+
+    Credentials and query strings are refused rather than stripped: the URL is a flow run's
+    parameter, which the Prefect UI shows to whoever opens the run, and a query string would
+    sit before the `/persons` the fetch appends.
+    """
+    text = url.strip()
+    shown = display_url(text)
+    if "@" in text:
+        raise InputError(
+            f"api_url {shown!r} carries credentials (user info before '@'), which a run would "
+            "keep in its parameters: give the URL without them (credentials in the URL are not "
+            "supported; an API that needs them can be reached through a proxy that adds them)"
+        )
+    if "?" in text or "#" in text:
+        raise InputError(
+            f"api_url {shown!r} has a query string or fragment: give the base URL up to the "
+            "version (…/api/v2) without '?' or '#'; the pipeline sets the request's parameters"
+        )
+    try:
+        parts = urlsplit(text)
+        plain = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port that is not a number in range, an unclosed "["
+        plain = False
+    if not plain:
+        raise InputError(f"api_url {shown!r} is not an http(s) URL with a host")
+    return text.rstrip("/")
 
 
 def check_records(records: int) -> int:
@@ -91,6 +117,11 @@ def parse_run_date(value: str | dt.date | None, today: dt.date | None = None) ->
             raise InputError(f"run_date {value!r} is not a date in YYYY-MM-DD form") from None
     if parsed > today:
         raise InputError(f"run_date {parsed.isoformat()} is in the future (today is {today})")
+    if parsed < EARLIEST_RUN_DATE:
+        raise InputError(
+            f"run_date {parsed.isoformat()} is before {EARLIEST_RUN_DATE}, where the API's "
+            f"birthdays start: give a date from {EARLIEST_RUN_DATE} on"
+        )
     return parsed
 
 
@@ -124,13 +155,16 @@ def date_range(start: dt.date | str, end: dt.date | str, max_days: int) -> list[
 
 
 def settings_error_line(exc: Exception) -> str:
-    """One line naming each bad setting by its environment variable (secrets never echoed)."""
+    """One line naming each bad setting by its environment variable; a value is echoed only
+    where the name says it cannot be a secret (SECRET_NAME_PARTS)."""
     errors = getattr(exc, "errors", None)
     if not callable(errors):
         return str(exc).strip().splitlines()[0]
     parts = []
     for error in errors():
         name = str(error["loc"][0]).upper() if error.get("loc") else "settings"
-        shown = "" if "KEY" in name else f" (got {error.get('input')!r})"
+        # Without a field, the input is every setting at once, secrets included.
+        secret = name == "settings" or any(part in name for part in SECRET_NAME_PARTS)
+        shown = "" if secret else f" (got {error.get('input')!r})"
         parts.append(f"{name}{shown}: {error['msg']}")
     return "invalid setting " + "; ".join(parts)

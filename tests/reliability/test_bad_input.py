@@ -90,6 +90,7 @@ CLI_CASES = {
     "date in words": (["--run-date", "yesterday"], ["yesterday"]),
     "date without zero padding": (["--run-date", "2026-1-5"], ["2026-1-5"]),
     "future date": (["--run-date", FUTURE.isoformat()], [FUTURE.isoformat()]),
+    "date before the API's birthdays": (["--run-date", "0001-01-01"], ["0001-01-01", "1900-01-01"]),
     "seed zero": (["--seed", "0"], ["seed", "0"]),
     "backward range": (
         ["--start-date", "2026-06-03", "--end-date", "2026-06-01"],
@@ -98,6 +99,10 @@ CLI_CASES = {
     "range into the future": (
         ["--start-date", TODAY.isoformat(), "--end-date", FUTURE.isoformat()],
         [FUTURE.isoformat()],
+    ),
+    "range starting before 1900": (
+        ["--start-date", "1899-12-31", "--end-date", "1900-01-02"],
+        ["1899-12-31", "1900-01-01"],
     ),
     "range with a malformed end": (
         ["--start-date", "2026-06-01", "--end-date", "2026-06-31"],
@@ -131,6 +136,101 @@ URL_CASES = {
 @pytest.mark.parametrize("url, names", URL_CASES.values(), ids=URL_CASES.keys())
 def test_cli_url(url: str, names: list[str], cli_refuses: Refused) -> None:
     cli_refuses(["--api-url", url, "--records", "100"], names)
+
+
+def flow_run_count() -> int:
+    """Flow runs in the session's Prefect test harness, where a CLI run in this process records."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.count_flow_runs()
+
+
+# A URL's secrets go around the live local API, so that only the refusal stops the run: without
+# it, the run would reach the API, create a flow run and keep the URL in its parameters.
+SECRET_URL_CASES = {
+    "--api-url with credentials": (
+        {},
+        "http://user:pw@{hostport}/api/v2",
+        ["api_url", "credentials", "{hostport}"],
+        ["user:pw", "pw@"],
+    ),
+    "--api-url with a query string": (
+        {},
+        "http://{hostport}/api/v2?token=abc",
+        ["api_url", "query string", "{hostport}"],
+        ["token", "abc"],
+    ),
+    "FAKER_API_URL with credentials": (
+        {"FAKER_API_URL": "htp://user:pw@{hostport}/api/v2"},
+        None,
+        ["FAKER_API_URL", "credentials", "{hostport}"],
+        ["user:pw", "pw@"],
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "env, url, names, secrets", SECRET_URL_CASES.values(), ids=SECRET_URL_CASES.keys()
+)
+def test_cli_refuses_a_url_carrying_secrets_before_any_flow_run(
+    env: dict[str, str],
+    url: str | None,
+    names: list[str],
+    secrets: list[str],
+    api: LocalApiServer,
+    reliability_env,
+    paths: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+    prefect_storage,
+) -> None:
+    hostport = api.base_url.split("://", 1)[1].split("/", 1)[0]
+    reliability_env(**{k: v.format(hostport=hostport) for k, v in env.items()})
+    argv = ["--records", "100"] + (["--api-url", url.format(hostport=hostport)] if url else [])
+    runs_before = flow_run_count()
+    capsys.readouterr()
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert_refused(code, err, [n.format(hostport=hostport) for n in names], api, paths)
+    for secret in secrets:
+        assert secret not in out + err, f"{secret!r} echoed: {out + err!r}"
+    assert flow_run_count() == runs_before, "a flow run was created (it would keep the URL)"
+
+
+FLOW_SECRET_URLS = {
+    "credentials": "http://user:s3cret-pw@{hostport}/api/v2",
+    "query string": "http://{hostport}/api/v2?token=s3cret-token",
+    "fragment": "http://{hostport}/api/v2#s3cret-fragment",
+}
+
+
+@pytest.mark.parametrize("url", FLOW_SECRET_URLS.values(), ids=FLOW_SECRET_URLS.keys())
+def test_flow_parameter_url_carrying_secrets_fails_first_without_echoing_them(
+    url: str, api: LocalApiServer, reliability_env, paths: tuple[Path, Path], prefect_storage
+) -> None:
+    """A deployment run keeps the parameter as typed; its first step refuses it, and nothing
+    the run writes (error, state, logs, artifacts) repeats the secret."""
+    from prefect.logging.handlers import APILogHandler
+
+    from tests.reliability.drills import run_artifacts, run_logs
+
+    hostport = api.base_url.split("://", 1)[1].split("/", 1)[0]
+    state = user_metrics_pipeline(
+        api_url=url.format(hostport=hostport),
+        records=100,
+        run_date=dt.date(2026, 5, 1),
+        return_state=True,
+    )
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, InputError), repr(error)
+    assert f"api_url 'http://{hostport}/api/v2'" in str(error), str(error)
+    APILogHandler().flush()
+    run_id = str(state.state_details.flow_run_id)
+    logs, artifacts = run_logs(run_id), run_artifacts(run_id)
+    assert logs and "run-failure" in artifacts, (logs, artifacts)
+    written = [str(error), str(state.message), *logs, *artifacts.values()]
+    assert not [text for text in written if "s3cret" in text], written
+    assert_untouched(api, paths)
 
 
 def test_cli_unreachable_url(cli_refuses: Refused) -> None:
@@ -185,6 +285,7 @@ PARAM_CASES = {
     "page_size=5000": ({"page_size": 5000}, ["page_size=5000"]),
     "page_size=0": ({"page_size": 0}, ["page_size=0"]),
     "future run_date": ({"run_date": FUTURE}, [FUTURE.isoformat()]),
+    "run_date before 1900": ({"run_date": dt.date(1899, 12, 31)}, ["1899-12-31", "1900-01-01"]),
     "seed=0": ({"seed": 0}, ["seed=0"]),
     "ftp api_url": ({"api_url": "ftp://x"}, ["ftp://x"]),
 }

@@ -119,3 +119,77 @@ def test_settings_errors_name_the_variable_in_one_line(monkeypatch):
     line = settings_error_line(info.value)
     assert "FAKER_PAGE_SIZE (got '5000')" in line and "FAKER_RECORDS (got 'zero')" in line
     assert "\n" not in line
+
+
+SECRET_URLS = {
+    "user and password": ("http://reader:hunter2@api.example.org/api/v2", "hunter2"),
+    "user only": ("https://hunter2@api.example.org/api/v2", "hunter2"),
+    "password holding a slash": ("http://reader:hun/ter2@api.example.org/api/v2", "ter2"),
+    "query string": ("http://api.example.org/api/v2?token=hunter2", "hunter2"),
+    "query after the path's slash": ("http://api.example.org/api/v2/?api_key=hunter2", "hunter2"),
+    "fragment": ("http://api.example.org/api/v2#hunter2", "hunter2"),
+    "credentials and query": ("http://reader:pw1@api.example.org/api/v2?token=hunter2", "pw1"),
+}
+
+
+@pytest.mark.parametrize(("url", "secret"), SECRET_URLS.values(), ids=SECRET_URLS.keys())
+def test_urls_with_credentials_query_or_fragment_are_refused(url: str, secret: str) -> None:
+    with pytest.raises(InputError) as info:
+        check_api_url(url)
+    message = str(info.value)
+    assert "api.example.org" in message, message
+    for hidden in (secret, "hunter2", "reader", "token"):
+        assert hidden not in message, message
+    assert "\n" not in message
+
+
+def test_a_password_holding_a_question_mark_is_withheld_whole() -> None:
+    """Which side of the "@" is the secret cannot be told: the host is withheld too."""
+    with pytest.raises(InputError, match="credentials") as info:
+        check_api_url("http://reader:hun?ter2@api.example.org/api/v2")
+    assert "hun" not in str(info.value) and "ter2" not in str(info.value)
+
+
+def test_the_refusal_says_what_to_do() -> None:
+    with pytest.raises(InputError, match=r"credentials .* give the URL without them"):
+        check_api_url("http://reader:hunter2@api.example.org/api/v2")
+    with pytest.raises(InputError, match=r"query string or fragment: give the base URL"):
+        check_api_url("http://api.example.org/api/v2?")
+
+
+@pytest.mark.parametrize("url", ["http://api.example.org:99999/api/v2", "http://[::1/api/v2"])
+def test_urls_python_cannot_take_apart_are_refused_as_input(url: str) -> None:
+    with pytest.raises(InputError, match="not an http"):
+        check_api_url(url)
+
+
+def test_a_plain_base_url_is_kept() -> None:
+    assert check_api_url(" https://fakerapi.it/api/v2/ ") == "https://fakerapi.it/api/v2"
+    assert check_api_url("http://[::1]:8000/api/v2") == "http://[::1]:8000/api/v2"
+
+
+def test_a_setting_url_with_a_password_is_refused_without_echoing_it(monkeypatch) -> None:
+    from pydantic import ValidationError
+
+    from tasks.common.inputs import settings_error_line
+
+    for url in ("htp://reader:hunter2@api.example.org/api/v2", "http://api.example.org/?t=hunter2"):
+        monkeypatch.setenv("FAKER_API_URL", url)
+        with pytest.raises(ValidationError) as info:
+            Settings(_env_file=None)
+        line = settings_error_line(info.value)
+        assert "FAKER_API_URL" in line and "api.example.org" in line, line
+        assert "hunter2" not in line and "reader" not in line, line
+
+
+def test_run_dates_start_where_the_api_birthdays_start() -> None:
+    from tasks.common.inputs import date_range
+
+    assert parse_run_date("1900-01-01", today=TODAY) == dt.date(1900, 1, 1)
+    for value in ("1899-12-31", "0001-01-01", dt.date(1899, 12, 31)):
+        with pytest.raises(InputError, match="is before 1900-01-01") as info:
+            parse_run_date(value, today=TODAY)
+        assert "\n" not in str(info.value)
+    with pytest.raises(InputError, match="run_date 1899-12-30 is before 1900-01-01"):
+        date_range("1899-12-30", "1900-01-02", max_days=10)
+    assert date_range("1900-01-01", "1900-01-02", max_days=10)[0] == dt.date(1900, 1, 1)

@@ -1,4 +1,5 @@
-"""Settings: which dotenv file they read, and that no test ever reads a developer's `.env`."""
+"""Settings: which dotenv file they read, that no test ever reads a developer's `.env`, and that
+a bad value is named without echoing a secret."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel, ValidationError, model_validator
 
+from tasks.common.inputs import settings_error_line
 from tasks.common.settings import ENV_FILE_VARIABLE, Settings, env_file, get_settings
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -149,3 +152,51 @@ def test_the_demo_key_file_is_only_readable_by_its_owner(tmp_path) -> None:
     existing.chmod(0o644)
     assert ensure_demo_key(existing).read_text(encoding="utf-8").startswith("an-existing")
     assert {fresh.stat().st_mode & 0o777, existing.stat().st_mode & 0o777} == {0o600}
+
+
+class Credentials(BaseModel):
+    """Settings-shaped fields whose names say they may hold a secret, and one that does not."""
+
+    service_token: int
+    client_secret: int
+    db_password: int
+    webhook_url: int
+    api_key: int
+    page_size: int
+
+
+def test_a_bad_setting_named_like_a_secret_is_never_echoed() -> None:
+    values = {
+        "service_token": "tok-hunter2",
+        "client_secret": "sec-hunter3",
+        "db_password": "pw-hunter4",
+        "webhook_url": "https://hooks.example.org/services/hunter5",
+        "api_key": "key-hunter6",
+        "page_size": "many",
+    }
+    with pytest.raises(ValidationError) as info:
+        Credentials(**values)
+    line = settings_error_line(info.value)
+    for name in ("SERVICE_TOKEN", "CLIENT_SECRET", "DB_PASSWORD", "WEBHOOK_URL", "API_KEY"):
+        assert f"{name}: " in line, line
+    assert "hunter" not in line and "hooks.example.org" not in line, line
+    # The control: a value that cannot be a secret is still shown, so a user sees what they typed.
+    assert "PAGE_SIZE (got 'many')" in line
+    assert "\n" not in line
+
+
+class Checked(BaseModel):
+    """A model whose own check fails: pydantic's error then holds every value at once."""
+
+    service_token: str
+
+    @model_validator(mode="after")
+    def _refuse(self) -> Checked:
+        raise ValueError("the combination is not allowed")
+
+
+def test_a_whole_model_error_echoes_no_value() -> None:
+    with pytest.raises(ValidationError) as info:
+        Checked(service_token="tok-hunter2")
+    line = settings_error_line(info.value)
+    assert "not allowed" in line and "hunter2" not in line, line
