@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from local_api.server import REPLAY_HEADER, LocalApiServer
+from tasks.common.vocabulary import kept_words
+from tasks.privacy.risk import DEFAULT_K
 
 _DECIMAL = re.compile(r"-?\d+\.\d+")
 PII_FIELDS = ("firstname", "lastname", "email", "phone", "birthday")
@@ -48,8 +50,11 @@ def raw_values(records: list[dict], run_date: dt.date) -> set[str]:
         values.add(rec["email"].split("@")[0])
         values.update(str(rec["address"][f]) for f in ADDRESS_PII)
         values.add(rec["website"])
-    kept = {r["address"]["country"] for r in records} | {r["gender"] for r in records}
-    kept |= {r["email"].rsplit("@", 1)[-1] for r in records}
+    # Kept for their vocabulary (countries, genders, public providers), and the domains that k
+    # persons share; never a value only because the batch carries it.
+    kept = set(kept_words())
+    domains = Counter(r["email"].rsplit("@", 1)[-1].lower() for r in records)
+    kept |= {domain for domain, persons in domains.items() if persons >= DEFAULT_K}
     kept.add(run_date.isoformat())  # someone born on the run date shares it; the date is kept
     # A surname such as "Marshall" is also part of a kept country ("Marshall Islands").
     kept_text = "\n".join(kept)

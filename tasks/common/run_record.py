@@ -87,6 +87,8 @@ class RunRecord:
     published: list[str] = field(default_factory=list)  # artifact keys, as created
     details: list[str] = field(default_factory=list)  # value-free lines for a failure report
     secrets: list[SecretHashes] = field(default_factory=list)  # hashes of the raw values
+    # The e-mail domains the domain rule kept in this batch: kept on purpose, never secrets.
+    kept_domains: frozenset[str] = frozenset()
     started: float = field(default_factory=time.perf_counter)
     _scanner: LeakScanner | None = None
 
@@ -123,7 +125,7 @@ class RunRecord:
         from tasks.privacy.leak_scan import LeakScanner
 
         if self._scanner is None:
-            self._scanner = LeakScanner(self.secrets, run_date)
+            self._scanner = LeakScanner(self.secrets, run_date, self.kept_domains)
             self.secrets = []  # merged into the scanner's index; no need to hold them twice
         return self._scanner
 

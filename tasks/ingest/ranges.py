@@ -15,6 +15,7 @@ from tasks.common.handoff import HandsOverTable
 from tasks.common.run_config import FetchConfig
 from tasks.common.secrets import hash_key
 from tasks.common.stage import stage_task
+from tasks.common.vocabulary import check_vocabulary
 from tasks.ingest.fetch import fetch_range
 from tasks.ingest.mask import mask_pii
 from tasks.ingest.plan import PageRange
@@ -40,11 +41,13 @@ class MaskedRange(HandsOverTable):
 def fetch_and_mask_range(
     config: FetchConfig, page_range: PageRange, run_date: dt.date
 ) -> MaskedRange:
-    """Fetch a range of pages, mask it, hash its raw values; the raw rows end here."""
+    """Fetch a range of pages, check its kept values' vocabularies, mask it, hash its raw values;
+    the raw rows end here."""
     started = time.perf_counter()
     fetched = fetch_range(config, page_range)
     source = fetched.take_table()
     fetched_at = time.perf_counter()
+    check_vocabulary(source, page_range.label)
     table = mask_pii(source, run_date, hash_key())
     masked_at = time.perf_counter()
     secrets = secret_hashes(source)

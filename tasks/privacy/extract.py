@@ -46,7 +46,8 @@ import pyarrow.compute as pc
 
 from tasks.common.schemas import ArrayLike
 from tasks.common.stage import stage_task
-from tasks.privacy.domains import KEEP_DOMAINS, OTHER_DOMAIN, collapse_rare_domains
+from tasks.common.vocabulary import OTHER_DOMAIN
+from tasks.privacy.domains import KEEP_DOMAINS, collapse_rare_domains
 from tasks.privacy.regions import map_codes
 from tasks.privacy.risk import DEFAULT_K, QUASI_IDENTIFIERS, RiskMetrics, risk_metrics
 from tasks.storage.batches import stage_shareable

@@ -15,10 +15,12 @@ would fail a clean run):
   systems do), first and last names, phones (as served and digits only), streets, street names,
   building numbers, cities, zipcodes, birthdays, latitude and longitude (as text, shortest
   round-trip form) and websites. Matching is case-sensitive except for e-mail values.
-- values that legitimately remain in the outputs are never secrets: country names and codes,
-  genders, email domains, the run date, `****`, age groups, region names, `other`, `*`, and
-  any value the caller adds. A secret that is also a word sequence inside a kept value (surname
-  "Marshall", country "Marshall Islands") is not searched in free text.
+- values that legitimately remain in the outputs are never secrets: the vocabularies' values
+  (`tasks.common.vocabulary`: country names and codes, genders, public mail providers, `other`),
+  the e-mail domains the domain rule kept, the run date, `****`, age groups, region names, `*`.
+  Nothing is kept because the batch carries it: a name sent as a country is searched for. A
+  secret that is also a word sequence inside a kept value (surname "Marshall", country
+  "Marshall Islands") is not searched in free text.
 - whole cells: values of 4 or more characters (`MIN_CELL_LENGTH`).
 - free text: names, streets, cities, emails and websites need 5 or more characters
   (`MIN_TEXT_LENGTH`), the numeric kinds (zipcodes, building numbers, birthdays, phones,
@@ -43,7 +45,8 @@ import pyarrow.compute as pc
 from tasks.common.memdb import cursor
 from tasks.common.schemas import AGE_GROUPS, MASK, MASKED_COLUMNS
 from tasks.common.sqlfiles import read_sql
-from tasks.privacy.domains import email_domain, email_local_part
+from tasks.common.vocabulary import kept_words
+from tasks.privacy.domains import email_local_part
 from tasks.privacy.regions import CONTINENTS, SUB_REGIONS, UNKNOWN
 
 MIN_CELL_LENGTH = 4
@@ -228,27 +231,12 @@ class SecretHashes:
     cells: np.ndarray  # packed (hash, kind) of whole-cell values
     lower: np.ndarray  # the same for e-mail kinds, lower-cased
     text: np.ndarray  # normalized forms searched in free text
-    kept: frozenset[str]  # countries, codes, genders and e-mail domains of the batch
     max_ngram: int  # most tokens in one text form (capped at _MAX_NGRAM)
 
     @property
     def nbytes(self) -> int:
         """Memory held by the hash arrays."""
         return self.cells.nbytes + self.lower.nbytes + self.text.nbytes
-
-
-def _kept_in(source: pa.Table) -> set[str]:
-    """Values of the batch that legitimately remain in outputs (never searched for)."""
-    values: set[str] = set()
-    for name in ("country", "country_code", "gender"):
-        if name in source.column_names:
-            values.update(v for v in pc.unique(as_strings(source[name])).to_pylist() if v)
-    if "email" in source.column_names:
-        domains = email_domain(as_strings(source["email"]))
-        for domain in pc.unique(domains).to_pylist():
-            if domain:
-                values.update({domain, domain.lower()})
-    return values
 
 
 def _secret_columns(source: pa.Table) -> dict[str, pa.Array | pa.ChunkedArray]:
@@ -318,24 +306,25 @@ def secret_hashes(source: pa.Table) -> SecretHashes:
         cells=packed[long_enough & ~lower],
         lower=packed[long_enough & lower],
         text=_pack(text_hashes, text_kinds),
-        kept=frozenset(_kept_in(source)),
         max_ngram=min(spaces + 1, _MAX_NGRAM),
     )
 
 
 # --- per run: SecretIndex -------------------------------------------------------------------------
 
-# Values every run's outputs hold on purpose, whatever the batch.
-_ALWAYS_KEPT = frozenset({MASK, "*", "other", UNKNOWN, *AGE_GROUPS, *CONTINENTS, *SUB_REGIONS})
+# Values every run's outputs hold on purpose, whatever the batch: the vocabularies (countries,
+# codes, genders, public mail providers) and the labels the pipeline itself writes. Nothing the
+# batch carries is trusted: a country outside the vocabulary is searched like any other value.
+_ALWAYS_KEPT = frozenset({MASK, "*", UNKNOWN, *AGE_GROUPS, *CONTINENTS, *SUB_REGIONS})
 
 
-def kept_values(
-    parts: Iterable[SecretHashes], run_date: dt.date | None, extra: Iterable[str] = ()
-) -> set[str]:
-    """Values the outputs hold on purpose: never secrets, even where a raw value equals one."""
-    kept = {*_ALWAYS_KEPT, *extra}
-    for part in parts:
-        kept |= part.kept
+def kept_values(run_date: dt.date | None, extra: Iterable[str] = ()) -> set[str]:
+    """Values the outputs hold on purpose: never secrets, even where a raw value equals one.
+
+    `extra` is what the caller keeps by a rule of its own: the e-mail domains that the domain
+    rule (`tasks.privacy.domains.keep_shared_domains`) kept in this batch.
+    """
+    kept = {*_ALWAYS_KEPT, *kept_words(), *extra}
     if run_date is not None:
         kept.add(run_date.isoformat())
     return kept

@@ -133,7 +133,7 @@ class LeakScanner:
         """Build from raw source columns (SOURCE_SCHEMA) or from per-range `SecretHashes`."""
         parts = [secret_hashes(source)] if isinstance(source, pa.Table) else list(source)
         self.report = LeakScanReport()
-        self._index = SecretIndex.build(parts, kept_values(parts, run_date, kept))
+        self._index = SecretIndex.build(parts, kept_values(run_date, kept))
         self._text = TextScanner(self._index)
         self._tables = TableScanner(self._index, self._text)
 

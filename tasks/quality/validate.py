@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 from tasks.common.errors import PipelineError
 from tasks.common.schemas import MASK
 from tasks.common.stage import stage_task
+from tasks.common.vocabulary import OTHER_DOMAIN, host_names, in_vocabulary
 from tasks.privacy.domains import email_domain
 from tasks.quality import validator
 from tasks.quality.gx_suites import SuiteLoadError, load_suite_file
@@ -101,18 +102,12 @@ def prewarm() -> None:
 
 
 # Quarantine keeps only what validation needs to show. Values that are ours (the pseudonym, the
-# run date, the age in years) stay; a source field stays only where its value has a known-safe
-# shape, and everything else becomes MASK: a batch may be quarantined precisely because the
-# source put a value where it does not belong (a full name in `gender`).
+# run date, the age in years) stay; a source field stays only where its value is in its
+# vocabulary (tasks.common.vocabulary), and everything else becomes MASK: a batch may be
+# quarantined precisely because the source put a value where it does not belong.
 _SAFE_COLUMNS = frozenset({"run_date", "age"})
-_SAFE_SHAPES = {
-    "person_key": r"^[0-9a-f]{64}$",
-    "country_code": r"^[A-Z]{2}$",
-    "gender": r"^(male|female)$",
-    # letters, spaces and the punctuation of names like Côte d’Ivoire or St. Kitts & Nevis
-    "country": r"^[\pL][\pL .,&()’'-]{1,59}$",
-}
-_DOMAIN = r"^[a-z0-9-]+(\.[a-z0-9-]+)*\.[a-z]{2,}$"
+_PERSON_KEY = r"^[0-9a-f]{64}$"
+_VOCABULARY_COLUMNS = ("country_code", "country", "gender")
 
 
 def _masked(column: pa.ChunkedArray, keep: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
@@ -122,21 +117,15 @@ def _masked(column: pa.ChunkedArray, keep: pa.ChunkedArray | pa.Array) -> pa.Chu
 
 
 def _quarantine_email(email: pa.ChunkedArray) -> pa.ChunkedArray:
-    domain = pc.utf8_lower(email_domain(email))
+    # The batch has been through the domain rule: a domain left is shared or public, or `other`.
+    domain = email_domain(email)
     kept = pc.binary_join_element_wise(f"{MASK}@", domain, "")
-    return pc.if_else(
-        pc.fill_null(pc.match_substring_regex(domain, _DOMAIN), False),
-        kept,
-        pa.scalar(MASK, pa.string()),
-    )
+    good = pc.or_(host_names(domain), pc.equal(domain, OTHER_DOMAIN))
+    return pc.if_else(pc.fill_null(good, False), kept, pa.scalar(MASK, pa.string()))
 
 
-def quarantine_table(table: pa.Table, k: int) -> pa.Table:
-    """The batch as quarantine stores it: every column that is not known-safe is masked.
-
-    A country name is kept only where k or more rows share it, so a value the source put there
-    for one person (an e-mail address, a name) never is.
-    """
+def quarantine_table(table: pa.Table) -> pa.Table:
+    """The batch as quarantine stores it: every column that is not known-safe is masked."""
     columns = []
     for name in table.column_names:
         column = table[name]
@@ -144,16 +133,11 @@ def quarantine_table(table: pa.Table, k: int) -> pa.Table:
             columns.append(column)
         elif name == "email":
             columns.append(_quarantine_email(pc.cast(column, pa.string())))
-        elif name in _SAFE_SHAPES:
-            text = pc.cast(column, pa.string())
-            keep = pc.match_substring_regex(text, _SAFE_SHAPES[name])
-            if name == "country":
-                counts = pc.value_counts(text)
-                common = pc.filter(
-                    counts.field("values"), pc.greater_equal(counts.field("counts"), k)
-                )
-                keep = pc.and_(keep, pc.is_in(text, value_set=common))
+        elif name == "person_key":
+            keep = pc.match_substring_regex(pc.cast(column, pa.string()), _PERSON_KEY)
             columns.append(_masked(column, keep))
+        elif name in _VOCABULARY_COLUMNS and {"country", "country_code"} <= set(table.column_names):
+            columns.append(_masked(column, in_vocabulary(table, name)))
         else:
             columns.append(_masked(column, pa.repeat(pa.scalar(False), len(column))))
     # The batch's own fields (nullability included) wherever the type stayed the same.
@@ -165,14 +149,14 @@ def quarantine_table(table: pa.Table, k: int) -> pa.Table:
 
 
 def quarantine(
-    table: pa.Table, lake_dir: Path, run_date: date, k: int, scanner: LeakScanner | None = None
+    table: pa.Table, lake_dir: Path, run_date: date, scanner: LeakScanner | None = None
 ) -> Path | None:
     """Write a failing batch, masked as `quarantine_table` says, to the date's quarantine file.
 
     With a scanner, the masked batch is leak-scanned first: a batch that still holds a raw
     value is not written at all (None), and the scanner's report says where it was.
     """
-    masked = quarantine_table(table, k)
+    masked = quarantine_table(table)
     if scanner is not None and scanner.scan_table("quarantine batch", masked):
         return None
     # The shared atomic writer: a temp file beside the target, renamed into place.

@@ -180,3 +180,47 @@ def test_email_domain_mixed_shapes_keep_their_rows() -> None:
         "c.io",
         None,
     ]
+
+
+def test_the_domain_rule_keeps_public_and_shared_host_names_only() -> None:
+    """One rule for every layer: the raw lake's `****@domain` keeps a domain only where it is a
+    public provider or a host name k persons share; free text and one person's names become
+    `other`, which the analytical layer inherits."""
+    from tasks.privacy.domains import keep_shared_domains
+
+    emails = [
+        "****@Gmail.com",  # public, lower-cased
+        "****@kevin35",  # gmail.com@kevin35: the local part behind the "@"
+        "****@claire.dawson.example",  # a person's names as the domain
+        "****@johnsmith.com",  # a vanity domain, one person's
+        *["****@acme.example"] * 3,  # shared by k = 3
+        "****@bad_host.example",  # shared by k, but no host name
+        "****@bad_host.example",
+        "****@bad_host.example",
+        "****",  # no "@": left for validation to name
+        None,
+    ]
+    masked = pa.table({"person_key": [f"{i:064x}" for i in range(len(emails))], "email": emails})
+    shared = keep_shared_domains(masked, 3)
+    assert shared.table["email"].to_pylist() == [
+        "****@gmail.com",
+        "****@other",
+        "****@other",
+        "****@other",
+        *["****@acme.example"] * 3,
+        *["****@other"] * 3,
+        "****",
+        None,
+    ]
+    assert shared.kept == {"gmail.com", "acme.example", "other"}
+    assert (shared.domains_replaced, shared.records_replaced) == (4, 6)
+    assert shared.table.column("person_key").equals(masked.column("person_key"))
+    # Applied again (as generalize does), nothing changes.
+    assert keep_shared_domains(shared.table, 3).table.equals(shared.table)
+    assert email_domain_of(shared.table["email"]).to_pylist()[:5] == [
+        "gmail.com",
+        "other",
+        "other",
+        "other",
+        "acme.example",
+    ]

@@ -327,7 +327,27 @@ def test_secret_hashes_hold_no_raw_value(batch: dict) -> None:
     blob = pickle.dumps(part)
     for value in (*VALUES, "quartz-mail.com" + "x", "Port Zebediah", "12 Quarterman Lane"):
         assert value.encode() not in blob
-    # Only what outputs keep anyway travels as text: countries, codes, genders, domains.
-    assert "Marshall Islands" in part.kept and "Quarterman" not in part.kept
+    # Nothing of the batch travels as text, not even its countries: what outputs keep on purpose
+    # comes from the vocabularies, never from the batch.
+    assert b"Marshall Islands" not in blob and not hasattr(part, "kept")
     # 8 bytes per distinct value and form (cell, lower-cased cell, text): no strings.
     assert part.nbytes == 8 * (len(part.cells) + len(part.lower) + len(part.text))
+
+
+def test_a_value_is_kept_for_its_vocabulary_never_because_the_batch_carries_it() -> None:
+    """A person's name sent as their country is a leak in the country column, while a real
+    country that equals a surname ("Jordan") is not."""
+    person = copy.deepcopy(PLANTED)
+    person["address"] = {**person["address"], "country": "Zebediah Quarterman"}
+    jordan = copy.deepcopy(served(1, seed=9)[0])
+    jordan["lastname"] = "Jordan"
+    scanner = LeakScanner(source_table([person, jordan]), RUN_DATE)
+    table = pa.table({"country": ["Zebediah Quarterman", "Jordan", "Germany"]})
+    hits = {(h.field, h.kind, h.count) for h in scanner.scan_table("t", table)}
+    assert hits == {("country", "firstname", 1), ("country", "lastname", 1)}
+    # In free text the name's words are found too, a kept country's are not.
+    assert {h.kind for h in scanner.scan_text("log", "top: Zebediah Quarterman")} == {
+        "firstname",
+        "lastname",
+    }
+    assert not scanner.scan_text("log", "top country: Jordan")

@@ -536,13 +536,13 @@ def test_loader_rejects_malformed_files(tmp_path: Path, content: str) -> None:
 
 def test_quarantine_writes_atomically(tmp_path: Path) -> None:
     table = make_raw(10)
-    target = quarantine(table, tmp_path, RUN_DATE, k=2)
+    target = quarantine(table, tmp_path, RUN_DATE)
     assert target == tmp_path / "quarantine" / "2025" / "03" / "14" / "persons.parquet"
-    # A clean masked batch keeps every known-safe value (countries shared by >= k rows).
+    # A clean masked batch keeps every value of its vocabularies.
     assert pq.read_table(target).equals(table)
     assert sorted(p.name for p in target.parent.iterdir()) == ["persons.parquet"]
     # A rerun replaces the file.
-    again = quarantine(make_raw(5), tmp_path, RUN_DATE, k=1)
+    again = quarantine(make_raw(5), tmp_path, RUN_DATE)
     assert again == target and pq.read_table(target).num_rows == 5
 
 
@@ -552,7 +552,7 @@ def test_quarantine_masks_every_column_that_is_not_known_safe(tmp_path: Path) ->
     table = plant(table, "gender", 3, "Zelda Planted")  # a full name in a kept field
     table = plant(table, "country", 4, PLANTED)
     table = plant(table, "country_code", 5, "Zelda")
-    target = quarantine(table, tmp_path, RUN_DATE, k=2)
+    target = quarantine(table, tmp_path, RUN_DATE)
     stored = pq.read_table(target)
     assert stored.schema == RAW_SCHEMA
     assert pc.all(pc.equal(stored["firstname"], MASK)).as_py()
@@ -566,27 +566,28 @@ def test_quarantine_masks_every_column_that_is_not_known_safe(tmp_path: Path) ->
     assert b"Zelda" not in blob and b"Planted" not in blob
 
 
-def test_quarantine_keeps_a_country_only_where_k_rows_share_it(tmp_path: Path) -> None:
-    table = plant(make_raw(12), "country", 0, "Atlantis")  # a country-shaped value, once
-    stored = pq.read_table(quarantine(table, tmp_path, RUN_DATE, k=2))
-    assert stored["country"][0].as_py() == MASK
-    assert stored["country"].to_pylist()[1:] == table["country"].to_pylist()[1:]
+def test_quarantine_keeps_a_country_only_where_it_is_its_codes_name(tmp_path: Path) -> None:
+    table = plant(make_raw(12), "country", 0, "Atlantis")  # country-shaped, in no vocabulary
+    code = table["country_code"][1].as_py()
+    other = "Germany" if code != "DE" else "France"
+    table = plant(table, "country", 1, other)  # a real country, but not this code's
+    stored = pq.read_table(quarantine(table, tmp_path, RUN_DATE))
+    assert stored["country"][0].as_py() == MASK and stored["country"][1].as_py() == MASK
+    assert stored["country"].to_pylist()[2:] == table["country"].to_pylist()[2:]
 
 
 def test_a_batch_that_still_holds_a_raw_value_is_not_quarantined(tmp_path: Path) -> None:
     from tasks.privacy.leak_scan import LeakScanner
 
-    # "Gladyce" is a raw street name of the batch; masking leaves a country-shaped value alone
-    # when k rows share it, so only the leak scan can stop it.
-    source = pa.table({"street_name": ["Gladyce Bypass"], "email": [PLANTED]})
-    table = make_raw(10)
-    table = table.set_column(
-        table.schema.get_field_index("country"), "country", pa.array(["Gladyce Bypass"] * 10)
-    )
+    # Whatever the masking keeps, the leak scan is the last word: here a raw e-mail of the
+    # batch is spelled exactly as a kept, well-formed masked address.
+    kept_looking = f"{MASK}@gladyce.example"
+    source = pa.table({"email": [kept_looking]})
+    table = plant(make_raw(10), "email", 0, kept_looking)
     scanner = LeakScanner(source, RUN_DATE)
-    assert quarantine(table, tmp_path, RUN_DATE, k=2, scanner=scanner) is None
+    assert quarantine(table, tmp_path, RUN_DATE, scanner=scanner) is None
     assert not (tmp_path / "quarantine").exists()
-    assert scanner.report.hit_fields() == ["quarantine batch:country (street_name)"]
+    assert scanner.report.hit_fields() == ["quarantine batch:email (email)"]
 
 
 def test_gx_keeps_nothing_of_a_validated_batch() -> None:
