@@ -16,13 +16,13 @@ import numpy as np
 
 from local_api.countries import COUNTRY_CODES, COUNTRY_NAMES
 from local_api.pools import FREE_EMAIL_DOMAINS, PHONE_FORMATS, Pools, normalize_locale
+from tasks.common.vocabulary import GENDERS
 
 DEFAULT_QUANTITY = 10
 MAX_QUANTITY = 1000
 DEFAULT_BIRTHDAY_START = dt.date(1900, 1, 1)
 ADDRESS_ID = 1
 IMAGE_URL = "http://placeimg.com/640/480/people"
-GENDERS = ("male", "female")
 
 
 @dataclass(frozen=True)

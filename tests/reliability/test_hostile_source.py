@@ -13,11 +13,15 @@ import dataclasses
 import datetime as dt
 from collections.abc import Callable
 
+import duckdb
 import pyarrow.parquet as pq
 import pytest
 
 from flows.cli import main
+from local_api.countries import COUNTRY_NAMES
+from local_api.faults import MARKUP_COUNTRY
 from local_api.server import LocalApiServer
+from tasks.common.vocabulary import GENDERS, country_pairs
 from tests.helpers import duckdb_cells, leaked, parquet_cells, raw_values, served_records
 from tests.reliability.conftest import Restored, error_lines
 from tests.reliability.drills import (
@@ -37,7 +41,9 @@ ERROR_MESSAGE = "Server Error for dana.hostile@example.net, call +4915112345678"
 
 
 def _planted_countries(records: list[dict]) -> list[str]:
-    return [r["address"]["country"] for r in records if "@" in r["address"]["country"]]
+    """Countries the server served that are no country it knows (the person's own data)."""
+    known = set(COUNTRY_NAMES)
+    return [r["address"]["country"] for r in records if r["address"]["country"] not in known]
 
 
 def _planted_genders(records: list[dict]) -> list[str]:
@@ -62,23 +68,48 @@ class Drill:
     error: str
     planted: Callable[[list[dict]], list[str]] | None = None
     quarantined: bool = False
+    mentions: str = ""  # a field the error line names
 
+
+# A person's own data as their country (the code left valid), and markup as a country: each
+# is refused before masking, naming the field and the rule, and written nowhere.
+_COUNTRY_DRIFTS = (
+    "email-in-country",
+    "name-in-country",
+    "phone-in-country",
+    "street-in-country",
+    "birthday-in-country",
+    "spelled-email-in-country",
+    "zero-width-email-in-country",
+)
 
 DRILLS = [
+    *(
+        Drill(
+            drift.removesuffix("-in-country").replace("-", " ") + " in country",
+            {"drift": (drift,)},
+            "fetch",
+            "VocabularyError: page",
+            _planted_countries,
+            mentions="country",
+        )
+        for drift in _COUNTRY_DRIFTS
+    ),
     Drill(
-        "e-mail in country",
-        {"drift": ("email-in-country",)},
-        "verify",
-        "LeakError: leak scan",
-        _planted_countries,
+        "markup in country",
+        {"drift": ("markup-in-country",)},
+        "fetch",
+        "VocabularyError: page",
+        lambda records: [MARKUP_COUNTRY, "evil.example", "javascript:alert"],
+        mentions="country_code",
     ),
     Drill(
         "full name in gender",
         {"drift": ("name-in-gender",)},
-        "validate",
-        "ValidationError: masked_persons",
+        "fetch",
+        "VocabularyError: page",
         _planted_genders,
-        quarantined=True,
+        mentions="gender",
     ),
     Drill(
         "integer coordinates",
@@ -128,6 +159,7 @@ def test_hostile_source(
     assert code == 1, out + err
     (line,) = error_lines(err)
     assert line.startswith(f"error: {drill.error}"), line
+    assert f" {drill.mentions} " in line if drill.mentions else True, line
 
     run_id = latest_run_id(db)
     row = run_row(db, run_id)
@@ -152,3 +184,72 @@ def test_hostile_source(
     assert main(args) == 0, capfd.readouterr()
     assert not quarantine.exists()
     assert stored_date(lake, db, RUN_DATE).runs("persons_anonymized") == {latest_run_id(db)}
+
+
+def _planted_domains(records: list[dict]) -> list[str]:
+    """The domains (and moved local parts) of e-mails no one else shares: `gmail.com@kevin35`'s
+    `kevin35`, a name such as `claire.dawson.example`, a vanity `johnsmith.com`."""
+    domains = [r["email"].rpartition("@")[2] for r in records]
+    once = [d for d in domains if domains.count(d) == 1]
+    return [f"@{d}" for d in once] + [d for d in once if "." in d]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("drift", ["local-at-domain", "vanity-domain"])
+def test_a_domain_no_one_shares_is_kept_nowhere(
+    drift: str,
+    start_api: Callable[..., LocalApiServer],
+    reliability_env,
+    restored: Restored,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """An e-mail domain is kept only where k persons share it (or it is a public provider):
+    the run completes, and a domain that is free text or a person's names is stored as `other`
+    in every layer."""
+    lake, db = restored.lake, restored.db
+    api = start_api(drift=(drift,))
+    args = ["--api-url", api.base_url, "--records", str(RECORDS), "--page-size", "100"]
+    args += ["--seed", str(SEED + 2), "--run-date", RUN_DATE.isoformat()]
+    capfd.readouterr()
+    code = main(args)
+    out, err = capfd.readouterr()
+    assert code == 0, out + err
+    served = served_records(api)
+    planted = _planted_domains(served)
+    assert len(planted) >= RECORDS // 10, planted
+    run_id = latest_run_id(db)
+    assert not places_holding(planted, lake, db, run_outputs(run_id, out, err))
+    # What the layers keep: public providers, shared host names, `other`, and nothing else.
+    raw = pq.read_table(zone_file(lake, "raw", RUN_DATE), columns=["email"])["email"]
+    raw_domains = {e.rpartition("@")[2] for e in raw.to_pylist()}
+    with duckdb.connect(str(db), read_only=True) as con:
+        table_domains = {
+            d
+            for (d,) in con.execute(
+                "select distinct email_domain from persons_anonymized where run_date = ?",
+                [RUN_DATE],
+            ).fetchall()
+        }
+        # No table holds a kept value outside its vocabulary.
+        pairs = set(
+            con.execute(
+                "select distinct country_code, country from persons_anonymized where run_date = ?",
+                [RUN_DATE],
+            ).fetchall()
+        )
+        genders = {
+            g for (g,) in con.execute("select distinct gender from persons_anonymized").fetchall()
+        }
+        reported = {
+            c
+            for (c,) in con.execute(
+                "select country from report_top_gmail_countries where run_date = ?", [RUN_DATE]
+            ).fetchall()
+        }
+    assert pairs <= country_pairs() and genders <= set(GENDERS)
+    assert reported and reported <= {name for _, name in country_pairs()}
+    assert raw_domains == table_domains
+    served_domains = [r["email"].rpartition("@")[2].lower() for r in served]
+    for domain in table_domains - {"other", "gmail.com", "hotmail.com", "yahoo.com"}:
+        assert served_domains.count(domain) >= 5, domain  # PRIVACY_K's default
+    assert "other" in table_domains
