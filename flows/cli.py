@@ -45,6 +45,13 @@ class _OneLineParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def _seconds(value: str) -> int:
+    """argparse type for a whole number of seconds, at least 1."""
+    if not value.strip().isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of seconds >= 1")
+    return int(value)
+
+
 def _option_type(name: str) -> type:
     annotation = str(RunOptions.model_fields[name].annotation)
     return int if "int" in annotation else str
@@ -62,6 +69,12 @@ def parse_args(argv: list[str] | None, description: str | None) -> argparse.Name
     parser.add_argument("--start-date", help="backfill: first date, YYYY-MM-DD")
     parser.add_argument("--end-date", help="backfill: last date, YYYY-MM-DD")
     parser.add_argument("--force", action="store_true", help="backfill: reload loaded dates too")
+    parser.add_argument(
+        "--deadline-seconds",
+        type=_seconds,
+        help="stop the run if it takes longer (default: FLOW_TIMEOUT_SECONDS; for a backfill "
+        "BACKFILL_TIMEOUT_SECONDS)",
+    )
     parser.add_argument(
         "--check",
         action="store_true",
@@ -169,14 +182,20 @@ def run_check() -> int:
 
 def run_flow(args: argparse.Namespace, params: dict[str, Any]) -> int:
     """Run the pipeline or the backfill flow; print its summary or its one error line."""
+    from flows.runners import backfill_timeout_seconds, flow_timeout_seconds
     from flows.user_metrics import user_metrics_backfill, user_metrics_pipeline
     from tasks.reporting.artifacts import RUN_ARTIFACT_KEYS
 
+    # The deployments' own limits, so a run from a terminal cannot hang for days either.
+    limit = "BACKFILL_TIMEOUT_SECONDS" if args.backfill else "FLOW_TIMEOUT_SECONDS"
+    deadline = args.deadline_seconds or (
+        backfill_timeout_seconds() if args.backfill else flow_timeout_seconds()
+    )
     budget = STARTUP_BUDGET_SECONDS
     try:
         with prefect_api() as budget:
             flow = user_metrics_backfill if args.backfill else user_metrics_pipeline
-            state = flow(**params, return_state=True)
+            state = flow.with_options(timeout_seconds=deadline)(**params, return_state=True)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
@@ -188,6 +207,12 @@ def run_flow(args: argparse.Namespace, params: dict[str, Any]) -> int:
         text = (
             failure_text(error) if isinstance(error, BaseException) else redact(str(state.message))
         )
+        if isinstance(error, TimeoutError):  # Prefect stopped the run at its timeout_seconds
+            text = (
+                f"the run exceeded its {deadline} s deadline ({limit} / --deadline-seconds): "
+                "raise it if the run was making progress; the run-failure artifact says where "
+                "it stopped and what the date holds"
+            )
         print(f"error: {text}", file=sys.stderr)
         return 1
     if args.backfill:

@@ -14,13 +14,16 @@ if __name__ == "__main__":
     # below therefore come after a statement (E402 is ignored for this file in pyproject.toml).
     validator.start()
 
+import asyncio
 import datetime as dt
 import os
 import sys
+import time
 import uuid
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 
 from flows.runners import (
@@ -48,7 +51,12 @@ from tasks.common.allocator import use_returning_pool
 from tasks.common.errors import PipelineError
 from tasks.common.inputs import RunOptions, date_range
 from tasks.common.logcapture import capture_logs
-from tasks.common.run_config import RunConfig, checked_run_config, resolve_run_config
+from tasks.common.run_config import (
+    RunConfig,
+    checked_run_config,
+    resolve_run_config,
+    with_run_deadline,
+)
 from tasks.common.run_record import RunRecord
 from tasks.common.secrets import hash_key, key_id, withhold_key
 from tasks.common.settings import get_settings
@@ -60,6 +68,27 @@ from tasks.storage.runs import completed_dates
 
 FLOW_NAME = "user-metrics-pipeline"
 BACKFILL_FLOW_NAME = "user-metrics-backfill"
+
+
+class RunDeadlineError(PipelineError):
+    """The run reached its deadline (the flow's timeout_seconds) and was stopped."""
+
+
+def _deadline_seconds() -> float | None:
+    """This flow run's timeout_seconds; None for a run without one (a backfill's dates)."""
+    context = FlowRunContext.get()
+    return context.flow.timeout_seconds if context and context.flow else None
+
+
+def _deadline_error() -> RunDeadlineError:
+    """What a run stopped at its deadline records (Prefect's CancelledError says nothing)."""
+    seconds = _deadline_seconds()
+    if seconds is None:
+        return RunDeadlineError("stopped at the deadline of the backfill running it")
+    return RunDeadlineError(
+        f"the run exceeded its {seconds:g} s deadline (FLOW_TIMEOUT_SECONDS; a CLI run: "
+        "--deadline-seconds)"
+    )
 
 
 def run_name() -> str:
@@ -110,6 +139,10 @@ def user_metrics_pipeline(
     cfg: RunConfig | None = None
     try:
         cfg = checked_run_config(get_settings(), options, run_date)
+        # Prefect's timeout stops this function, never the fetch threads: they stop by
+        # themselves at the same time (a moment after, so the run's own stop comes first).
+        if (seconds := _deadline_seconds()) is not None:
+            cfg = with_run_deadline(cfg, time.time() + seconds)
         run.figures.hash_key_id = key_id(hash_key())
         if os.environ.get("PREFECT__FLOW_RUN_ID"):  # a process a worker started for this run
             withhold_key()
@@ -129,6 +162,11 @@ def user_metrics_pipeline(
             commit(cfg, run, staged)
         publish(cfg, run, staged)
         return finish(cfg, run, staged)
+    except asyncio.CancelledError:
+        # How Prefect stops a sync flow run at its timeout_seconds: the run records why, and the
+        # error goes on for Prefect to mark the run TimedOut.
+        report_failure(cfg, run, _deadline_error())
+        raise
     except BaseException as exc:
         # Raised without its cause: a traceback must not print a library's original message.
         raise report_failure(cfg, run, exc) from None

@@ -82,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument("--deep-json-rate", type=_rate, default=0.0, help="share of deep JSON bodies")
     f.add_argument("--deep-json-levels", type=int, default=900, help="nesting of deep JSON")
+    f.add_argument(
+        "--slow-body-rate", type=_rate, default=0.0, help="share of bodies sent a byte at a time"
+    )
+    f.add_argument(
+        "--slow-body-first", type=int, default=0, help="first N tries per query get a slow body"
+    )
+    f.add_argument(
+        "--slow-body-seconds", type=float, default=1.0, help="pause before each byte of a slow body"
+    )
     f.add_argument("--fault-seed", type=int, default=0, help="seed for random fault draws")
     return p
 
@@ -112,6 +121,9 @@ def faults_from_args(args: argparse.Namespace) -> FaultConfig:
         gzip_bomb_bytes=args.gzip_bomb_bytes,
         deep_json_rate=args.deep_json_rate,
         deep_json_levels=args.deep_json_levels,
+        slow_body_rate=args.slow_body_rate,
+        slow_body_first=args.slow_body_first,
+        slow_body_seconds=args.slow_body_seconds,
         fault_seed=args.fault_seed,
     )
 

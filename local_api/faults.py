@@ -41,6 +41,7 @@ RATES: tuple[str, ...] = (
     "redirect_rate",
     "gzip_bomb_rate",
     "deep_json_rate",
+    "slow_body_rate",
 )
 
 
@@ -80,6 +81,11 @@ class FaultConfig:
     gzip_bomb_bytes: int = 1 << 30  # what a bomb expands to (~1 MB on the wire per GiB)
     deep_json_rate: float = 0.0
     deep_json_levels: int = 900  # under orjson's own limit (1024), so only a client cap refuses it
+    # A 200 whose headers come at once and whose body trickles, one byte per slow_body_seconds:
+    # no read ever waits long, so only a client's total deadline stops it.
+    slow_body_rate: float = 0.0
+    slow_body_first: int = 0  # the first N tries per distinct query get a slow body
+    slow_body_seconds: float = 1.0
     fault_seed: int = 0
 
     def __post_init__(self) -> None:
@@ -93,6 +99,8 @@ class FaultConfig:
             raise ValueError(f"redirect_status must be one of {REDIRECT_STATUSES}")
         if self.gzip_bomb_bytes < 1 << 20 or self.deep_json_levels < 1:
             raise ValueError("gzip_bomb_bytes must be at least 1 MiB, deep_json_levels at least 1")
+        if self.slow_body_seconds <= 0 or self.slow_body_first < 0:
+            raise ValueError("slow_body_seconds must be above 0, slow_body_first at least 0")
         for name in RATES:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
@@ -115,6 +123,7 @@ class Decision:
     redirect: bool = False
     gzip_bomb: bool = False
     deep_json: bool = False
+    slow_body: bool = False
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -137,6 +146,7 @@ class FaultInjector:
             "redirect",
             "gzip-bomb",
             "deep-json",
+            "slow-body",
         )
         self._rng = {k: random.Random(f"{config.fault_seed}:{k}") for k in kinds}
 
@@ -200,6 +210,8 @@ class FaultInjector:
                 d.short_fraction = self._rng["short-size"].uniform(0.1, 0.9)
             d.gzip_bomb = self._chance("gzip-bomb", cfg.gzip_bomb_rate)
             d.deep_json = self._chance("deep-json", cfg.deep_json_rate)
+            slow_first = self._attempts[query_key] <= cfg.slow_body_first
+            d.slow_body = self._chance("slow-body", cfg.slow_body_rate) or slow_first
             return d
 
 

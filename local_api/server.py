@@ -80,6 +80,7 @@ class Stats:
                 "total": total,
                 "by_status": {str(k): v for k, v in sorted(self._status.items())},
                 "faults": dict(sorted(self._faults.items())),
+                "in_flight": self._in_flight,
                 "max_in_flight": self._max_in_flight,
                 "answered": [[at, status] for at, status in self._answered],
             }
@@ -314,7 +315,29 @@ class _Handler(BaseHTTPRequestHandler):
         if decision.truncate:
             self._truncated(body, headers)
             return
+        if decision.slow_body:
+            self._slow(body, headers)
+            return
         self._send(200, body, headers)  # a client hanging up: see _HttpServer.handle_error
+
+    def _slow(self, body: bytes, headers: dict[str, str]) -> None:
+        """The whole body, one byte per `slow_body_seconds`, after headers sent at once.
+
+        Bounded: once a client hangs up, the next write or the one after fails (handle_error: no
+        server error), and stop() wakes the wait."""
+        app = self.server.app
+        app.stats_counter.count(fault="slow-body")
+        self.send_response(200)
+        self.send_header("Content-Type", JSON_TYPE)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        for i in range(len(body)):
+            if self.server.stopping.wait(app.faults.slow_body_seconds):
+                self._abort()
+                return
+            self.wfile.write(body[i : i + 1])
 
     def _truncated(self, body: bytes, headers: dict[str, str]) -> None:
         """Half the body: whole as far as HTTP goes (json mode), or cut short (connection)."""

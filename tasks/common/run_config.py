@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,8 @@ class FetchConfig:
     requests_per_minute: int = 0
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
+    # Connect, headers and body of one response, all told (tasks/ingest/fetch.py enforces it).
+    response_deadline: float = 60.0
     max_attempts: int = 6
     backoff_base: float = 0.5
     backoff_max: float = 30.0
@@ -41,6 +44,9 @@ class FetchConfig:
     # The Prefect global concurrency limit that spaces requests across processes, when the run
     # found one on its server; None: the in-process limiter (requests_per_minute) applies.
     rate_limit_name: str | None = None
+    # Wall-clock time (Unix seconds) after which no request of this run may be in flight: the
+    # run's own deadline, when it has one, so fetch threads stop with the run.
+    run_deadline: float | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,11 @@ class RunConfig:
     def api_url(self) -> str:
         """Base URL of the API, e.g. `http://127.0.0.1:8000/api/v2`."""
         return self.fetch.api_url
+
+
+def with_run_deadline(cfg: RunConfig, at: float) -> RunConfig:
+    """`cfg` with its fetches bound to the run's deadline (Unix seconds)."""
+    return dataclasses.replace(cfg, fetch=dataclasses.replace(cfg.fetch, run_deadline=at))
 
 
 def _given(value: T | None, default: T) -> T:
@@ -85,6 +96,7 @@ def resolve_run_config(
             requests_per_minute=settings.requests_per_minute,
             connect_timeout=settings.http_connect_timeout_seconds,
             read_timeout=settings.http_read_timeout_seconds,
+            response_deadline=settings.fetch_response_deadline_seconds,
             max_attempts=settings.retry_max_attempts,
             backoff_base=settings.retry_backoff_base_seconds,
             backoff_max=settings.retry_backoff_max_seconds,

@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     )
     http_connect_timeout_seconds: float = Field(5.0, description="TCP connect timeout.", gt=0)
     http_read_timeout_seconds: float = Field(30.0, description="Read timeout per request.", gt=0)
+    fetch_response_deadline_seconds: float = Field(
+        60.0,
+        description="Total time one response may take: connect, headers and the whole body. A "
+        "response past it (a body sent a byte at a time) is cut off and retried like a timeout.",
+        gt=0,
+    )
     retry_max_attempts: int = Field(
         6, description="Attempts per page, the first one included.", ge=1, le=50
     )

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import email.utils
 import random
+import ssl
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
+import httpcore
 import httpx
 import orjson
 import pyarrow as pa
@@ -82,6 +86,140 @@ class RateLimiter:
 
 
 @dataclass
+class _Deadline:
+    """When the response in flight on this thread must be complete (monotonic seconds)."""
+
+    at: float
+    hit: bool = False  # a socket operation ran out of time because of it
+
+
+_deadline: contextvars.ContextVar[_Deadline | None] = contextvars.ContextVar(
+    "response_deadline", default=None
+)
+T = TypeVar("T")
+
+
+def _bounded(op: Callable[[float | None], T], timeout: float | None, expired: type[Exception]) -> T:
+    """Run one socket operation with min(its timeout, the thread's time left); `expired` (an
+    httpcore timeout, so httpx reports it as one) when none is left."""
+    deadline = _deadline.get()
+    if deadline is None:
+        return op(timeout)
+    left = deadline.at - time.monotonic()
+    if left <= 0:
+        deadline.hit = True
+        raise expired("response deadline exceeded")
+    if timeout is not None and timeout <= left:
+        return op(timeout)
+    try:
+        return op(left)
+    except httpcore.TimeoutException:
+        deadline.hit = True
+        raise
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read and write waits no longer than the response's deadline.
+
+    httpx timeouts are per socket operation: a body sent a byte at a time never trips one. Each
+    operation here gets min(its own timeout, time left), so no single read outlasts the deadline
+    whatever pace the server keeps, in the headers as much as in the body."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return _bounded(lambda t: self._inner.read(max_bytes, t), timeout, httpcore.ReadTimeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        _bounded(lambda t: self._inner.write(buffer, t), timeout, httpcore.WriteTimeout)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = _bounded(
+            lambda t: self._inner.start_tls(ssl_context, server_hostname, t),
+            timeout,
+            httpcore.ConnectTimeout,
+        )
+        return _DeadlineStream(stream)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's network backend with every connection a _DeadlineStream."""
+
+    def __init__(self, inner: httpcore.NetworkBackend) -> None:
+        self._inner = inner
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = _bounded(
+            lambda t: self._inner.connect_tcp(host, port, t, local_address, socket_options),
+            timeout,
+            httpcore.ConnectTimeout,
+        )
+        return _DeadlineStream(stream)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        stream = _bounded(
+            lambda t: self._inner.connect_unix_socket(path, t, socket_options),
+            timeout,
+            httpcore.ConnectTimeout,
+        )
+        return _DeadlineStream(stream)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def _enforce_deadlines(client: httpx.Client) -> None:
+    """Put every connection pool of `client` (direct, and any proxy's from the environment) on
+    _DeadlineBackend. httpx has no total timeout nor a public hook below the socket reads, so
+    this reaches into its pools; if a new httpx or httpcore lays them out otherwise, creating
+    the client fails here instead of fetching without a deadline."""
+    for transport in (client._transport, *client._mounts.values()):
+        if transport is None:  # a mount that turns proxying off for some hosts
+            continue
+        pool = getattr(transport, "_pool", None)
+        backend = getattr(pool, "_network_backend", None)
+        if pool is None or not isinstance(backend, httpcore.NetworkBackend):
+            raise RuntimeError(
+                "this httpx/httpcore version keeps its connection pool elsewhere: the "
+                "per-response deadline cannot be enforced (tasks/ingest/fetch.py)"
+            )
+        if not isinstance(backend, _DeadlineBackend):
+            pool._network_backend = _DeadlineBackend(backend)
+
+
+@contextmanager
+def _response_deadline(seconds: float) -> Iterator[_Deadline]:
+    """Every socket operation on this thread within the block ends by `seconds` from now."""
+    deadline = _Deadline(time.monotonic() + seconds)
+    token = _deadline.set(deadline)
+    try:
+        yield deadline
+    finally:
+        _deadline.reset(token)
+
+
+@dataclass
 class _Transport:
     client: httpx.Client
     gate: threading.BoundedSemaphore
@@ -119,6 +257,7 @@ def _transport(config: FetchConfig) -> _Transport:
                 # A redirect is refused, never followed (see _check_status).
                 follow_redirects=False,
             )
+            _enforce_deadlines(client)
             transport = _Transport(
                 client=client,
                 gate=threading.BoundedSemaphore(config.concurrency),
@@ -205,36 +344,62 @@ def _check_status(response: httpx.Response, url: str, page: Page) -> None:
         raise _fatal(page, url, f"HTTP {status}", "check the URL and parameters")
 
 
-def _get_body(client: httpx.Client, url: str, page: Page, params: dict[str, str | int]) -> bytes:
-    """The page's 200 body, read within the size and nesting limits."""
-    try:
-        with client.stream("GET", url, params=params) as response:
-            _check_status(response, url, page)
-            body = read_body(response)
-        if nesting_depth(body) > MAX_JSON_DEPTH:
-            raise LimitExceededError(f"the JSON nesting limit of {MAX_JSON_DEPTH} levels")
-        return body
-    except httpx.TimeoutException as exc:
-        raise _Retryable(f"timeout ({type(exc).__name__})") from None
-    except httpx.TransportError as exc:
-        raise _Retryable(f"connection error ({type(exc).__name__})") from None
-    except zlib.error:
-        raise _Retryable("truncated or corrupt gzip body") from None
-    except LimitExceededError as exc:
-        # Not retried: a seeded request gets the same answer again, a valid page is a quarter of
-        # either limit or less, and each retry would cost us what a hostile source chose again.
-        # Only a person can judge the source (or the limit).
-        raise _fatal(
-            page, url, f"response over {exc}", "a valid page is a quarter of it or less"
-        ) from None
-    except EncodingError:
-        raise _fatal(
-            page, url, "response compressed other than with gzip", "only gzip is asked for"
-        ) from None
+def _get_body(
+    client: httpx.Client, url: str, page: Page, params: dict[str, str | int], config: FetchConfig
+) -> bytes:
+    """The page's 200 body, read within the size and nesting limits and the response deadline."""
+    limit = config.response_deadline
+    run_left = _run_time_left(config)
+    if run_left is not None:
+        if run_left <= 0:
+            raise _run_over(page)
+        limit = min(limit, run_left)
+    with _response_deadline(limit) as deadline:
+        try:
+            with client.stream("GET", url, params=params) as response:
+                _check_status(response, url, page)
+                body = read_body(response)
+            if nesting_depth(body) > MAX_JSON_DEPTH:
+                raise LimitExceededError(f"the JSON nesting limit of {MAX_JSON_DEPTH} levels")
+            return body
+        except httpx.TimeoutException as exc:
+            if not deadline.hit:
+                raise _Retryable(f"timeout ({type(exc).__name__})") from None
+            if limit < config.response_deadline:
+                raise _run_over(page) from None
+            raise _Retryable(
+                f"response deadline {config.response_deadline:g}s exceeded "
+                "(FETCH_RESPONSE_DEADLINE_SECONDS)"
+            ) from None
+        except httpx.TransportError as exc:
+            raise _Retryable(f"connection error ({type(exc).__name__})") from None
+        except zlib.error:
+            raise _Retryable("truncated or corrupt gzip body") from None
+        except LimitExceededError as exc:
+            # Not retried: a seeded request gets the same answer again, a valid page is a quarter
+            # of either limit or less, and each retry would cost us what a hostile source chose
+            # again. Only a person can judge the source (or the limit).
+            raise _fatal(
+                page, url, f"response over {exc}", "a valid page is a quarter of it or less"
+            ) from None
+        except EncodingError:
+            raise _fatal(
+                page, url, "response compressed other than with gzip", "only gzip is asked for"
+            ) from None
+
+
+def _run_time_left(config: FetchConfig) -> float | None:
+    """Seconds until the run's own deadline, if it has one."""
+    return None if config.run_deadline is None else config.run_deadline - time.time()
+
+
+def _run_over(page: Page) -> FetchError:
+    """The run reached its deadline: the flow run is stopping, so the page is not retried."""
+    return FetchError(f"page {page.index}: not fetched: the run reached its deadline")
 
 
 def _attempt(client: httpx.Client, url: str, page: Page, config: FetchConfig) -> SourcePage:
-    body = _get_body(client, url, page, _params(page, config))
+    body = _get_body(client, url, page, _params(page, config), config)
     fast = typed_page(body, page.quantity)
     if fast is not None:  # the page keeps the contract: columns straight from the bytes
         return SourcePage(*fast)
@@ -293,6 +458,9 @@ def fetch_page(
                 if exc.retry_after is not None
                 else backoff_seconds(attempt, config, rng)
             )
+            run_left = _run_time_left(config)
+            if run_left is not None and run_left <= delay:
+                raise _run_over(page) from None
             # The run's logger: retries show in the flow run's logs in the UI.
             run_logger(__name__).warning(
                 "page %d attempt %d/%d: %s; retrying in %.2fs",

@@ -92,6 +92,14 @@ def test_cli_parses_hostile_response_flags() -> None:
     assert defaults == FaultConfig()  # every flag's default is the config's
 
 
+def test_cli_parses_slow_body_flags() -> None:
+    args = build_parser().parse_args(
+        ["--slow-body-rate", "0.5", "--slow-body-first", "1", "--slow-body-seconds", "2"]
+    )
+    faults = faults_from_args(args)
+    assert (faults.slow_body_rate, faults.slow_body_first, faults.slow_body_seconds) == (0.5, 1, 2)
+
+
 def test_cli_parses_hostile_source_flags() -> None:
     message = "write to jane.doe@example.com or call +1 202 555 0143"
     args = build_parser().parse_args(

@@ -422,3 +422,50 @@ def test_deep_json_nests_900_levels_beside_the_page(
     while meta:
         (meta,), depth = meta, depth + 1
     assert depth == 900
+
+
+def _wait_idle(srv: LocalApiServer, within: float = 10.0) -> None:
+    """Until no persons request is being handled (the server's own count)."""
+    deadline = time.monotonic() + within
+    while srv.stats()["in_flight"]:
+        assert time.monotonic() < deadline, "the handler is still writing to a client that left"
+        time.sleep(0.02)
+
+
+def test_slow_body_trickles_after_prompt_headers_and_stops_when_the_client_leaves(
+    start_server: Start, server: LocalApiServer, get: Get, http: httpx.Client
+) -> None:
+    whole = get(server, **PAGE).content
+    srv = start_server(slow_body_rate=1.0, slow_body_seconds=0.05)
+    with http.stream("GET", f"{srv.base_url}/persons", params=PAGE, timeout=5) as response:
+        # Headers at once, promising the very page a fault-free server sends...
+        assert response.status_code == 200
+        assert int(response.headers["Content-Length"]) == len(whole) > 40_000
+        reads = response.iter_raw()
+        got = b"".join(next(reads) for _ in range(5))
+    # ...then a byte (two if the client fell behind) per pause, never more than that.
+    assert 5 <= len(got) <= 10 and whole.startswith(got)
+    _wait_idle(srv)  # the client hung up: the next write or the one after fails
+    assert srv.stats()["faults"] == {"slow-body": 1}
+    assert srv.stats()["by_status"] == {"200": 1}
+
+
+def test_slow_body_first_slows_only_the_first_tries_of_each_query(
+    start_server: Start, server: LocalApiServer, get: Get, http: httpx.Client
+) -> None:
+    srv = start_server(slow_body_first=1, slow_body_seconds=0.05)
+    for seed in (31, 32):
+        params = {**PAGE, "_seed": seed}
+        with http.stream("GET", f"{srv.base_url}/persons", params=params, timeout=5) as response:
+            assert len(next(response.iter_raw())) <= 2
+        assert get(srv, **params).content == get(server, **params).content  # the retry: whole
+    _wait_idle(srv)
+    assert srv.stats()["faults"] == {"slow-body": 2}
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"slow_body_rate": 1.5}, {"slow_body_seconds": 0}, {"slow_body_first": -1}]
+)
+def test_slow_body_config_validation(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        FaultConfig(**kwargs)

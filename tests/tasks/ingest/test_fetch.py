@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime as dt
+import logging
 import random
+import time
 import tracemalloc
 
 import httpx
@@ -319,3 +321,64 @@ def test_a_gzip_page_under_the_limit_passes(start_api, api):
     server = start_api(gzip_bomb_rate=1.0, gzip_bomb_bytes=1 << 20)
     fetched, attempts = fetch_page(config(server), ONE_PAGE)
     assert attempts == 1 and fetched.table.equals(fetch_page(config(api), ONE_PAGE)[0].table)
+
+
+# A total deadline per response: a body sent a byte every 0.3 s never trips a read timeout, and
+# this one (5 records, ~2.3 KB) would take ~12 minutes.
+SMALL_PAGE = plan_pages(5, 5, run_seed=1, key=KEY)[0]
+
+
+def test_slow_body_is_retried_then_fails_by_its_deadline(start_api, caplog):
+    server = start_api(slow_body_rate=1.0, slow_body_seconds=0.3)
+    cfg = config(server, response_deadline=1.0, max_attempts=3)
+    sleeps = Sleeps()
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, "tasks.ingest.fetch"), pytest.raises(FetchError) as info:
+        fetch_page(cfg, SMALL_PAGE, sleep=sleeps)
+    elapsed = time.monotonic() - started
+    deadline = "response deadline 1s exceeded (FETCH_RESPONSE_DEADLINE_SECONDS)"
+    assert str(info.value) == f"page 0 failed after 3 attempts; last cause: {deadline}"
+    assert info.value.transient
+    retries = [r.getMessage() for r in caplog.records if "attempt" in r.getMessage()]
+    assert [line.split("; retrying")[0] for line in retries] == [
+        f"page 0 attempt {n}/3: {deadline}" for n in (1, 2)
+    ]
+    assert len(sleeps) == 2
+    # The server answered each attempt with a slow body, and each was cut off at the deadline:
+    # three of them within ~3 s, not the read timeout's pace nor the body's.
+    assert server.stats()["faults"] == {"slow-body": 3}
+    assert [q["times"] for q in server.served()] == [3]
+    assert 3.0 <= elapsed < 6.0, elapsed
+
+
+def test_body_slow_only_on_the_first_attempt_succeeds_on_retry(start_api, api):
+    server = start_api(slow_body_first=1, slow_body_seconds=0.3)
+    sleeps = Sleeps()
+    fetched, attempts = fetch_page(config(server, response_deadline=1.0), SMALL_PAGE, sleep=sleeps)
+    assert attempts == 2 and len(sleeps) == 1
+    assert fetched.table.equals(fetch_page(config(api), SMALL_PAGE)[0].table)
+    assert server.stats()["faults"] == {"slow-body": 1}
+
+
+def test_the_deadline_also_bounds_the_wait_for_headers(start_api):
+    # A hang before any header, with a read timeout far longer than the deadline.
+    server = start_api(hang_rate=1.0, hang_seconds=30)
+    cfg = config(server, response_deadline=0.5, read_timeout=20, max_attempts=2)
+    started = time.monotonic()
+    with pytest.raises(FetchError, match=r"last cause: response deadline 0.5s exceeded"):
+        fetch_page(cfg, SMALL_PAGE, sleep=Sleeps())
+    assert time.monotonic() - started < 5
+
+
+def test_the_runs_deadline_stops_a_page_without_retrying(start_api):
+    server = start_api(slow_body_rate=1.0, slow_body_seconds=0.3)
+    cfg = config(server, response_deadline=60, run_deadline=time.time() + 1.0)
+    sleeps = Sleeps()
+    with pytest.raises(FetchError) as info:
+        fetch_page(cfg, SMALL_PAGE, sleep=sleeps)
+    assert str(info.value) == "page 0: not fetched: the run reached its deadline"
+    assert sleeps == [] and server.stats()["faults"] == {"slow-body": 1}
+    # Past the run's deadline, no request is sent at all.
+    with pytest.raises(FetchError, match="the run reached its deadline"):
+        fetch_page(cfg, plan_pages(5, 5, run_seed=2, key=KEY)[0], sleep=sleeps)
+    assert server.stats()["total"] == 1
