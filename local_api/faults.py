@@ -25,7 +25,27 @@ DRIFTS: tuple[str, ...] = (
     "name-in-gender",
     "int-coordinates",
     "email-keys",
+    # A person's own data as their country, the code left valid: only the vocabulary stops it.
+    "name-in-country",
+    "phone-in-country",
+    "street-in-country",
+    "birthday-in-country",
+    "spelled-email-in-country",
+    "zero-width-email-in-country",
+    # Markup as the country of every Gmail user, with a made-up code.
+    "markup-in-country",
+    # E-mail domains that are no shared domain: text after a moved "@", a person's own names.
+    "local-at-domain",
+    "vanity-domain",
 )
+# What markup-in-country serves: an image beacon, a markdown image, a form field, a script link.
+MARKUP_COUNTRY = (
+    "Evil <img src=https://evil.example/b.png> ![x](https://evil.example/i.png) "
+    '<input type="password"> [click](javascript:alert(1))'
+)
+MARKUP_CODE = "QX"
+# What bad-values serves as a birthday: a date no run date reaches.
+FUTURE_BIRTHDAY = "2999-01-01"
 RETRY_AFTER_FORMATS: tuple[str, ...] = ("seconds", "http-date", "none")
 TRUNCATE_MODES: tuple[str, ...] = ("json", "connection")
 REDIRECT_STATUSES: tuple[int, ...] = (301, 302, 303, 307, 308)
@@ -238,13 +258,12 @@ def apply_drift(records: list[dict[str, object]], drifts: tuple[str, ...]) -> No
         if "extra-field" in drifts:
             rec["title"] = "Ms." if rec["gender"] == "female" else "Mr."
     if "bad-values" in drifts:
-        # Same shape, wrong content: what only validation can catch. Every tenth record loses
-        # the "@" of its email and gets a lower-case country code.
+        # Same shape, wrong content: what only validation can catch (a kept field outside its
+        # vocabulary is refused before that). Every tenth record loses the "@" of its email and
+        # is born in the future, so its age is negative.
         for rec in records[::10]:
             rec["email"] = str(rec["email"]).replace("@", "-at-")
-            address = rec["address"]
-            assert isinstance(address, dict)
-            address["country_code"] = str(address["country_code"]).lower()
+            rec["birthday"] = FUTURE_BIRTHDAY
     _apply_hostile(records, drifts, emails)
 
 
@@ -269,9 +288,60 @@ def _apply_hostile(
             assert isinstance(address, dict)
             for key in ("latitude", "longitude"):
                 address[key] = round(float(address[key]) * 1e15)
+    _apply_country_plants(records, drifts, emails)
+    _apply_domain_plants(records, drifts, emails)
     if "email-keys" in drifts:
         # One extra key per record, named by a raw e-mail: column names become values to leak.
         for rec, mail in zip(records, emails, strict=True):
             rec.pop("email", None)
             if mail is not None:
                 rec[str(mail)] = "subscribed"
+
+
+def _country_plant(drift: str, rec: dict[str, object], mail: object) -> str:
+    """The person's own value that `drift` serves as their country."""
+    address = rec["address"]
+    assert isinstance(address, dict)
+    local, _, domain = str(mail).rpartition("@")
+    return {
+        "name-in-country": f"{rec['firstname']} {rec['lastname']}",
+        "phone-in-country": str(rec["phone"]),
+        "street-in-country": str(address["street"]),
+        "birthday-in-country": str(rec["birthday"]),
+        "spelled-email-in-country": f"{local} at {domain}",
+        "zero-width-email-in-country": f"{local}\u200b@{domain}",
+    }[drift]
+
+
+def _apply_country_plants(
+    records: list[dict[str, object]], drifts: tuple[str, ...], emails: list[object]
+) -> None:
+    """A person's own data as their country in 1 of 7 records; markup for every Gmail user."""
+    for drift in drifts:
+        if drift.endswith("-in-country") and drift not in ("email-in-country", "markup-in-country"):
+            for rec, mail in zip(records[::7], emails[::7], strict=True):
+                address = rec["address"]
+                assert isinstance(address, dict)
+                address["country"] = _country_plant(drift, rec, mail)
+    if "markup-in-country" in drifts:
+        for rec, mail in zip(records, emails, strict=True):
+            address = rec["address"]
+            assert isinstance(address, dict)
+            if str(mail).endswith("@gmail.com"):
+                address["country"], address["country_code"] = MARKUP_COUNTRY, MARKUP_CODE
+
+
+def _apply_domain_plants(
+    records: list[dict[str, object]], drifts: tuple[str, ...], emails: list[object]
+) -> None:
+    """E-mails whose domain is a local part or the person's names (1 in 5 records each)."""
+    if "local-at-domain" in drifts:
+        for i, (rec, mail) in enumerate(zip(records[::5], emails[::5], strict=True)):
+            local, _, domain = str(mail).rpartition("@")
+            # Alternately the domain moved in front of the "@", and a name as the domain.
+            name = f"{rec['firstname']}.{rec['lastname']}.example".lower()
+            rec["email"] = f"{domain}@{local}" if i % 2 == 0 else f"x@{name}"
+    if "vanity-domain" in drifts:
+        for rec in records[1::5]:
+            first, last = str(rec["firstname"]).lower(), str(rec["lastname"]).lower()
+            rec["email"] = f"{first}@{first}{last}.com"

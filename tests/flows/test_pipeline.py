@@ -201,7 +201,7 @@ def test_bad_batch_fails_validation_loads_nothing_and_is_quarantined(
     assert state.is_failed()
     error = state.result(raise_on_failure=False)
     assert isinstance(error, ValidationError)
-    assert "(email)" in str(error) and "country_code" in str(error)
+    assert "(email)" in str(error) and "(age)" in str(error)
     assert "-at-" not in str(error)  # counts and names only, never the failing values
 
     quarantined = pipeline_env / "lake/quarantine/2026/10/31/persons.parquet"
