@@ -9,6 +9,7 @@ import random
 import ssl
 import threading
 import time
+import urllib.request
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -101,7 +102,7 @@ T = TypeVar("T")
 
 def _bounded(op: Callable[[float | None], T], timeout: float | None, expired: type[Exception]) -> T:
     """Run one socket operation with min(its timeout, the thread's time left); `expired` (an
-    httpcore timeout, so httpx reports it as one) when none is left."""
+    httpcore timeout, which _DeadlineTransport reports as httpx's) when none is left."""
     deadline = _deadline.get()
     if deadline is None:
         return op(timeout)
@@ -189,23 +190,127 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         self._inner.sleep(seconds)
 
 
-def _enforce_deadlines(client: httpx.Client) -> None:
-    """Put every connection pool of `client` (direct, and any proxy's from the environment) on
-    _DeadlineBackend. httpx has no total timeout nor a public hook below the socket reads, so
-    this reaches into its pools; if a new httpx or httpcore lays them out otherwise, creating
-    the client fails here instead of fetching without a deadline."""
-    for transport in (client._transport, *client._mounts.values()):
-        if transport is None:  # a mount that turns proxying off for some hosts
-            continue
-        pool = getattr(transport, "_pool", None)
-        backend = getattr(pool, "_network_backend", None)
-        if pool is None or not isinstance(backend, httpcore.NetworkBackend):
-            raise RuntimeError(
-                "this httpx/httpcore version keeps its connection pool elsewhere: the "
-                "per-response deadline cannot be enforced (tasks/ingest/fetch.py)"
-            )
-        if not isinstance(backend, _DeadlineBackend):
-            pool._network_backend = _DeadlineBackend(backend)
+# httpcore's errors as httpx's, most specific first (the first match wins): what httpx's own
+# transport raises, so the handlers in _get_body see the same errors.
+_HTTPX_ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.ProxyError, httpx.ProxyError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+)
+
+
+@contextmanager
+def _as_httpx_errors(request: httpx.Request) -> Iterator[None]:
+    """Re-raise an httpcore error from the block as its httpx counterpart, for `request`."""
+    try:
+        yield
+    except Exception as exc:
+        for core_error, httpx_error in _HTTPX_ERRORS:
+            if isinstance(exc, core_error):
+                raise httpx_error(str(exc), request=request) from exc
+        raise
+
+
+class _ResponseStream(httpx.SyncByteStream):
+    """An httpcore response's body as httpx reads it, with httpx's errors."""
+
+    def __init__(self, response: httpcore.Response, request: httpx.Request) -> None:
+        self.response = response
+        self.request = request
+
+    def __iter__(self) -> Iterator[bytes]:
+        with _as_httpx_errors(self.request):
+            yield from self.response.iter_stream()
+
+    def close(self) -> None:
+        self.response.close()  # back to the pool, or closed if the body was not read to its end
+
+
+class _DeadlineTransport(httpx.BaseTransport):
+    """httpx's transport over an httpcore pool whose every connection keeps the response deadline.
+
+    httpx has no total timeout: its timeouts bound each socket operation, so a server that
+    sends a byte before each read timeout runs out keeps a response going for ever. httpcore
+    lets a pool take its own network backend; _DeadlineBackend cuts every connect, read and
+    write to the time the response has left. Decoding, redirects and timeouts per operation
+    stay httpx's (the timeouts travel in the request's extensions)."""
+
+    def __init__(self, limits: httpx.Limits, proxy: str | None) -> None:
+        self.pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(),
+            proxy=None if proxy is None else _httpcore_proxy(proxy),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=_DeadlineBackend(httpcore.SyncBackend()),
+        )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send `request` on the pool; the response's body is read as the caller iterates it."""
+        if not isinstance(request.stream, httpx.SyncByteStream):
+            raise TypeError("an async request on a sync transport")
+        core_request = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(
+                scheme=request.url.raw_scheme,
+                host=request.url.raw_host,
+                port=request.url.port,
+                target=request.url.raw_path,
+            ),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        with _as_httpx_errors(request):
+            response = self.pool.handle_request(core_request)
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.headers,
+            stream=_ResponseStream(response, request),
+            extensions=response.extensions,
+        )
+
+    def close(self) -> None:
+        """Close the pool's connections."""
+        self.pool.close()
+
+
+def _proxy_for(url: str) -> str | None:
+    """The proxy the environment names for `url` (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY), unless
+    NO_PROXY exempts its host: the proxies httpx would take from the environment itself."""
+    target = httpx.URL(url)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(target.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(target.host):
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"
+
+
+def _httpcore_proxy(url: str) -> httpcore.Proxy:
+    """httpcore's proxy for `url`, credentials in the URL sent as Proxy-Authorization."""
+    proxy = httpx.Proxy(url)
+    return httpcore.Proxy(
+        url=httpcore.URL(
+            scheme=proxy.url.raw_scheme,
+            host=proxy.url.raw_host,
+            port=proxy.url.port,
+            target=proxy.url.raw_path,
+        ),
+        auth=proxy.raw_auth,
+        headers=proxy.headers.raw,
+        ssl_context=proxy.ssl_context,
+    )
 
 
 @contextmanager
@@ -222,32 +327,37 @@ def _response_deadline(seconds: float) -> Iterator[_Deadline]:
 @dataclass
 class _Transport:
     client: httpx.Client
+    pool: httpcore.ConnectionPool
     gate: threading.BoundedSemaphore
     limiter: RateLimiter
     users: int = field(default=0)
 
 
-_transports: dict[tuple[int, int, float, float], _Transport] = {}
+_transports: dict[tuple[int, int, float, float, str | None], _Transport] = {}
 _transports_lock = threading.Lock()
 
 
 def _transport(config: FetchConfig) -> _Transport:
     """The process-wide pooled client for this config: connections are reused across tasks."""
+    proxy = _proxy_for(config.api_url)
     key = (
         config.concurrency,
         config.requests_per_minute,
         config.connect_timeout,
         config.read_timeout,
+        proxy,
     )
     with _transports_lock:
         transport = _transports.get(key)
         if transport is None:
+            limits = httpx.Limits(
+                max_connections=config.concurrency,
+                max_keepalive_connections=config.concurrency,
+            )
+            http = _DeadlineTransport(limits, proxy)
             client = httpx.Client(
+                transport=http,
                 timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout),
-                limits=httpx.Limits(
-                    max_connections=config.concurrency,
-                    max_keepalive_connections=config.concurrency,
-                ),
                 # gzip only: the one encoding read_body inflates in bounded steps.
                 headers={
                     "User-Agent": "faker-api-dataflow",
@@ -257,9 +367,9 @@ def _transport(config: FetchConfig) -> _Transport:
                 # A redirect is refused, never followed (see _check_status).
                 follow_redirects=False,
             )
-            _enforce_deadlines(client)
             transport = _Transport(
                 client=client,
+                pool=http.pool,
                 gate=threading.BoundedSemaphore(config.concurrency),
                 limiter=RateLimiter(config.requests_per_minute),
             )

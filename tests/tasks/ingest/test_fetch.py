@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime as dt
+import http.server
 import logging
 import random
+import threading
 import time
 import tracemalloc
 
@@ -220,8 +222,8 @@ def test_pooled_client_reuses_connections(api):
     from tasks.ingest.fetch import _transport
 
     # sequential requests on one pooled client ride a single kept-alive connection
-    pool = _transport(cfg).client._transport._pool
-    assert len(pool.connections) == 1
+    assert len(_transport(cfg).pool.connections) == 1
+    assert api.stats()["total"] == 10
 
 
 def test_concurrency_bound_holds_at_the_server(start_api):
@@ -382,3 +384,45 @@ def test_the_runs_deadline_stops_a_page_without_retrying(start_api):
     with pytest.raises(FetchError, match="the run reached its deadline"):
         fetch_page(cfg, plan_pages(5, 5, run_seed=2, key=KEY)[0], sleep=sleeps)
     assert server.stats()["total"] == 1
+
+
+# Proxies from the environment, as httpx itself would take them (HTTP_PROXY, NO_PROXY, ...).
+@pytest.fixture
+def proxy(monkeypatch):
+    """A proxy on 127.0.0.1, named in HTTP_PROXY, that records each request line and answers
+    503; every other proxy variable is unset."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    lines: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            lines.append(self.requestline)
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.server_port}")
+        yield lines
+        server.shutdown()
+
+
+def test_the_environments_proxy_carries_the_request(api, proxy):
+    with pytest.raises(FetchError, match=r"last cause: HTTP 503$"):
+        fetch_page(config(api, max_attempts=1), SMALL_PAGE)
+    # Asked in absolute form, as a client asks a proxy; the API saw nothing directly.
+    assert [line.split("?")[0] for line in proxy] == [f"GET {api.base_url}/persons"]
+    assert proxy[0].endswith(" HTTP/1.1") and api.stats()["total"] == 0
+
+
+def test_no_proxy_sends_the_api_host_direct(api, proxy, monkeypatch):
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    fetched, attempts = fetch_page(config(api, max_attempts=1), SMALL_PAGE)
+    assert attempts == 1 and fetched.table.num_rows == 5
+    assert proxy == [] and api.stats()["total"] == 1
