@@ -46,6 +46,7 @@ from tasks.privacy import (
     LeakScanReport,
     Protected,
     generalize_persons_task,
+    keep_shared_domains,
     protect_privacy_task,
     scan_for_leaks_task,
 )
@@ -242,8 +243,14 @@ def fetch_and_mask(cfg: RunConfig, run: RunRecord, staged: Staged) -> pa.Table:
             updated = time.monotonic()
     run.figures.source_schema = " | ".join(sorted(signatures))
     with run.timed("lake"):
-        batch = in_key_order(pa.concat_tables(tables))
+        # The domain rule needs the whole batch (how many persons share a domain), so it is
+        # applied here, before the first layer is written; the analytical layer inherits it.
+        shared = keep_shared_domains(pa.concat_tables(tables), get_settings().privacy_k)
         del tables  # the ranges in source order: only the sorted batch lives on
+        run.figures.domains_collapsed = shared.domains_replaced
+        run.figures.records_domain_collapsed = shared.records_replaced
+        run.kept_domains = shared.kept
+        batch = in_key_order(shared.table)
         staged.raw.write(batch)
     return batch
 
@@ -294,16 +301,13 @@ def validate(cfg: RunConfig, run: RunRecord, staged: Staged, batch: pa.Table) ->
     if summaries[0].success:
         # generalize refuses batches the raw suite rejects (e.g. null keys), so only run it after.
         with run.timed("generalize"):
-            generalized = generalize_persons_task(batch, cfg.run_date, k)
-        run.figures.domains_collapsed = generalized.domains_collapsed
-        run.figures.records_domain_collapsed = generalized.records_collapsed
-        analytical = generalized.table
+            analytical = generalize_persons_task(batch, cfg.run_date, k).table
         summaries.append(validate_analytical_task(analytical, cfg.records))
     failed = [s for s in summaries if not s.success]
     if failed or analytical is None:
         run.details += [f"Validation: {s.failures_text()}" for s in summaries]
         scanner = run.scanner(cfg.run_date)
-        path = quarantine(batch, cfg.lake_dir, cfg.run_date, k, scanner)
+        path = quarantine(batch, cfg.lake_dir, cfg.run_date, scanner)
         if path is None:
             run.details.append(
                 "The batch was not quarantined: after masking it still held raw values "
