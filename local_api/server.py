@@ -327,12 +327,7 @@ class _Handler(BaseHTTPRequestHandler):
         server error), and stop() wakes the wait."""
         app = self.server.app
         app.stats_counter.count(fault="slow-body")
-        self.send_response(200)
-        self.send_header("Content-Type", JSON_TYPE)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
+        self._json_headers(len(body), headers)
         for i in range(len(body)):
             if self.server.stopping.wait(app.faults.slow_body_seconds):
                 self._abort()
@@ -349,13 +344,17 @@ class _Handler(BaseHTTPRequestHandler):
             return
         # Promise the full length, deliver half, then close: the client sees a short read.
         self.close_connection = True
+        self._json_headers(len(body), headers)
+        self.wfile.write(half)
+
+    def _json_headers(self, length: int, headers: dict[str, str]) -> None:
+        """A 200's status line and headers for a JSON body of `length` bytes, sent at once."""
         self.send_response(200)
         self.send_header("Content-Type", JSON_TYPE)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(length))
         for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(half)
 
 
 def _shorten(body: bytes, fraction: float) -> bytes:
