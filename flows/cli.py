@@ -78,8 +78,9 @@ def parse_args(argv: list[str] | None, description: str | None) -> argparse.Name
     parser.add_argument(
         "--check",
         action="store_true",
-        help="find and repair what killed runs left (staged files, dead runs, dates whose lake "
-        "file and DuckDB rows differ); print the command for what only a rerun repairs",
+        help="find and repair what killed runs left (staged files, dead runs and their Prefect "
+        "flow runs, chart browser temp folders, dates whose lake file and DuckDB rows differ); "
+        "print the command for what only a rerun repairs",
     )
     args = parser.parse_args(argv)
     backfill = args.start_date is not None or args.end_date is not None
@@ -164,6 +165,7 @@ def outside_flow_error(exc: BaseException, budget: int) -> str:
 
 def run_check() -> int:
     """`--check`: repair what killed runs left; exit 1 if a date still needs a rerun."""
+    from flows.leftovers import check_api, repair_leftovers
     from tasks.storage.database import open_db
     from tasks.storage.migrations import migrate
     from tasks.storage.recovery import check
@@ -172,8 +174,13 @@ def run_check() -> int:
     with open_db(settings.duckdb_path, settings.duckdb_lock_timeout_seconds) as con:
         migrate(con)
         findings = check(con, settings.data_lake_dir)
+    with check_api() as unreachable:
+        more, notes = repair_leftovers("`--check`", settings.duckdb_path, None, unreachable)
+    findings += more
     for finding in findings:
         print(finding.line())
+    for note in notes:
+        print(f"check: {note}")
     left = [f for f in findings if not f.repaired]
     repaired = len(findings) - len(left)
     print(f"check: {len(findings)} finding(s), {repaired} repaired, {len(left)} left")

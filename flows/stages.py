@@ -28,6 +28,7 @@ from prefect.artifacts import (
 )
 from prefect.logging import get_logger
 
+from flows.leftovers import repair_leftovers
 from tasks.common.errors import PipelineError, display_url, failure_text, redact, value_free
 from tasks.common.run_config import RunConfig
 from tasks.common.run_record import RunRecord
@@ -154,8 +155,9 @@ def start(cfg: RunConfig, run: RunRecord) -> tuple[RunConfig, str | None]:
     previous_schema, findings = record_start(
         cfg, run.run_id, get_settings().duckdb_lock_timeout_seconds
     )
-    for finding in findings:
-        get_run_logger().warning("check: %s", finding.line())
+    more, notes = repair_leftovers(f"the start of run {run.run_id}", cfg.duckdb_path, run.run_id)
+    for line in [finding.line() for finding in findings + more] + notes:
+        get_run_logger().warning("check: %s", line)
     shared = shared_rate_limit(cfg.fetch.requests_per_minute)
     if cfg.fetch.requests_per_minute:
         where = f"shared through concurrency limit {shared!r}" if shared else "in this process"

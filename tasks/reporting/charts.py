@@ -24,6 +24,7 @@ import plotly.graph_objects as go
 from tasks.common.logs import run_logger
 from tasks.common.schemas import AGE_GROUPS
 from tasks.common.secrets import without_key
+from tasks.common.tempdirs import make_temp_dir
 
 # Names of the chart images; `tasks.reporting.artifacts.report_markdown` looks images up by these.
 CHART_TOP_COUNTRIES = "top-gmail-countries"
@@ -293,6 +294,7 @@ class ChartBrowser:
         self.browser, self.timeout, self.taken = browser, timeout, False
         self.path: str | None = None
         self.profile: str | None = None  # Chromium's --user-data-dir: how kill() finds it
+        self.temp_dir: Path | None = None  # the profile's and the page's folder, removed at close
         self.server: threading.Thread | None = None  # kaleido's server thread
         self.error: BaseException | None = None  # what that thread died of
         self.started, self.stopping = threading.Event(), threading.Event()
@@ -319,8 +321,12 @@ class ChartBrowser:
             self.started.set()
         while self.server and not self.stopping.wait(idle) and not self.take():
             idle = None  # taken by a render: wait for its close, however long
-        if self.server:
-            _kaleido_server().close(silence_warnings=True)  # = kaleido.stop_sync_server()
+        try:
+            if self.server:
+                _kaleido_server().close(silence_warnings=True)  # = kaleido.stop_sync_server()
+        finally:
+            if self.temp_dir is not None:
+                shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def _start_server(self) -> None:
         global _other_excepthook
@@ -354,8 +360,16 @@ class ChartBrowser:
             _other_excepthook, threading.excepthook = threading.excepthook, _server_died
         # mathjax=False: kaleido would load MathJax from a CDN. choreographer already runs Chromium
         # with --no-sandbox, which running as root needs.
+        options: dict[str, Any] = {"mathjax": False}
+        if "snap" not in str(self.path):  # a snap's Chromium cannot see /tmp: kaleido's own place
+            # The profile and kaleido's page go in one folder named for this process, so that a
+            # check removes it once the process is gone, even killed (tasks/common/tempdirs.py).
+            self.temp_dir = make_temp_dir("charts")
+            page = self.temp_dir / "index.html"
+            page.write_text(kaleido.PageGenerator(mathjax=False).generate_index(), "utf-8")
+            options = {"page_generator": str(page), "tmp_dir": str(self.temp_dir)}
         kaleido.start_sync_server(
-            path=self.path, mathjax=False, timeout=self.timeout, browser_cls=OfflineChromium
+            path=self.path, timeout=self.timeout, browser_cls=OfflineChromium, **options
         )
         self.server = _kaleido_server()._thread
         # kaleido's exit hook (one more per start) waits for the browser without limit; exit hooks

@@ -11,7 +11,10 @@ date, and finds:
   is gone before it published its artifacts (marked failed at `publish`: rerun the date);
 - a date whose lake file and DuckDB rows come from different runs, which only a rerun repairs.
 
-Every run calls it at its start, and `python -m flows.user_metrics --check` on demand.
+Every run calls it at its start, and `python -m flows.user_metrics --check` on demand. Both also
+remove the temp folders of dead processes (`remove_dead_temp_dirs`) and mark their Prefect flow
+runs Crashed (flows/leftovers.py, which asks `run_processes` which processes are gone): one rule,
+`process_gone`, decides whether a run's process is gone for all of it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import shutil
 import socket
 from collections import defaultdict
 from dataclasses import dataclass
@@ -27,6 +31,7 @@ from pathlib import Path
 import duckdb
 
 from tasks.common.sqlfiles import read_sql
+from tasks.common.tempdirs import owned_temp_dirs
 from tasks.storage.lake import file_run_id, fsync_dir, partition_dir, temp_files, temp_owner
 
 # Lake zone -> the DuckDB table holding the same batch.
@@ -68,17 +73,58 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def process_gone(run_host: str | None, pid: int | None) -> bool:
+    """Whether the process a run recorded (host, pid) is known to be gone.
+
+    A run on another host, or one that recorded no process, cannot be checked from here: it
+    counts as alive, so nothing of it (rows, files, flow run) is touched.
+    """
+    return run_host == socket.gethostname() and pid is not None and not process_alive(pid)
+
+
 def _live_runs(con: duckdb.DuckDBPyConnection) -> tuple[set[str], list[tuple[str, dt.date, str]]]:
     """(runs that may still be working, dead runs as (id, date, status)) among unfinished ones."""
-    host = socket.gethostname()
     live, dead = set(), []
     for run_id, run_date, status, run_host, pid in con.execute(read_sql("open_runs")).fetchall():
-        # A run on another host cannot be checked from here: leave it (and its files) alone.
-        if run_host != host or pid is None or process_alive(pid):
-            live.add(run_id)
-        else:
+        if process_gone(run_host, pid):
             dead.append((run_id, run_date, status))
+        else:
+            live.add(run_id)
     return live, dead
+
+
+@dataclass(frozen=True)
+class RunProcess:
+    """What pipeline_runs holds on a flow run's process, and whether that process is gone."""
+
+    run_date: dt.date | None
+    started_at: dt.datetime | None  # naive UTC: when the process recorded the run
+    gone: bool
+
+
+def run_processes(con: duckdb.DuckDBPyConnection, flow_run_ids: list[str]) -> dict[str, RunProcess]:
+    """The recorded process of each of these flow runs that has a pipeline_runs row."""
+    rows = con.execute(read_sql("run_processes"), {"flow_run_ids": flow_run_ids}).fetchall()
+    return {
+        run_id: RunProcess(run_date, started_at, process_gone(run_host, pid))
+        for run_id, run_date, started_at, run_host, pid in rows
+    }
+
+
+def remove_dead_temp_dirs(root: Path | None = None) -> list[Finding]:
+    """Remove our temp folders (tasks/common/tempdirs.py) whose owning process is gone."""
+    findings = []
+    for path, pid in owned_temp_dirs(root):
+        if process_alive(pid):
+            continue  # a live run's browser may still be using it
+        shutil.rmtree(path, ignore_errors=True)
+        if path.exists():
+            what = f"could not remove {path}, left by process {pid}, which is gone"
+            findings.append(Finding(what, command=f"rm -r {path}"))
+        else:
+            what = f"removed {path}, left by process {pid}, which is gone"
+            findings.append(Finding(what, repaired=True))
+    return findings
 
 
 def _dead_runs(
