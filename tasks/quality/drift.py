@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tasks.ingest.source_schema import UNEXPECTED, SchemaDriftError
+from tasks.reporting.artifacts import ui_text
 
 
 def entry_text(entry: str) -> str:
@@ -69,8 +70,9 @@ def enforce_policy(change: SchemaChange | None, policy: str) -> None:
 
 def drift_markdown(change: SchemaChange, policy: str, accepted: bool) -> str:
     """The `schema-drift` artifact: what changed and what the run did about it."""
-    rows = [f"| added | `{entry_text(f)}` |" for f in change.added] + [
-        f"| removed | `{entry_text(f)}` |" for f in change.removed
+    # Field paths are the source's text: inert markdown, not code spans (a backtick would end one).
+    rows = [f"| added | {ui_text(entry_text(f))} |" for f in change.added] + [
+        f"| removed | {ui_text(entry_text(f))} |" for f in change.removed
     ]
     verdict = "continued" if accepted else "stopped before loading"
     return "\n".join(

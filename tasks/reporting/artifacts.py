@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 import decimal
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -65,10 +66,72 @@ _ALT_TEXT = {
 
 _MISSING = "n/a"
 
-# Characters that would turn a value into markup inside a table cell.
-_MD_ESCAPES = str.maketrans(
-    {c: "\\" + c for c in "\\`*_[]|#"} | {"<": "&lt;", ">": "&gt;", "\n": " ", "\r": " "}
+
+# --- text for the Prefect UI ----------------------------------------------------------------------
+
+# The Prefect UI renders markdown artifacts and every artifact description as markdown. Its classic
+# UI (prefect-design's PMarkdownRenderer: marked; raw HTML through DOMPurify, which keeps <img> and
+# <input>; links with any scheme) renders each string cell of a table artifact as markdown too;
+# the newer UI (react-markdown with GFM, rehype-raw and rehype-sanitize, which also keeps external
+# <img>) shows table cells as plain text. So every text that is not our own markup is made inert
+# markdown, changing only what could be markup: a CLDR country name, a snake_case name or a "<5"
+# label comes out as it went in, and reads the same in both UIs.
+_WORD_JOINER = "\u2060"
+# Control characters and line breaks: one line, so that no text can start a block of its own.
+_SPACE = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
+_MARKUP = re.compile(
+    r"[\\`*~\[\]|>]"  # escapes, code, emphasis, strikethrough, links/images, tables, quotes
+    r"|<(?=[A-Za-z/!?])"  # where an HTML tag, comment or autolink could start ("<5" cannot)
+    r"|&(?=#?[A-Za-z0-9]+;)"  # an entity, which would be shown as the character it names
+    r"|(?<![^\W_])_|_(?![^\W_])"  # _ except between letters or digits (no emphasis there)
+    # GFM turns bare URLs and e-mail addresses into links even when their punctuation is
+    # backslash-escaped; an invisible word joiner is the one break both UIs honour.
+    r"|:(?=//)|@|(?i:www)(?=\.)"
 )
+_ENTITIES = {"<": "&lt;", ">": "&gt;", "&": "&amp;"}
+# What starts a heading, a list or a numbered list at the start of a line.
+_BLOCK_MARKER = re.compile(r"^([#+-]|\d{1,9}(?=[.)]))")
+
+
+def _inert(match: re.Match[str]) -> str:
+    found = match.group()
+    if found in _ENTITIES:
+        return _ENTITIES[found]
+    if found in (":", "@") or found.lower() == "www":
+        return found + _WORD_JOINER
+    return "\\" + found
+
+
+def ui_text(value: Any) -> str:
+    """Any value as markdown the Prefect UI shows literally, on one line: never markup."""
+    text = _MARKUP.sub(_inert, _SPACE.sub(" ", str(value)).strip())
+    marker = _BLOCK_MARKER.match(text)
+    if marker is None:
+        return text
+    if marker.group().isdigit():  # "1." or "1)": escape the dot or parenthesis
+        return text[: marker.end()] + "\\" + text[marker.end() :]
+    return "\\" + text
+
+
+# Markup our own markdown never holds, so a body that holds it was composed without ui_text.
+_RAW_MARKUP = (
+    ("raw HTML", re.compile(r"<[A-Za-z/!?]")),
+    # A `]` after an even number of backslashes (none included) is markup; `](` and `]:` make a
+    # link, an image or a link definition. Our one kind: a chart embedded as a PNG data URI.
+    (
+        "a link or an image that is not an embedded PNG",
+        re.compile(r"(?<!\\)(?:\\\\)*\](?:\((?!data:image/png;base64,[A-Za-z0-9+/=]*\))|:)"),
+    ),
+    ("a bare URL or e-mail address", re.compile(r"(?i)://|(?<![\w.])www\.|[\w.+-]@[\w-]")),
+)
+
+
+def markup_in(markdown: str) -> str | None:
+    """What markup from outside our own the markdown holds (raw HTML, a link...), or None."""
+    for kind, pattern in _RAW_MARKUP:
+        if pattern.search(markdown):
+            return kind
+    return None
 
 
 # --- values ---------------------------------------------------------------------------------------
@@ -141,7 +204,7 @@ def _cell(value: Any) -> str:
         return f"{value:,}"
     if isinstance(value, float):
         return f"{value:,.2f}"
-    return str(value).translate(_MD_ESCAPES)
+    return ui_text(value)
 
 
 def markdown_table(records: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
@@ -191,7 +254,7 @@ def top_countries_sentence(df: pd.DataFrame) -> str:
         return "No country has enough Gmail users in this batch to be ranked."
     parts = []
     for rank, group in df.sort_values(["rank", "country"]).groupby("rank", sort=True):
-        countries = [str(c).translate(_MD_ESCAPES) for c in group["country"]]
+        countries = [str(c) for c in group["country"]]
         users = group["gmail_users"].iloc[0]
         noun = "Gmail user" if not _hidden(users) and _int(users) == 1 else "Gmail users"
         each = " each" if len(countries) > 1 else ""
@@ -222,7 +285,7 @@ def _image_block(name: str, png: bytes | None, omitted: set[str]) -> str:
     if png is None:
         return NO_IMAGE_NOTE
     encoded = base64.b64encode(png).decode("ascii")
-    return f"![{_ALT_TEXT.get(name, name)}](data:image/png;base64,{encoded})"
+    return f"![{ui_text(_ALT_TEXT.get(name, name))}](data:image/png;base64,{encoded})"
 
 
 def _compose(
@@ -239,15 +302,18 @@ def _compose(
         GMAIL_USERS_OVER_60: over_60_sentence,
     }
     charts_after = {TOP_GMAIL_COUNTRIES: CHART_TOP_COUNTRIES, GMAIL_USERS_OVER_60: CHART_AGE_GROUPS}
+    # Every piece that is not our own markup goes through ui_text, once: the sentences are plain
+    # text (the CLI prints them as they are), table cells are escaped by _cell.
+    date = ui_text(run_date)
     lines = [
-        f"# User metrics report, {run_date}",
+        f"# User metrics report, {date}",
         "",
-        f"**Run date:** {run_date} · **Records:** {records:,}",
+        f"**Run date:** {date} · **Records:** {records:,}",
         "",
     ]
     for key, title in REPORT_TITLES.items():
         df = reports[key]
-        lines += [f"## {title}", "", sentences[key](df), ""]
+        lines += [f"## {title}", "", ui_text(sentences[key](df)), ""]
         lines += [markdown_table(report_records(key, df), REPORT_COLUMNS[key]), ""]
         if key == GERMANY_GMAIL_SHARE and CHART_HISTORY in images:
             lines += [_image_block(CHART_HISTORY, images[CHART_HISTORY], omitted), ""]
@@ -258,7 +324,7 @@ def _compose(
         if name not in _ALT_TEXT:
             lines += [_image_block(name, png, omitted), ""]
     if note:
-        lines += ["---", "", f"_{note}_", ""]
+        lines += ["---", "", f"_{ui_text(note)}_", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -288,17 +354,43 @@ def report_markdown(
 
 @dataclass(frozen=True)
 class Artifact:
-    """An artifact composed in memory; nothing is visible until `create` (after the commit)."""
+    """An artifact composed in memory; nothing is visible until `create` (after the commit).
+
+    `description` and the cells of `table` are plain text as composed (so the leak scan reads the
+    values themselves); they reach Prefect through `ui_text`, in `create` and nowhere else.
+    `markdown` is our own markup with every other piece already through `ui_text`: a body that
+    holds raw HTML, a link or an external image is refused here, when it is composed.
+    """
 
     key: str
     description: str
     markdown: str | None = None
     table: list[dict[str, Any]] | None = None
 
+    def __post_init__(self) -> None:
+        if self.markdown is not None and (kind := markup_in(self.markdown)) is not None:
+            raise ValueError(
+                f"artifact {self.key!r}: its markdown holds {kind}; "
+                "text that is not our own markup must go through ui_text"
+            )
+
     @property
     def text(self) -> str | list[dict[str, Any]]:
         """What the artifact shows: its markdown or its rows."""
         return self.markdown if self.markdown is not None else (self.table or [])
+
+    @property
+    def shown_description(self) -> str:
+        """The description as published: inert markdown (the UI renders descriptions)."""
+        return ui_text(self.description)
+
+    @property
+    def shown_table(self) -> list[dict[str, Any]]:
+        """The rows as published: every string cell inert markdown, other values unchanged."""
+        return [
+            {column: ui_text(v) if isinstance(v, str) else v for column, v in row.items()}
+            for row in self.table or []
+        ]
 
     def create(self) -> str:
         """Create the artifact in the current flow run; return its key."""
@@ -310,14 +402,14 @@ class Artifact:
             create_markdown_artifact(
                 markdown=self.markdown,
                 key=self.key,
-                description=self.description,
+                description=self.shown_description,
                 _sync=True,  # type: ignore[call-arg]
             )
         else:
             create_table_artifact(
-                table=self.table or [],
+                table=self.shown_table,
                 key=self.key,
-                description=self.description,
+                description=self.shown_description,
                 _sync=True,  # type: ignore[call-arg]
             )
         return self.key

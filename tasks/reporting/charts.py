@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import html
 import logging
 import os
 import shutil
@@ -80,6 +81,12 @@ def _layout(fig: go.Figure, title: str, x_title: str, y_title: str) -> go.Figure
     return fig
 
 
+def _data_label(value: Any) -> str:
+    # Plotly reads a subset of HTML in any text (<a href>, <b>, <br>, entities): a label taken
+    # from the data is escaped, so that it is shown as written and never as markup.
+    return html.escape(str(value), quote=False)
+
+
 def _label(value: Any) -> str:
     # A count hidden by small-cell suppression arrives as its label (e.g. "<5" or "x").
     if isinstance(value, str):
@@ -113,7 +120,7 @@ def top_countries_chart(df: pd.DataFrame) -> go.Figure:
     data = df.sort_values(["rank", "country"])
     users = list(data["gmail_users"])
     text = [f"#{int(r)}: {_label(u)}" for r, u in zip(data["rank"], users, strict=True)]
-    fig = _bar_chart([str(c) for c in data["country"]], users, text)
+    fig = _bar_chart([_data_label(c) for c in data["country"]], users, text)
     return _layout(
         fig, "Top countries by Gmail users (ties share a rank)", "Country", "Gmail users"
     )
@@ -125,7 +132,7 @@ def age_group_chart(df: pd.DataFrame) -> go.Figure:
     # Empty groups are shown as 0 so the x axis is the same from run to run.
     labels = list(AGE_GROUPS) + [g for g in counts if g not in AGE_GROUPS]
     values = [counts.get(g, 0) for g in labels]
-    fig = _bar_chart(labels, values, [_label(v) for v in values])
+    fig = _bar_chart([_data_label(g) for g in labels], values, [_label(v) for v in values])
     return _layout(fig, "Gmail users by age group", "Age group (years)", "Gmail users")
 
 

@@ -6,11 +6,13 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
+from tasks.reporting.artifacts import ui_text
+
 
 def _whose(text: str | None, run_id: str) -> str:
     if text is None:
         return "unknown"
-    return text.replace(f"run {run_id}", f"run {run_id} (this run)")
+    return ui_text(text.replace(f"run {run_id}", f"run {run_id} (this run)"))
 
 
 def _verdict(held: dict[str, Any], run_id: str) -> str:
@@ -40,14 +42,18 @@ def failure_markdown(
     published: Sequence[str] = (),
     details: Sequence[str] = (),
 ) -> str:
-    """The `run-failure` artifact: what failed, where, and what the date holds now."""
+    """The `run-failure` artifact: what failed, where, and what the date holds now.
+
+    Every text but our own goes through `ui_text`: an error names fields, pages and URLs, and
+    `details` may arrive as list items (`- ...`), which stay list items.
+    """
     lines = [
         "# Run failed",
         "",
-        f"- **Run date:** {run_date or 'not resolved (bad input)'}",
-        f"- **Flow run:** `{run_id}`",
-        f"- **Stage:** `{stage}`",
-        f"- **Error:** `{error}`",
+        f"- **Run date:** {ui_text(run_date or 'not resolved (bad input)')}",
+        f"- **Flow run:** {ui_text(run_id)}",
+        f"- **Stage:** {ui_text(stage)}",
+        f"- **Error:** {ui_text(error)}",
     ]
     if held:
         quarantine = held.get("quarantine")
@@ -59,11 +65,11 @@ def failure_markdown(
             f"- DuckDB rows (persons_anonymized): {_whose(held.get('db'), run_id)}",
             f"- Shareable extract file: {_whose(held.get('extract'), run_id)}",
             f"- Extract rows (persons_shareable): {_whose(held.get('db_extract'), run_id)}",
-            f"- Quarantined batch: {f'`{quarantine}`' if quarantine else 'none'}",
-            f"- Artifacts this run published: {', '.join(published) or 'none'}",
+            f"- Quarantined batch: {ui_text(quarantine) if quarantine else 'none'}",
+            f"- Artifacts this run published: {ui_text(', '.join(published) or 'none')}",
             "",
             _verdict(held, run_id),
         ]
     if details:
-        lines += ["", "## Details", "", *details]
+        lines += ["", "## Details", "", *(f"- {ui_text(d.removeprefix('- '))}" for d in details)]
     return "\n".join(lines) + "\n"

@@ -1,6 +1,7 @@
 """The per-run `privacy-report` artifact and the privacy columns of pipeline_runs.
 
-Only figures, step names and output/field names appear here, never a value of the batch.
+Only figures, step names and output/field names appear here, never a value of the batch; every
+name goes through `ui_text` all the same.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from tasks.privacy.extract import Candidate, ShareableExtract
 from tasks.privacy.leak_scan import LeakScanReport
 from tasks.privacy.risk import RiskMetrics
 from tasks.privacy.suppression import small_cell_note
-from tasks.reporting.artifacts import PRIVACY_REPORT_KEY, Artifact
+from tasks.reporting.artifacts import PRIVACY_REPORT_KEY, Artifact, ui_text
 
 _TOP_CANDIDATES = 5
 
@@ -50,7 +51,7 @@ def _candidate_rows(extract: ShareableExtract) -> list[str]:
     ]
     for i, c in enumerate(best, 1):
         lines.append(
-            f"| {i} | {c.steps} | {c.star_cells:,} | {c.suppressed_cells:,} | "
+            f"| {i} | {ui_text(c.steps)} | {c.star_cells:,} | {c.suppressed_cells:,} | "
             f"{c.records_removed:,} |"
         )
     return lines
@@ -65,13 +66,16 @@ def _scan_lines(scan: LeakScanReport) -> list[str]:
         lines.append("No raw value of the batch and no e-mail address or phone number was found.")
         return lines
     lines += ["| output | field | kind | count |", "|:---|:---|:---|---:|"]
-    lines += [f"| {h.output} | {h.field} | {h.kind} | {h.count:,} |" for h in scan.hits]
+    lines += [
+        f"| {ui_text(h.output)} | {ui_text(h.field)} | {ui_text(h.kind)} | {h.count:,} |"
+        for h in scan.hits
+    ]
     return lines
 
 
 def _extract_lines(extract: ShareableExtract) -> list[str]:
     suppressed = ", ".join(
-        f"{column} {count:,}" for column, count in extract.suppressed_by_column.items()
+        f"{ui_text(column)} {count:,}" for column, count in extract.suppressed_by_column.items()
     )
     return [
         "## Shareable extract",
@@ -82,7 +86,7 @@ def _extract_lines(extract: ShareableExtract) -> list[str]:
         "",
         "| quasi-identifier | generalized to |",
         "|:---|:---|",
-        *[f"| {qi} | {level} |" for qi, level in extract.steps.items()],
+        *[f"| {ui_text(qi)} | {ui_text(level)} |" for qi, level in extract.steps.items()],
         "",
         f"Suppressed cells by column: {suppressed}.",
         "",
@@ -103,12 +107,13 @@ def privacy_markdown(
     records_collapsed: int | None = None,
 ) -> str:
     """The privacy-report markdown: risk, domain collapse, the extract's steps and the leak scan."""
-    title = f"# Privacy report, {run_date}" if run_date is not None else "# Privacy report"
+    title = f"# Privacy report, {ui_text(run_date)}" if run_date is not None else "# Privacy report"
     affected = f" ({records_collapsed:,} records)" if records_collapsed is not None else ""
+    qis = ui_text(", ".join(metrics.quasi_identifiers))
     lines = [
         title,
         "",
-        f"**k:** {metrics.k} · **Quasi-identifiers:** {', '.join(metrics.quasi_identifiers)} · "
+        f"**k:** {metrics.k} · **Quasi-identifiers:** {qis} · "
         f"**Leak scan:** {'clean' if scan.clean else 'FAILED'}",
         "",
         "## Re-identification risk",
@@ -134,7 +139,7 @@ def privacy_markdown(
         "",
         "## Published reports",
         "",
-        small_cell_note(metrics.k),
+        ui_text(small_cell_note(metrics.k)),
     ]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -164,4 +169,7 @@ def privacy_run_columns(
 def privacy_artifact(markdown: str, run_date: Any) -> Artifact:
     """The `privacy-report` markdown artifact, composed (created after the run's commit)."""
     description = f"Re-identification risk, shareable extract and leak scan, run {run_date}."
+    # The caller redacts the markdown, and `redact` writes what it withholds as
+    # `<e-mail withheld>`, which markdown would take for an HTML tag; our markdown holds no tag.
+    markdown = markdown.replace("<", "&lt;")
     return Artifact(PRIVACY_REPORT_KEY, description, markdown=markdown)

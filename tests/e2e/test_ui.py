@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 
 import pytest
@@ -27,10 +28,11 @@ CHROMIUM_ARGS = [
 
 
 def _answers(markdown: str) -> list[str]:
-    """The sentence under each `## ` heading, as the UI renders it (markdown escapes removed)."""
+    """The sentence under each `## ` heading, as the UI renders it (backslash escapes, then
+    entities, undone: the reverse of `ui_text`)."""
     lines = markdown.splitlines()
     answers = [lines[i + 2] for i, line in enumerate(lines) if line.startswith("## ")]
-    return [re.sub(r"\\(.)", r"\1", a) for a in answers]
+    return [html.unescape(re.sub(r"\\(.)", r"\1", a)) for a in answers]
 
 
 def test_report_artifact_page_shows_charts_and_answers(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import html
 import json
 import re
 import struct
@@ -14,12 +15,23 @@ from decimal import Decimal
 import numpy as np
 import pandas as pd
 import pytest
+from markdown_it import MarkdownIt
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter
 
+from tasks.common.vocabulary import country_pairs
+from tasks.quality.drift import SchemaChange, drift_markdown
 from tasks.reporting import artifacts as publish
-from tasks.reporting.charts import CHART_AGE_GROUPS, CHART_HISTORY, CHART_TOP_COUNTRIES
+from tasks.reporting.charts import (
+    CHART_AGE_GROUPS,
+    CHART_HISTORY,
+    CHART_TOP_COUNTRIES,
+    age_group_chart,
+    top_countries_chart,
+)
+from tasks.reporting.failure_report import failure_markdown
+from tasks.reporting.privacy_report import privacy_artifact
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DATA_IMAGE = re.compile(r"!\[([^\]]+)\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)")
@@ -211,7 +223,9 @@ def prefect_api(prefect_storage) -> Iterator[None]:
 def test_composed_reports_become_the_four_artifacts(
     prefect_api: None, images: dict[str, bytes | None]
 ) -> None:
-    reports = make_reports(top=TIED_TOP, share=None, german_users=0, german_gmail_users=0)
+    hostile = pd.DataFrame({"rank": [3], "country": [HOSTILE_COUNTRIES[0]], "gmail_users": [9]})
+    top = pd.concat([TIED_TOP, hostile], ignore_index=True)
+    reports = make_reports(top=top, share=None, german_users=0, german_gmail_users=0)
 
     @flow
     def publish_flow() -> list[str]:
@@ -246,7 +260,10 @@ def test_composed_reports_become_the_four_artifacts(
     share = json.loads(latest["germany-gmail-share"].data)
     assert share == [{"german_users": 0, "german_gmail_users": 0, "gmail_share_pct": None}]
     top = json.loads(latest["top-gmail-countries"].data)
-    assert len(top) == 5 and top[1] == {"rank": 2, "country": "France", "gmail_users": 10}
+    assert len(top) == 6 and top[1] == {"rank": 2, "country": "France", "gmail_users": 10}
+    # Prefect holds the cells as published: a name as it is, the source's markup inert.
+    assert top[4]["country"] == "Bosnia & Herzegovina"
+    assert top[5]["country"] == publish.ui_text(HOSTILE_COUNTRIES[0]) != HOSTILE_COUNTRIES[0]
 
     report = latest["user-metrics-report"]
     assert report.type == "markdown"
@@ -284,3 +301,218 @@ def test_sentences_for_complements_and_unranked_countries() -> None:
     assert publish.top_countries_sentence(empty) == (
         "No country has enough Gmail users in this batch to be ranked."
     )
+
+
+# --- nothing from the source is markup ------------------------------------------------------------
+
+WORD_JOINER = "\u2060"
+# Countries a hostile source could send (issue 20): an image beacon, a markdown image, a script
+# link, a form field, a script, a table pipe and a line break.
+HOSTILE_COUNTRIES = (
+    "Evil <img src=https://evil.example/b.png> ![x](https://evil.example/i.png)",
+    "[x](javascript:alert(1)) <input type=password> <script>alert(1)</script> a|b\nc",
+)
+# Text that must read exactly as written, markdown's punctuation included.
+LITERAL_COUNTRIES = (
+    "Bosnia & Herzegovina",
+    "Côte d’Ivoire",
+    "Fake & _under_ *star* <b>bold</b> [bracket] a|b d’Or &amp; x@y.example www.z.example",
+)
+# A CommonMark renderer with GFM tables (markdown-it-py, which Rich brings): what a markdown
+# reader makes of our text, checked without a browser (tests/e2e/test_ui_markup.py opens the UI).
+MARKDOWN = MarkdownIt("commonmark").enable(["table", "strikethrough"])
+ELEMENTS = re.compile(r"<(img|a|input|script|iframe|form|b|em|strong|code|del)\b([^>]*)>")
+# Elements that load, link or take input.
+ACTIVE = re.compile(r"<(?:img|a|input|script|iframe|form|object|embed)\b")
+
+
+def shown(value: str) -> str:
+    """A value as it reads once published: on one line."""
+    return " ".join(value.split())
+
+
+def rendered_text(rendered: str) -> str:
+    """What a reader sees of rendered HTML: tags dropped, entities decoded, no word joiners."""
+    return html.unescape(re.sub(r"<[^>]+>", "", rendered)).replace(WORD_JOINER, "")
+
+
+def test_ui_text_leaves_every_vocabulary_country_and_our_labels_as_they_are() -> None:
+    names = sorted({name for _, name in country_pairs()})
+    assert len(names) > 240 and "Bosnia & Herzegovina" in names and "Côte d’Ivoire" in names
+    ours = [
+        "<5",
+        "x",
+        "n/a",
+        "2024-05-01",
+        "expect_column_values_to_not_be_null",
+        "age_group: 20-year groups; country: continent",
+        "1 unexpected field(s) of type string",
+    ]
+    assert [text for text in [*names, *ours] if publish.ui_text(text) != text] == []
+    # ...and each reads as itself: no element, nothing dropped.
+    for text in [*names, *ours]:
+        rendered = MARKDOWN.renderInline(text)
+        assert "<" not in rendered and rendered_text(rendered) == text, text
+
+
+@pytest.mark.parametrize("value", [*HOSTILE_COUNTRIES, *LITERAL_COUNTRIES])
+def test_ui_text_is_read_as_written_and_is_never_markup(value: str) -> None:
+    text = publish.ui_text(value)
+    assert "\n" not in text and ">" not in text and not re.search(r"<[A-Za-z/!?]", text)
+    assert "://" not in text and publish.markup_in(text) is None
+    # In a sentence, as a whole document (a table artifact's cell in the classic UI) and in a
+    # table cell: text only, exactly the value (not `&amp;amp;`, no backslash left over).
+    inline = MARKDOWN.renderInline(text)
+    document = MARKDOWN.render(text)
+    table = MARKDOWN.render(f"| country | n |\n|---|---|\n| {text} | 1 |\n")
+    cells = re.findall(r"<td>(.*?)</td>", table)
+    assert "<" not in inline and rendered_text(inline) == shown(value)
+    assert document.startswith("<p>") and ELEMENTS.search(document) is None
+    assert rendered_text(document).strip() == shown(value)
+    assert ELEMENTS.search(table) is None and [rendered_text(c) for c in cells] == [
+        shown(value),
+        "1",
+    ]
+
+
+def test_composed_reports_hold_no_markup_from_hostile_countries() -> None:
+    countries = [*HOSTILE_COUNTRIES, *LITERAL_COUNTRIES]
+    top = pd.DataFrame(
+        {"rank": [1, 2, 3, 3, 3], "country": countries, "gmail_users": [40, 30, 9, 9, 9]}
+    )
+    artifacts = {
+        a.key: a
+        for a in publish.compose_reports(
+            "2024-05-01", 1000, make_reports(top=top), {CHART_TOP_COUNTRIES: tiny_png()}
+        )
+    }
+    table = artifacts["top-gmail-countries"]
+    # Composed rows hold the values themselves (the leak scan reads them); published ones are inert.
+    assert [row["country"] for row in table.table or []] == countries
+    published = table.shown_table
+    assert [(row["rank"], row["gmail_users"]) for row in published] == [
+        (1, 40),
+        (2, 30),
+        (3, 9),
+        (3, 9),
+        (3, 9),
+    ]
+    for row, value in zip(published, countries, strict=True):
+        cell = row["country"]
+        assert publish.markup_in(cell) is None and ">" not in cell and "\n" not in cell
+        assert not re.search(r"<[A-Za-z/!?]|(?<!\\)\||(?<!\\)\]\(", cell), cell
+        assert rendered_text(MARKDOWN.render(cell)).strip() == shown(value)
+    for name in ("Bosnia & Herzegovina", "Côte d’Ivoire"):
+        assert {"rank": 3, "country": name, "gmail_users": 9} in published
+    for artifact in artifacts.values():
+        assert artifact.shown_description == artifact.description  # ours: nothing to escape
+
+    markdown = artifacts["user-metrics-report"].markdown or ""
+    assert publish.markup_in(markdown) is None
+    rendered = MARKDOWN.render(markdown)
+    # The one element that loads anything is our embedded chart; no value made an element.
+    elements = ELEMENTS.findall(rendered)
+    assert [tag for tag, _ in elements] == ["strong", "strong", "img"], elements
+    assert elements[-1][1].startswith(' src="data:image/png;base64,')
+    # The answer and the table read as the values, each once escaped.
+    paragraphs = [rendered_text(p) for p in re.findall(r"<p>(.*?)</p>", rendered)]
+    assert shown(publish.top_countries_sentence(top)) in paragraphs
+    cells = [rendered_text(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", rendered)]
+    assert all(shown(value) in cells for value in countries), cells
+
+
+def test_answers_are_plain_text_for_the_cli() -> None:
+    top = pd.DataFrame(
+        {
+            "rank": [1, 1],
+            "country": ["Bosnia & Herzegovina", "Côte d’Ivoire"],
+            "gmail_users": [9, 9],
+        }
+    )
+    assert publish.top_countries_sentence(top) == (
+        "Top countries by Gmail users: 1. Bosnia & Herzegovina, Côte d’Ivoire (9 Gmail users "
+        "each). Countries with equal counts share a rank."
+    )
+
+
+def test_published_description_and_cells_are_inert_and_composed_ones_are_the_values() -> None:
+    artifact = publish.Artifact(
+        "k",
+        "Run <img src=https://evil.example/b.png>",
+        table=[{"n": 1, "text": HOSTILE_COUNTRIES[1], "none": None, "share": 1.5}],
+    )
+    assert artifact.shown_description == (
+        f"Run &lt;img src=https:{WORD_JOINER}//evil.example/b.png&gt;"
+    )
+    assert artifact.shown_table == [
+        {"n": 1, "text": publish.ui_text(HOSTILE_COUNTRIES[1]), "none": None, "share": 1.5}
+    ]
+    assert (artifact.table or [])[0]["text"] == HOSTILE_COUNTRIES[1]
+
+
+@pytest.mark.parametrize(
+    "markdown",
+    [
+        "<img src=https://evil.example/b.png>",
+        "a <input type=password> b",
+        "[x](javascript:alert(1))",
+        "![x](https://evil.example/i.png)",
+        "![x](data:image/svg+xml;base64,PHN2Zz4=)",
+        "\\\\[x\\\\](y)",  # an escaped backslash, then a real link
+        "[x]: https://evil.example/",
+        "see https://evil.example/",
+        "see www.evil.example",
+        "write to a@evil.example",
+    ],
+)
+def test_an_artifact_refuses_markdown_with_markup_not_our_own(markdown: str) -> None:
+    with pytest.raises(ValueError, match="ui_text") as raised:
+        publish.Artifact("k", "d", markdown=markdown)
+    assert "evil" not in str(raised.value)  # it names the kind, never the text
+
+
+def test_an_artifact_takes_our_markup_and_escaped_text() -> None:
+    for markdown in (
+        "# T\n\n**a** · _b_\n\n| a |\n|---:|\n| 1 |\n\n![c](data:image/png;base64,iVBORw0KGgo=)",
+        "\\[x\\](y) and \\\\\\[x\\](y), <5 users",
+        publish.ui_text(HOSTILE_COUNTRIES[0]),
+    ):
+        publish.Artifact("k", "d", markdown=markdown)
+
+
+def test_the_other_artifacts_escape_what_they_quote() -> None:
+    evil = "<img src=https://evil.example/b.png> [x](javascript:alert(1))"
+    failure = failure_markdown(
+        None, "run-id", "fetch", f"VocabularyError: page 0: {evil}", {}, (), [f"- field {evil}"]
+    )
+    drift = drift_markdown(
+        SchemaChange(added=(f"address.{evil}:string",), removed=()), "ignore", True
+    )
+    privacy = privacy_artifact("# Privacy\n\nfound <e-mail withheld> and <5\n", "2024-05-01")
+    for markdown in (failure, drift, privacy.markdown or ""):
+        assert publish.markup_in(markdown) is None, markdown
+        rendered = MARKDOWN.render(markdown)
+        assert ACTIVE.search(rendered) is None, rendered
+    assert f"VocabularyError: page 0: {evil}" in rendered_text(MARKDOWN.render(failure))
+    assert f"<li>field {html.escape(evil, quote=False)}</li>" in MARKDOWN.render(failure).replace(
+        WORD_JOINER, ""
+    )
+    assert f"address.{evil}:string" in rendered_text(MARKDOWN.render(drift))
+    assert "found <e-mail withheld> and <5" in rendered_text(
+        MARKDOWN.render(privacy.markdown or "")
+    )
+
+
+def test_chart_labels_from_the_data_are_not_plotly_markup() -> None:
+    countries = [*HOSTILE_COUNTRIES, *LITERAL_COUNTRIES]
+    top = pd.DataFrame(
+        {"rank": [1, 2, 3, 3, 3], "country": countries, "gmail_users": [40, 30, 9, 9, 9]}
+    )
+    (bar,) = top_countries_chart(top).data
+    # Plotly reads <a href>, <b>, <br> and entities in text: escaped, the labels show as written.
+    assert not any(re.search(r"[<>]", label) for label in bar.x)
+    assert [html.unescape(label) for label in bar.x] == sorted(countries[:2]) + sorted(
+        countries[2:]
+    )
+    (bar,) = age_group_chart(pd.DataFrame({"age_group": ["<b>[x]</b>"], "gmail_users": [5]})).data
+    assert bar.x[-1] == "&lt;b&gt;[x]&lt;/b&gt;"
