@@ -19,6 +19,8 @@ file RELEASE, or raises, as listed:
   raise-privacy       raise in the privacy stage
   raise-reports       raise in the report stage
   raise-publish       raise while creating the second artifact (the first one exists)
+  skip-vocabulary     let every value through the vocabulary check (a gap in it), so only the
+                      leak scan stands between a hostile source and the outputs
 
 Raised errors carry PLANTED, a made-up e-mail address and phone number: the test checks they
 reach no output.
@@ -64,6 +66,7 @@ def _on_call(owner: Any, name: str, nth: int, act: Any) -> None:
 
 def _install(stage: str, marker: Path, release: Path | None) -> None:
     import flows.stages
+    import tasks.ingest.ranges
     import tasks.privacy.extract
     import tasks.reporting.artifacts
     import tasks.reporting.compose
@@ -133,6 +136,8 @@ def _install(stage: str, marker: Path, release: Path | None) -> None:
         tasks.reporting.compose.build_charts = _raise
     elif stage == "raise-publish":
         _on_call(tasks.reporting.artifacts.Artifact, "create", 2, _raise)
+    elif stage == "skip-vocabulary":
+        tasks.ingest.ranges.check_vocabulary = lambda *_: None
     else:
         raise SystemExit(f"unknown stage {stage!r}")
 

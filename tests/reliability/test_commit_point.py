@@ -1,7 +1,8 @@
 """One commit point: a run that fails after its load leaves the date as it was, or says so.
 
 Each case loads the date cleanly first, then runs the CLI in a subprocess with one fault after
-the load: a raw e-mail in a kept field (only the leak scan can stop it), an exception in the
+the load: a raw e-mail in a kept field (past a gap in the vocabulary check, so only the leak scan
+can stop it), an exception in the
 privacy or report stage, the DuckDB lock held past its timeout, an exception while creating the
 artifacts (after the commit). Then, read back from disk and through the Prefect client:
 
@@ -71,7 +72,15 @@ class Case:
 
 
 CASES = [
-    Case("raw e-mail in a kept field", "", "verify", "LeakError: leak scan", ("email-in-country",)),
+    # The vocabulary refuses such a batch before masking; were it to let one through, the leak
+    # scan, which trusts no value the batch carries, stops it before the commit.
+    Case(
+        "raw e-mail in a kept field",
+        "skip-vocabulary",
+        "verify",
+        "LeakError: leak scan",
+        ("email-in-country",),
+    ),
     Case("exception in the privacy stage", "raise-privacy", "privacy", "StageError: RuntimeError"),
     Case("exception in the report stage", "raise-reports", "reports", "StageError: RuntimeError"),
     Case("DuckDB lock held past its timeout", "lock-load", "load", "DatabaseBusyError"),
