@@ -4,11 +4,13 @@ Every token of a text and every run of up to `SecretIndex.max_ngram` tokens is h
 up in the text index, in one batch for all texts. Two patterns need no batch: an e-mail address
 with a real local part and an E.164 phone number. Base64 `data:` URIs (the embedded chart PNGs)
 are cut from text before scanning: they are pixels, and random base64 could look like a phone
-number. Counts are per kind, never values.
+number; markup escapes and invisible characters are undone first (`readable`). Counts are per
+kind, never values.
 """
 
 from __future__ import annotations
 
+import html
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,6 +36,17 @@ PATTERNS_RE2: tuple[tuple[str, str], ...] = (
     (PATTERN_PHONE, r"(^|[^A-Za-z0-9+/=])\+[0-9]{8,15}($|[^0-9])"),
 )
 _DATA_URI = re.compile(r"data:[\w/+.\-]+;base64,[A-Za-z0-9+/=\s]*")
+# What text is read as, before it is scanned: markup escapes undone (artifacts are escaped for
+# the UI, tasks.reporting.artifacts.ui_text, with backslashes, entities and invisible joiners)
+# and invisible characters dropped, so `jo\u200b@x.com` or `jo\\_doe` is still found.
+_INVISIBLE = re.compile("[\u00ad\u200b-\u200f\u2060-\u2064\ufeff]")
+_MD_ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
+
+
+def readable(text: str) -> str:
+    """The text as a reader sees it: no base64 images, escapes undone, no invisible characters."""
+    text = html.unescape(_MD_ESCAPE.sub(r"\1", _INVISIBLE.sub("", text)))
+    return _DATA_URI.sub(" ", text)
 
 
 class TextScanner:
@@ -45,7 +58,7 @@ class TextScanner:
 
     def text_counts(self, text: str) -> Counter[str]:
         """Occurrences per kind in one text: secrets and patterns."""
-        text = _DATA_URI.sub(" ", text)
+        text = readable(text)
         counts = self.counts([text])[0]
         for kind, pattern in PATTERNS:
             counts[kind] += len(pattern.findall(text))
@@ -53,7 +66,7 @@ class TextScanner:
 
     def line_counts(self, lines: Iterable[str]) -> Counter[str]:
         """Lines with a hit, per kind (a line counts once per kind)."""
-        cleaned = [_DATA_URI.sub(" ", line) for line in lines]
+        cleaned = [readable(line) for line in lines]
         counts: Counter[str] = Counter()
         for line, found in zip(cleaned, self.counts(cleaned), strict=True):
             kinds = set(found)

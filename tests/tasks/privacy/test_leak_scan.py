@@ -351,3 +351,18 @@ def test_a_value_is_kept_for_its_vocabulary_never_because_the_batch_carries_it()
         "lastname",
     }
     assert not scanner.scan_text("log", "top country: Jordan")
+
+
+def test_text_is_scanned_as_a_reader_sees_it(scanner: LeakScanner) -> None:
+    """Escapes for the UI (backslashes, entities, invisible joiners) and zero-width characters
+    neither hide a raw value nor the e-mail pattern."""
+    hidden = [
+        "wrote zeb\\.quarterman77@quartz\\-mail.com",
+        "wrote zeb.quarterman77@\u2060quartz-mail.com",
+        "wrote zeb.quarterman77\u200b@quartz-mail.com",
+        "name: Zebe\u00addiah &amp; Quarter\u200bman",
+    ]
+    for text in hidden:
+        kinds = {h.kind for h in scanner.scan_text("artifact", text)}
+        assert kinds & {"email", "firstname", "lastname"}, (text, kinds)
+    assert "pattern:email" in {h.kind for h in scanner.scan_text("a", hidden[1])}
