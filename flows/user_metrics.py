@@ -49,7 +49,7 @@ from flows.stages import (
 )
 from tasks.common.allocator import use_returning_pool
 from tasks.common.errors import PipelineError
-from tasks.common.inputs import RunOptions, date_range
+from tasks.common.inputs import RunOptions, date_range, default_run_date
 from tasks.common.logcapture import capture_logs
 from tasks.common.run_config import (
     RunConfig,
@@ -91,12 +91,19 @@ def _deadline_error() -> RunDeadlineError:
     )
 
 
+def run_date_of(run_date: str | dt.date | None) -> str | dt.date:
+    """The date this run loads: run_date, else its scheduled start's UTC date (else today)."""
+    if run_date is not None:
+        return run_date
+    # One answer for the run's name and its load: a late deployment run loads its own date.
+    return default_run_date(flow_run.scheduled_start_time)
+
+
 def run_name() -> str:
-    """A pipeline run's name: the date it loads (today, UTC, when run_date is unset)."""
+    """A pipeline run's name: the date it loads (run_date_of)."""
     from prefect.runtime import flow_run as current
 
-    day = current.parameters.get("run_date") or dt.datetime.now(dt.UTC).date()
-    return f"run-date-{str(day)[:10]}"
+    return f"run-date-{str(run_date_of(current.parameters.get('run_date')))[:10]}"
 
 
 def backfill_name() -> str:
@@ -138,7 +145,7 @@ def user_metrics_pipeline(
     run = RunRecord(run_id=str(flow_run.id or uuid.uuid4()))
     cfg: RunConfig | None = None
     try:
-        cfg = checked_run_config(get_settings(), options, run_date)
+        cfg = checked_run_config(get_settings(), options, run_date_of(run_date))
         # Prefect's timeout stops this function, never the fetch threads: they stop by
         # themselves at the same time (a moment after, so the run's own stop comes first).
         if (seconds := _deadline_seconds()) is not None:

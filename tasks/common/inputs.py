@@ -97,6 +97,20 @@ def check_page_size(page_size: int) -> int:
     return page_size
 
 
+def default_run_date(scheduled_start: dt.datetime | None, today: dt.date | None = None) -> dt.date:
+    """The date a run without run_date loads: its scheduled start's UTC date, else today (UTC).
+
+    A deployment run picked up late (a worker down for days) loads the date it was scheduled
+    for, not the day it runs; a run without a scheduled time (a flow called directly) loads today.
+    """
+    if scheduled_start is None:
+        return today or dt.datetime.now(dt.UTC).date()
+    if scheduled_start.tzinfo is None:  # Prefect's times are UTC; a naive one is read as UTC
+        return scheduled_start.date()
+    # The date in UTC whatever the zone of the server, the worker or the schedule.
+    return scheduled_start.astimezone(dt.UTC).date()
+
+
 def parse_run_date(value: str | dt.date | None, today: dt.date | None = None) -> dt.date:
     """Parse YYYY-MM-DD (default: today, UTC); a future date is refused, ages would be negative."""
     today = today or dt.datetime.now(dt.UTC).date()

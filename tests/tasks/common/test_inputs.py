@@ -10,6 +10,7 @@ from tasks.common.inputs import (
     check_page_size,
     check_reachable,
     check_records,
+    default_run_date,
     parse_run_date,
 )
 from tasks.common.run_config import resolve_run_config
@@ -53,6 +54,28 @@ def test_future_date_refused_and_default_is_today():
         parse_run_date("2026-11-26", today=TODAY)
     assert parse_run_date(None, today=TODAY) == TODAY
     assert parse_run_date("2024-02-29", today=TODAY) == dt.date(2024, 2, 29)
+
+
+@pytest.mark.parametrize(
+    ("scheduled", "expected"),
+    [
+        # 23:30 in New York on the 24th is 04:30 UTC on the 25th.
+        ("2026-11-24T23:30:00-05:00", dt.date(2026, 11, 25)),
+        # 00:30 in Tokyo on the 26th is 15:30 UTC on the 25th.
+        ("2026-11-26T00:30:00+09:00", dt.date(2026, 11, 25)),
+        ("2026-11-23T06:00:00+00:00", dt.date(2026, 11, 23)),
+        ("2026-11-23T23:59:59", dt.date(2026, 11, 23)),  # naive: Prefect's times are UTC
+    ],
+)
+def test_default_run_date_is_the_scheduled_start_in_utc(scheduled, expected):
+    # The scheduled date wins over today, and no other zone decides the day.
+    assert default_run_date(dt.datetime.fromisoformat(scheduled), today=TODAY) == expected
+
+
+def test_default_run_date_without_a_scheduled_start_is_today():
+    assert default_run_date(None, today=TODAY) == TODAY
+    before = dt.datetime.now(dt.UTC).date()
+    assert default_run_date(None) in {before, dt.datetime.now(dt.UTC).date()}
 
 
 @pytest.mark.parametrize("url", ["ftp://x/api", "localhost:8000", "not a url", "http://"])
