@@ -49,7 +49,15 @@ from flows.stages import (
 )
 from tasks.common.allocator import use_returning_pool
 from tasks.common.errors import PipelineError
-from tasks.common.inputs import RunOptions, date_range, default_run_date
+from tasks.common.inputs import (
+    PageSize,
+    Records,
+    RunDate,
+    RunOptions,
+    Seed,
+    date_range,
+    default_run_date,
+)
 from tasks.common.logcapture import capture_logs
 from tasks.common.run_config import (
     RunConfig,
@@ -127,10 +135,10 @@ def backfill_name() -> str:
 )
 def user_metrics_pipeline(
     api_url: str | None = None,
-    records: int | None = None,
-    page_size: int | None = None,
-    run_date: dt.date | None = None,
-    seed: int | None = None,
+    records: Records = None,
+    page_size: PageSize = None,
+    run_date: RunDate | None = None,
+    seed: Seed = None,
     locale: str | None = None,
 ) -> dict[str, Any]:
     """Fetch persons, mask, validate, store them in the lake and DuckDB, and publish the reports.
@@ -187,8 +195,8 @@ def user_metrics_pipeline(
     on_crashed=[log_crash],
 )
 def user_metrics_backfill(
-    start_date: dt.date,
-    end_date: dt.date,
+    start_date: RunDate,
+    end_date: RunDate,
     force: bool = False,
     options: RunOptions | None = None,
 ) -> dict[str, str]:

@@ -198,7 +198,6 @@ def test_dockerignore_keeps_secrets_and_state_out():
 
 def test_prefect_yaml_deployments(prefect_yaml):
     import importlib
-    import inspect
 
     from prefect import Flow
 
@@ -209,9 +208,10 @@ def test_prefect_yaml_deployments(prefect_yaml):
         assert path.startswith("flows/") and (ROOT / path).is_file()
         flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name)
         assert isinstance(flow, Flow), deployment["entrypoint"]
-        # A hung run cannot block the schedule; every parameter given is one the flow takes.
+        # A hung run cannot block the schedule; no parameter defaults here, an unset parameter
+        # takes the worker's setting of the same name (FAKER_RECORDS, ...).
         assert flow.timeout_seconds and flow.timeout_seconds >= 600
-        assert set(deployment["parameters"]) <= set(inspect.signature(flow.fn).parameters)
+        assert "parameters" not in deployment
         assert deployment["work_pool"]["name"] == "faker-pool"
         assert deployment["concurrency_limit"] == 1
     [schedule] = deployments["daily"]["schedules"]
@@ -224,11 +224,14 @@ def test_prefect_yaml_deployments(prefect_yaml):
     assert (deployed_pipeline.retries, deployed_backfill.retries) == (1, 0)
 
 
-def test_prefect_yaml_pull_step_enters_project_dir_from_env(prefect_yaml):
+def test_prefect_yaml_pull_step_enters_the_folder_deployed_from(prefect_yaml):
+    """No environment variable to set: the folder `prefect deploy` runs in (/app in the image)."""
+    [build] = prefect_yaml["build"]
+    assert build["prefect.deployments.steps.run_shell_script"]["script"] == "pwd"
+    step_id = build["prefect.deployments.steps.run_shell_script"]["id"]
     [step] = prefect_yaml["pull"]
-    assert step == {
-        "prefect.deployments.steps.set_working_directory": {"directory": "{{ $PROJECT_DIR }}"}
-    }
+    directory = step["prefect.deployments.steps.set_working_directory"]["directory"]
+    assert directory == "{{ " + step_id + ".stdout }}"
 
 
 def test_flow_runs_get_the_returning_arrow_pool(prefect_yaml, dockerfile):

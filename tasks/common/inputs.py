@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import socket
+from typing import Annotated
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,7 +20,39 @@ MAX_SEED = 2**31 - 1  # the API's seeds are 32-bit; 0 means "no seed" there
 EARLIEST_RUN_DATE = dt.date(1900, 1, 1)
 # A setting whose name holds one of these may carry a secret: its value is never echoed.
 SECRET_NAME_PARTS = ("URL", "KEY", "SECRET", "PASSWORD", "TOKEN")
-_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+# YYYY-MM-DD with a month and day in range: the run date's format, in parse_run_date and in the
+# flows' parameter schema (where Prefect checks it when a run is created).
+RUN_DATE_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$"
+_ISO_DATE = re.compile(RUN_DATE_PATTERN)
+
+
+# Flow parameters and RunOptions fields with their bounds, each taken from the constants above.
+# The bounds are JSON-schema keywords, not pydantic constraints: Prefect shows them in the run
+# form and refuses a deployment run created against them (deployments enforce their parameter
+# schema), while a direct call or a CLI run is checked by check_* and parse_run_date, whose
+# one-line errors name the value.
+Records = Annotated[
+    int | None,
+    Field(
+        description=f"Records to fetch, 1..{MAX_RECORDS:,}.",
+        json_schema_extra={"minimum": 1, "maximum": MAX_RECORDS},
+    ),
+]
+PageSize = Annotated[
+    int | None,
+    Field(
+        description=f"Records per request, 1..{MAX_PAGE_SIZE} (the API clamps above).",
+        json_schema_extra={"minimum": 1, "maximum": MAX_PAGE_SIZE},
+    ),
+]
+Seed = Annotated[
+    int | None,
+    Field(
+        description=f"Run seed, 1..{MAX_SEED}; unset: derived from the run date.",
+        json_schema_extra={"minimum": 1, "maximum": MAX_SEED},
+    ),
+]
+RunDate = Annotated[dt.date, Field(json_schema_extra={"pattern": RUN_DATE_PATTERN})]
 
 
 class RunOptions(BaseModel):
@@ -32,13 +65,9 @@ class RunOptions(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     api_url: str | None = Field(None, description="Faker API base URL, up to the version.")
-    records: int | None = Field(None, description=f"Records to fetch, 1..{MAX_RECORDS:,}.")
-    page_size: int | None = Field(
-        None, description=f"Records per request, 1..{MAX_PAGE_SIZE} (the API clamps above)."
-    )
-    seed: int | None = Field(
-        None, description=f"Run seed, 1..{MAX_SEED}; unset: derived from the run date."
-    )
+    records: Records = None
+    page_size: PageSize = None
+    seed: Seed = None
     locale: str | None = Field(None, description="Faker locale, e.g. en_US.")
 
 

@@ -27,6 +27,8 @@ from flows.processes import PROJECT_DIR, State, free_port, stop_group
 from tests.conftest import TEST_KEY
 
 E2E_RECORDS = 2000
+# The service's FAKER_RECORDS: what a deployment run without `records` fetches.
+SETTINGS_RECORDS = 300
 
 
 AUTH = "e2e-admin:" + secrets.token_hex(8)
@@ -126,6 +128,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_WORKER_QUERY_SECONDS="1",
         PII_HASH_KEY=TEST_KEY,
+        FAKER_RECORDS=str(SETTINGS_RECORDS),
         DATA_LAKE_DIR=str(data / "lake"),
         DUCKDB_PATH=str(data / "db" / "faker.duckdb"),
         PREFECT_SERVER_API_AUTH_STRING=AUTH,
