@@ -69,7 +69,7 @@ def test_deployments_are_those_of_prefect_yaml(service: Service):
     [schedule] = daily.schedules
     assert schedule.schedule.cron == "0 6 * * *" and schedule.schedule.timezone == "UTC"
     assert backfill.schedules == []
-    # The pull step's {{ $PROJECT_DIR }} was filled in at deploy time with this checkout.
+    # The pull step enters the folder `prefect deploy` ran in, recorded then: the checkout.
     [step] = daily.pull_steps
     assert step["prefect.deployments.steps.set_working_directory"]["directory"] == str(PROJECT_DIR)
 
