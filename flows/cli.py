@@ -157,7 +157,7 @@ def outside_flow_error(exc: BaseException, budget: int) -> str:
     if "ephemeral Prefect API server" in str(exc):
         return (
             f"Prefect's temporary API server did not start within {budget} s: raise "
-            f"{STARTUP_BUDGET_ENV}, or use the local server (unset CLI_PREFECT_SERVER), or "
+            f"{STARTUP_BUDGET_ENV}, or keep a local server (CLI_PREFECT_SERVER=background), or "
             "PREFECT_API_URL pointing at a running server"
         )
     return f"{failure_text(exc)} (before the flow run could record it)"

@@ -34,6 +34,9 @@ def main() -> int:
     if not os.environ.get("PII_HASH_KEY") and not os.environ.get("PII_HASH_KEY_BLOCK"):
         # Offline demo only: a random key kept in a git-ignored file, never a key in the repo.
         os.environ["PII_HASH_KEY_FILE"] = str(ensure_demo_key(DEMO_KEY_FILE))
+    # `make run` keeps its Prefect server for the next run (flows/server.py); other CLI runs do
+    # not start one that outlives them.
+    os.environ.setdefault("CLI_PREFECT_SERVER", "background")
     proc, url = start_local_api()
     print(f"Local Faker API at {url}", flush=True)
     try:

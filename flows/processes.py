@@ -126,9 +126,12 @@ class State:
         return proc
 
     def stop(self, name: str) -> int | None:
-        """Stop `name` if it runs; forget it; the pid it had."""
+        """Stop `name` if it runs; forget its pid and URL; the pid it had."""
         pid = self.pid(name)
         if pid is not None:
             stop_group(pid)
         (self.dir / f"{name}.pid").unlink(missing_ok=True)
+        urls = self.urls()
+        if urls.pop(name, None) is not None:  # never left pointing at what another process serves
+            self.urls_file.write_text(json.dumps(urls, indent=2) + "\n")
         return pid

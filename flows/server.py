@@ -3,24 +3,28 @@
 A CLI run (`make run`, `python -m flows.user_metrics`, its range backfill) uses, in order:
 
 1. the API Prefect is already pointed at (`PREFECT_API_URL`, from the environment or a profile);
-2. the local server `make serve` (or an earlier run) started, recorded in `$PREFECT_HOME/service/`,
-   if it answers;
-3. a server started now in the background and left running for the next run, recorded the same
-   way, so `make stop` stops it and `make serve` reuses it.
+2. the local server `make serve` (or an earlier `make run`) started, recorded in
+   `$PREFECT_HOME/service/`, if its process lives and the server answering is this home's;
+3. with `CLI_PREFECT_SERVER=background` (`make run` sets it), a server started now in the
+   background and left running for the next run, recorded the same way, so `make stop` stops
+   it and `make serve` reuses it;
+4. otherwise Prefect's temporary per-process server, which ends with the run: a CI job, a cron
+   entry or a test harness with a fresh PREFECT_HOME each time leaves no server behind.
 
-Prefect's temporary per-process server costs 20-30 s at every start on a busy 2-core machine
-(and more than its own 20 s limit now and then); it is used only when asked for:
-`CLI_PREFECT_SERVER=temporary`.
+`CLI_PREFECT_SERVER=temporary` skips 2 and 3.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import sys
 from collections.abc import Mapping
 from contextlib import suppress
 from pathlib import Path
+
+import httpx
 
 from flows.processes import PROJECT_DIR, ServiceError, State, answers, free_port, wait_until
 from tasks.common.inputs import InputError
@@ -76,59 +80,143 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def server_url(env: Mapping[str, str], reuse: bool = False) -> tuple[str, str, str]:
-    """(host, port, API URL) of the local server: PREFECT_SERVER_API_HOST/PORT, else loopback
-    and 4200. With `reuse`, a recorded server's URL, and a free port if 4200 is taken by others."""
-    host = env.get("PREFECT_SERVER_API_HOST", "127.0.0.1")
-    port = env.get("PREFECT_SERVER_API_PORT", str(DEFAULT_PORT))
-    if reuse:
-        recorded = State(Path(env["PREFECT_HOME"])).urls().get("server")
-        if recorded and answers(f"{recorded}/health"):
-            port = recorded.rsplit(":", 1)[1].split("/")[0]
-        elif not _port_free(host, int(port)):
-            with suppress(OSError):  # a host we cannot bind: the server says why in its log
-                port = str(free_port(host))
+def _auth(env: Mapping[str, str]) -> dict[str, str]:
+    auth = env.get("PREFECT_API_AUTH_STRING") or env.get("PREFECT_SERVER_API_AUTH_STRING")
+    return {"Authorization": f"Basic {base64.b64encode(auth.encode()).decode()}"} if auth else {}
+
+
+def served_home(url: str, env: Mapping[str, str]) -> Path | None:
+    """The PREFECT_HOME of the Prefect server answering at API `url` (its database is there),
+    None if none answers or it refuses our credentials."""
+    with suppress(httpx.HTTPError, ValueError, KeyError, TypeError):
+        found = httpx.get(f"{url}/admin/settings", headers=_auth(env), timeout=5)
+        if found.status_code == 200:
+            return Path(found.json()["home"]).expanduser().resolve()
+    return None
+
+
+def port_holder(host: str, port: int, env: Mapping[str, str]) -> str | None:
+    """What holds `port` on `host`, in words, or None if it is free."""
+    if _port_free(host, port):
+        return None
     client_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    return host, port, f"http://{client_host}:{port}/api"
+    url = f"http://{client_host}:{port}/api"
+    if not answers(f"{url}/health"):
+        return f"a process that is not a Prefect server (nothing answers {url}/health)"
+    home = served_home(url, env)
+    if home is None:
+        return "a Prefect server that refuses our credentials (so its PREFECT_HOME is unknown)"
+    if home == Path(env["PREFECT_HOME"]).resolve():
+        return f"a Prefect server of this PREFECT_HOME ({home}) that `make serve` did not record"
+    return f"a Prefect server of another PREFECT_HOME ({home})"
 
 
-def ensure_server(state: State, env: Mapping[str, str], reuse: bool = False) -> tuple[str, str]:
-    """The local Prefect server, started unless ours already answers; (API URL, one line).
+def server_url(env: Mapping[str, str], port: int | None = None) -> tuple[str, str, str]:
+    """(host, port, API URL) of the local server: PREFECT_SERVER_API_HOST/PORT, else loopback
+    and 4200, or `port`."""
+    host = env.get("PREFECT_SERVER_API_HOST", "127.0.0.1")
+    port_text = str(port) if port else env.get("PREFECT_SERVER_API_PORT", str(DEFAULT_PORT))
+    client_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return host, port_text, f"http://{client_host}:{port_text}/api"
 
-    Not `prefect server start --background`: see flows/processes.py. The server makes no
-    pseudonyms, so it never gets the key.
+
+def running_server(state: State, env: Mapping[str, str]) -> str | None:
+    """The API URL of the server recorded in `state` if its process lives and the server
+    answering there is this PREFECT_HOME's, else None."""
+    url = state.urls().get("server")
+    if state.pid("server") is None or not url or not answers(f"{url}/health"):
+        return None
+    return url if served_home(url, env) == Path(env["PREFECT_HOME"]).resolve() else None
+
+
+def ensure_server(state: State, env: Mapping[str, str]) -> tuple[str, str]:
+    """The local Prefect server, started unless ours already answers; (API URL, its lines).
+
+    Only a server this call started, or one recorded earlier that is still ours, is reported
+    or recorded: a port held by anything else is named, then left for a free one (the default
+    port) or refused (a port the user set). Not `prefect server start --background`: see
+    flows/processes.py. The server makes no pseudonyms, so it never gets the key.
     """
-    host, port, url = server_url(env, reuse)
+    if url := running_server(state, env):
+        return url, f"{LABELS['server']:<18} already running (pid {state.pid('server')}) at {url}"
+    state.stop("server")  # a recorded one that no longer answers as ours
+    host, port, url = server_url(env)
+    notes = []
+    if holder := port_holder(host, int(port), env):
+        if "PREFECT_SERVER_API_PORT" in env or "this PREFECT_HOME" in holder:
+            raise ServiceError(
+                f"port {port} is held by {holder}: stop it, or set PREFECT_SERVER_API_PORT "
+                "to a free port"
+            )
+        with suppress(OSError):  # a host we cannot bind: the server says why in its log
+            host, port, url = server_url(env, free_port(host))
+        notes.append(f"Port {DEFAULT_PORT} is held by {holder}: the server uses port {port}")
     cmd = [prefect_bin(), "server", "start", "--host", host, "--port", port]
     server_env = without_key(env)
     server_env.setdefault("PREFECT_UI_URL", url.removesuffix("/api"))  # the links in alerts
-    return url, ensure_process(state, "server", cmd, server_env, url, f"{url}/health")
+    home = Path(env["PREFECT_HOME"]).resolve()
+    proc = state.launch("server", cmd, server_env, server=url)
+    log = state.log("server")
+
+    def ours() -> bool:
+        # A server that answers there is not proof: another one may hold the port while ours
+        # exits with "address in use". Ours lives and the answering one serves our database.
+        return proc.poll() is None and served_home(url, env) == home
+
+    try:
+        wait_until(ours, "server", START_SECONDS["server"], proc, log)
+    except ServiceError:
+        state.stop("server")  # record nothing we did not start
+        raise
+    return url, "\n".join(
+        [*notes, f"{LABELS['server']:<18} started (pid {proc.pid}) at {url}, log {log}"]
+    )
 
 
-def server_mode() -> str:
-    """CLI_PREFECT_SERVER: `background` (the default) or `temporary`; InputError otherwise."""
-    mode = os.environ.get(MODE_ENV, "").strip().lower() or MODES[0]
-    if mode not in MODES:
+def server_mode() -> str | None:
+    """CLI_PREFECT_SERVER: `background`, `temporary`, or None when unset; InputError otherwise."""
+    mode = os.environ.get(MODE_ENV, "").strip().lower() or None
+    if mode is not None and mode not in MODES:
         raise InputError(f"{MODE_ENV}={mode!r} is not one of {', '.join(MODES)}")
     return mode
 
 
+def choose_server(
+    api_url: str | None, mode: str | None, state: State, env: Mapping[str, str]
+) -> str:
+    """Which server a CLI run uses: `configured` (PREFECT_API_URL), `recorded` (ours, running),
+    `background` (start one and keep it), or `temporary` (Prefect's, ends with the process)."""
+    if api_url:
+        return "configured"
+    if mode == "temporary":
+        return "temporary"
+    if running_server(state, env):
+        return "recorded"
+    # Only `make run` (or a user who asks) keeps a server: a CI job, a cron entry or a test
+    # harness with a fresh PREFECT_HOME each time would leave one ~300 MB server per home.
+    return "background" if mode == "background" else "temporary"
+
+
 def server_for_run() -> str | None:
-    """The API URL a CLI run should use, starting the local server if need be, or None where
-    Prefect already has one or the user asked for the temporary server. Prints one line."""
+    """The API URL a CLI run should use, starting the local server if need be (printing one
+    line), or None for the API Prefect is set to or its temporary server."""
     from prefect.settings import PREFECT_API_URL
 
-    if PREFECT_API_URL.value() or server_mode() == "temporary":
-        return None
     env = base_env()
     state = State(Path(env["PREFECT_HOME"]))
+    choice = choose_server(PREFECT_API_URL.value(), server_mode(), state, env)
+    if choice in ("configured", "temporary"):
+        return None
     try:
-        url, line = ensure_server(state, env, reuse=True)
+        url, lines = ensure_server(state, env)
     except ServiceError as exc:  # one line: what, and where the server's own log is
         raise ServiceError(
             f"the local Prefect server did not start ({str(exc).splitlines()[0]}; "
             f"its log: {state.log('server')}): free the port or set {MODE_ENV}=temporary"
         ) from None
+    *notes, line = lines.splitlines()
+    for note in notes:
+        print(note, flush=True)
     how = "started in the background" if " started " in line else "already running"
     ui = url.removesuffix("/api")
     print(f"Prefect server {how} at {ui} (kept for later runs; `make stop` stops it)", flush=True)

@@ -29,6 +29,7 @@ from flows.server import (
     ensure_process,
     ensure_server,
     prefect_bin,
+    running_server,
 )
 from tasks.common.secrets import DEMO_KEY_FILE, ensure_demo_key, without_key
 
@@ -116,15 +117,32 @@ def serve() -> int:
     return 0
 
 
+def _not_running(state: State, env: Mapping[str, str]) -> str:
+    """Why `trigger` has no server of this service to use, in one line."""
+    url, pid = state.urls().get("server"), state.pid("server")
+    if pid is None:
+        return (
+            f"the local service is not running (no live server recorded in {state.dir}); "
+            "start it with `make serve`"
+        )
+    if not answers(f"{url}/health"):
+        return (
+            f"the local service's server (pid {pid}) does not answer at {url}; "
+            f"see {state.log('server')}, then `make stop` and `make serve`"
+        )
+    return (
+        f"the Prefect server answering at {url} is not this PREFECT_HOME's ({env['PREFECT_HOME']}) "
+        "or refuses our credentials; run `make stop` and `make serve`"
+    )
+
+
 def trigger(extra: Sequence[str] = ()) -> int:
     """Run the daily deployment on the local service and wait; the exit code is Prefect's."""
     env = base_env()
     state = State(Path(env["PREFECT_HOME"]))
-    server = state.urls().get("server")
-    if state.pid("server") is None or not server:
-        print(
-            "error: the local service is not running; start it with `make serve`", file=sys.stderr
-        )
+    server = running_server(state, env)
+    if server is None:
+        print(f"error: {_not_running(state, env)}", file=sys.stderr)
         return 2
     cmd = [prefect_bin(), "deployment", "run", DAILY, "--watch", "--watch-timeout", "1800", *extra]
     return subprocess.run(cmd, env=base_env(server), cwd=PROJECT_DIR, check=False).returncode
