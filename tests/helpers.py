@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import subprocess
+import sys
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -281,3 +282,14 @@ def run_watched(
         stop.set()
         thread.join()
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err), watcher
+
+
+def dead_pid() -> int:
+    """The id of a process that has ended."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(done.stdout)

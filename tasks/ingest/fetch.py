@@ -144,15 +144,17 @@ class _DeadlineStream(httpcore.NetworkStream):
         server_hostname: str | None = None,
         timeout: float | None = None,
     ) -> httpcore.NetworkStream:
-        stream = _bounded(
-            lambda t: self._inner.start_tls(ssl_context, server_hostname, t),
-            timeout,
-            httpcore.ConnectTimeout,
-        )
-        return _DeadlineStream(stream)
+        return _connected(lambda t: self._inner.start_tls(ssl_context, server_hostname, t), timeout)
 
     def get_extra_info(self, info: str) -> Any:
         return self._inner.get_extra_info(info)
+
+
+def _connected(
+    connect: Callable[[float | None], httpcore.NetworkStream], timeout: float | None
+) -> _DeadlineStream:
+    """A connection (or TLS upgrade) made within the deadline, its reads and writes bound too."""
+    return _DeadlineStream(_bounded(connect, timeout, httpcore.ConnectTimeout))
 
 
 class _DeadlineBackend(httpcore.NetworkBackend):
@@ -169,22 +171,16 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
-        stream = _bounded(
-            lambda t: self._inner.connect_tcp(host, port, t, local_address, socket_options),
-            timeout,
-            httpcore.ConnectTimeout,
+        return _connected(
+            lambda t: self._inner.connect_tcp(host, port, t, local_address, socket_options), timeout
         )
-        return _DeadlineStream(stream)
 
     def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
     ) -> httpcore.NetworkStream:
-        stream = _bounded(
-            lambda t: self._inner.connect_unix_socket(path, t, socket_options),
-            timeout,
-            httpcore.ConnectTimeout,
+        return _connected(
+            lambda t: self._inner.connect_unix_socket(path, t, socket_options), timeout
         )
-        return _DeadlineStream(stream)
 
     def sleep(self, seconds: float) -> None:
         self._inner.sleep(seconds)

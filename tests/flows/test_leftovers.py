@@ -7,8 +7,6 @@ import datetime as dt
 import os
 import re
 import socket
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,19 +28,9 @@ from tasks.storage.database import open_db, utc_now
 from tasks.storage.migrations import migrate
 from tasks.storage.recovery import remove_dead_temp_dirs
 from tasks.storage.runs import start_run
+from tests.helpers import dead_pid
 
 DAY = dt.date(2026, 8, 21)
-
-
-def dead_pid() -> int:
-    """The id of a process that has ended."""
-    done = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return int(done.stdout)
 
 
 @flow(name="someone-elses-flow")

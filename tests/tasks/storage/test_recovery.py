@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import datetime
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import duckdb
@@ -17,19 +15,9 @@ from tasks.storage.lake import AtomicParquetWriter, file_run_id, raw_path, temp_
 from tasks.storage.recovery import check, rerun_command
 from tasks.storage.runs import set_run_process, start_run
 from tests.builders import german_gmail_batch
+from tests.helpers import dead_pid
 
 DAY = datetime.date(2026, 8, 20)
-
-
-def dead_pid() -> int:
-    """The id of a process that has ended."""
-    done = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return int(done.stdout)
 
 
 def run_row(con: duckdb.DuckDBPyConnection, run_id: str, status: str, pid: int) -> None:
