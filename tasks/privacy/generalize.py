@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 
 from tasks.common.schemas import AGE_GROUPS, ANALYTICAL_SCHEMA, MASK, ArrayLike
 from tasks.common.stage import stage_task
-from tasks.privacy.domains import KEEP_DOMAINS, collapse_rare_domains, email_domain, rare_domains
+from tasks.privacy.domains import collapse_rare_domains, email_domain
 
 _AGE_GROUP_LABELS = pa.array(AGE_GROUPS, pa.string())
 # Ages at or above the last group's lower bound all fall into the open-ended "[90+]".
@@ -83,19 +83,19 @@ def generalize(masked: pa.Table, run_date: datetime.date) -> pa.Table:
 
 @dataclass
 class Generalized:
-    """The analytical batch and how many rare email domains became `other`."""
+    """The analytical batch, handed from the generalize task to the flow."""
 
     table: pa.Table
-    domains_collapsed: int
-    records_collapsed: int
 
 
 def generalize_persons(masked: pa.Table, run_date: datetime.date, k: int) -> Generalized:
-    """Masked batch -> analytical batch (age group, domain, country); rare domains -> `other`."""
-    table = generalize(masked, run_date)
-    _, records_collapsed = rare_domains(table, k, KEEP_DOMAINS)
-    table, domains_collapsed = collapse_rare_domains(table, k)
-    return Generalized(table, domains_collapsed, records_collapsed)
+    """Masked batch -> analytical batch (age group, domain, country); rare domains -> `other`.
+
+    A pipeline run applied the domain rule to the raw batch already (its figures come from
+    there), so here it changes nothing; it holds for any other masked batch given.
+    """
+    table, _ = collapse_rare_domains(generalize(masked, run_date), k)
+    return Generalized(table)
 
 
 generalize_persons_task = stage_task(generalize_persons)
