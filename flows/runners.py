@@ -180,9 +180,6 @@ def runner_from_env() -> TaskRunner[Any]:
 DEFAULT_FLOW_TIMEOUT_SECONDS = 3600
 # One backfill runs its dates one after another: a day of them.
 DEFAULT_BACKFILL_TIMEOUT_SECONDS = 86_400
-# A transient failure (the API down past its retries, the database held by another run) is
-# tried once more after this long: long enough for a short outage or a long run to pass.
-DEFAULT_RETRY_DELAY_SECONDS = 600
 
 
 def _seconds(name: str, default: int) -> int:
@@ -198,8 +195,3 @@ def flow_timeout_seconds() -> int:
 def backfill_timeout_seconds() -> int:
     """BACKFILL_TIMEOUT_SECONDS: the same for a backfill deployment run, all its dates."""
     return _seconds("BACKFILL_TIMEOUT_SECONDS", DEFAULT_BACKFILL_TIMEOUT_SECONDS)
-
-
-def retry_delay_seconds() -> int:
-    """FLOW_RETRY_DELAY_SECONDS: the wait before a deployment run retries a transient failure."""
-    return _seconds("FLOW_RETRY_DELAY_SECONDS", DEFAULT_RETRY_DELAY_SECONDS)

@@ -41,6 +41,7 @@ from tasks.ingest import (
     group_ranges,
     plan_pages,
     range_count,
+    range_retry_options,
 )
 from tasks.ingest.plan import run_seed_for, seed_key
 from tasks.privacy import (
@@ -228,7 +229,9 @@ def fetch_and_mask(cfg: RunConfig, run: RunRecord, staged: Staged) -> pa.Table:
     sorted by person_key: source order (and so the seeded page a row came from) is not kept."""
     ranges = plan(cfg)
     total = sum(len(r.pages) for r in ranges)
-    submitted = [fetch_and_mask_range_task.submit(cfg.fetch, r, cfg.run_date) for r in ranges]
+    # A range that fails for a cause that can clear is fetched again alone, not the whole run.
+    fetch_task = fetch_and_mask_range_task.with_options(**range_retry_options(cfg.fetch))
+    submitted = [fetch_task.submit(cfg.fetch, r, cfg.run_date) for r in ranges]
     # The artifact's id: a sync caller gets it directly (Prefect types it "id or coroutine").
     progress: UUID = create_progress_artifact(  # type: ignore[assignment]
         progress=0.0, description=f"Pages fetched and masked for run date {cfg.run_date}"
@@ -467,8 +470,6 @@ def report_failure(cfg: RunConfig | None, run: RunRecord, exc: BaseException) ->
     scanner = run.scanner(cfg.run_date) if cfg is not None and run.has_secrets() else None
     raised = value_free(exc, failure_text(exc, scanner))
     error = failure_text(raised)
-    if not getattr(raised, "transient", False):
-        _no_more_retries()
     held: dict[str, Any] = {}
     try:
         if cfg is not None:
@@ -508,22 +509,6 @@ def _record_failure(cfg: RunConfig, run: RunRecord, error: str, busy: bool) -> d
             "database; the next run's check marks it abandoned."
         )
     return held
-
-
-def _no_more_retries() -> None:
-    """Spend the flow run's retries: the failure is deterministic (bad input, validation, drift,
-    a leak), so running it again unchanged would fail the same way."""
-    from prefect.client.orchestration import get_client
-    from prefect.context import FlowRunContext
-
-    context = FlowRunContext.get()
-    flow_run = context.flow_run if context else None
-    if flow_run is None or not flow_run.empirical_policy.retries:
-        return
-    # The server retries a Failed run while its policy has retries left.
-    policy = flow_run.empirical_policy.model_copy(update={"retries": 0})
-    with get_client(sync_client=True) as client:
-        client.update_flow_run(flow_run.id, empirical_policy=policy)
 
 
 def log_failure(flow: Any, flow_run: Any, state: Any) -> None:

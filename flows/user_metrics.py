@@ -29,7 +29,6 @@ from prefect.runtime import flow_run
 from flows.runners import (
     backfill_timeout_seconds,
     flow_timeout_seconds,
-    retry_delay_seconds,
     runner_from_env,
 )
 from flows.stages import (
@@ -226,14 +225,11 @@ def user_metrics_backfill(
 
 
 # What the deployments run (prefect.yaml's entrypoints): the same flows with a timeout, so a hung
-# run cannot block the schedule, and for the pipeline one retry after a delay when it failed for
-# a transient cause (flows/stages.py spends the retry on a deterministic failure). A run from the
-# CLI or a test fails at once instead.
-deployed_pipeline = user_metrics_pipeline.with_options(
-    timeout_seconds=flow_timeout_seconds(),
-    retries=1,
-    retry_delay_seconds=retry_delay_seconds(),
-)
+# run cannot block the schedule. No whole-run retry: a failed page range is retried alone (its
+# fetch task), and every other failure (input, validation, drift, a leak, the database held past
+# DUCKDB_LOCK_TIMEOUT_SECONDS) would fail the same way again at once. A CLI run takes the same
+# deadline from flows/cli.py.
+deployed_pipeline = user_metrics_pipeline.with_options(timeout_seconds=flow_timeout_seconds())
 deployed_backfill = user_metrics_backfill.with_options(timeout_seconds=backfill_timeout_seconds())
 
 

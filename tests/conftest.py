@@ -115,6 +115,9 @@ def pipeline_env(monkeypatch: pytest.MonkeyPatch, tmp_path):
     monkeypatch.setenv("RETRY_BACKOFF_MAX_SECONDS", "0.05")
     monkeypatch.setenv("RETRY_AFTER_MAX_SECONDS", "0.05")
     monkeypatch.setenv("HTTP_READ_TIMEOUT_SECONDS", "2")
+    # Most tests drill a page's own attempts: one try per range. tests/flows/test_range_retries.py
+    # turns the range's retries on.
+    monkeypatch.setenv("FETCH_RANGE_RETRIES", "0")
     get_settings.cache_clear()
     hash_key.cache_clear()
     yield tmp_path

@@ -218,10 +218,10 @@ def test_prefect_yaml_deployments(prefect_yaml):
     assert schedule["timezone"] == "UTC" and len(schedule["cron"].split()) == 5
     assert not deployments["backfill"].get("schedules") and not deployments["range"]["schedules"]
     assert deployments["range"]["entrypoint"].endswith(":deployed_backfill")
-    # Only the pipeline retries (once, and only a transient failure: flows/stages.py).
+    # No whole-run retry: a page range retries itself (tests/flows/test_range_retries.py).
     from flows.user_metrics import deployed_backfill, deployed_pipeline
 
-    assert (deployed_pipeline.retries, deployed_backfill.retries) == (1, 0)
+    assert (deployed_pipeline.retries, deployed_backfill.retries) == (0, 0)
 
 
 def test_prefect_yaml_pull_step_enters_the_folder_deployed_from(prefect_yaml):

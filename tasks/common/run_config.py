@@ -41,6 +41,10 @@ class FetchConfig:
     backoff_base: float = 0.5
     backoff_max: float = 30.0
     retry_after_max: float = 60.0
+    # A range whose pages ran out of attempts for a cause that can clear is fetched again, whole,
+    # by its task's retries (flows/stages.py): this many times, this long after the failure.
+    range_retries: int = 2
+    range_retry_delay: float = 60.0
     # The Prefect global concurrency limit that spaces requests across processes, when the run
     # found one on its server; None: the in-process limiter (requests_per_minute) applies.
     rate_limit_name: str | None = None
@@ -101,6 +105,8 @@ def resolve_run_config(
             backoff_base=settings.retry_backoff_base_seconds,
             backoff_max=settings.retry_backoff_max_seconds,
             retry_after_max=settings.retry_after_max_seconds,
+            range_retries=settings.fetch_range_retries,
+            range_retry_delay=settings.fetch_range_retry_delay_seconds,
         ),
         lake_dir=settings.data_lake_dir,
         duckdb_path=settings.duckdb_path,

@@ -103,6 +103,20 @@ class Settings(BaseSettings):
         "this and the page is retried after it.",
         ge=0,
     )
+    fetch_range_retries: int = Field(
+        2,
+        description="Retries of a page range (one fetch task) that failed for a cause that can "
+        "clear by itself (its pages out of attempts on 5xx, 429, timeouts); the range alone is "
+        "fetched again, after FETCH_RANGE_RETRY_DELAY_SECONDS.",
+        ge=0,
+        le=10,
+    )
+    fetch_range_retry_delay_seconds: float = Field(
+        60.0,
+        description="Wait before a failed page range is fetched again: long enough for a short "
+        "outage or a rate-limit window to pass.",
+        ge=0,
+    )
     data_lake_dir: Path = Field(Path("./data_lake"), description="Root of the Parquet lake.")
     duckdb_path: Path = Field(Path("./db/faker.duckdb"), description="DuckDB database file.")
     duckdb_lock_timeout_seconds: float = Field(

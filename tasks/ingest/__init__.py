@@ -2,7 +2,7 @@
 them; raw rows exist only here, in memory, and end in the task that fetched them."""
 
 from tasks.ingest.plan import PageRange, group_ranges, plan_pages, range_count
-from tasks.ingest.ranges import MaskedRange, fetch_and_mask_range_task
+from tasks.ingest.ranges import MaskedRange, fetch_and_mask_range_task, range_retry_options
 
 __all__ = [
     "MaskedRange",
@@ -11,4 +11,5 @@ __all__ = [
     "group_ranges",
     "plan_pages",
     "range_count",
+    "range_retry_options",
 ]

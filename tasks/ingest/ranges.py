@@ -8,8 +8,10 @@ from __future__ import annotations
 import datetime as dt
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
+from prefect.client.schemas.objects import State
 
 from tasks.common.handoff import HandsOverTable
 from tasks.common.run_config import FetchConfig
@@ -68,3 +70,24 @@ def fetch_and_mask_range(
 fetch_and_mask_range_task = stage_task(
     fetch_and_mask_range, task_run_name="fetch and mask {page_range.label}"
 )
+
+
+def range_retry_options(config: FetchConfig) -> dict[str, Any]:
+    """The fetch task's retry options for a run: a range retried alone, and only when a retry
+    can help (a transient cause, with the run's deadline still ahead of the retry)."""
+
+    def retry_if_transient(task: Any, task_run: Any, state: State[Any]) -> bool:
+        try:
+            state.result()
+        except Exception as exc:  # the task's failure; anything else is not ours to retry
+            if not getattr(exc, "transient", False):
+                return False
+            left = None if config.run_deadline is None else config.run_deadline - time.time()
+            return left is None or left > config.range_retry_delay
+        return False
+
+    return {
+        "retries": config.range_retries,
+        "retry_delay_seconds": config.range_retry_delay,
+        "retry_condition_fn": retry_if_transient,
+    }

@@ -75,12 +75,27 @@ def test_a_failed_run_alerts_once_with_its_cause_and_is_not_retried(service: Ser
     assert run.state.is_failed() and run.run_count == 1
 
 
-def test_a_transient_failure_is_retried_once(service: Service, serve_api) -> None:
+def test_a_transient_failure_is_retried_at_its_page_range_not_the_whole_run(
+    service: Service, serve_api
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.settings import temporary_settings
+
     down = serve_api(down=True)  # reachable, but every request fails: the API is down for now
     failed = trigger(service, f'api_url="{down.base_url}"', "records=100")
     assert failed.returncode != 0, failed.output
     run = flow_run(service, failed.flow_run_id)
-    assert run.state.is_failed() and run.run_count == 2, (run.state, run.run_count)
+    assert run.state.is_failed() and run.run_count == 1, (run.state, run.run_count)
+    assert run.empirical_policy.retries in (0, None)
+    with temporary_settings(service.settings()), get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
+        )
+    fetches = [t for t in tasks if t.name.startswith("fetch and mask")]
+    # One page, one range: fetched twice (FETCH_RANGE_RETRIES=1 in the session), 2 attempts each.
+    assert [(t.run_count, t.state_type.value) for t in fetches] == [(2, "FAILED")], fetches
+    assert down.stats()["total"] == 4, down.stats()
     alert = service.webhook.wait_for(lambda m: failed.flow_run_id in m.get("body", ""), 120)
     assert "FetchError: page 0 failed after 2 attempts; last cause: HTTP 503" in alert["body"]
 
