@@ -166,12 +166,14 @@ def outside_flow_error(exc: BaseException, budget: int) -> str:
 def run_check() -> int:
     """`--check`: repair what killed runs left; exit 1 if a date still needs a rerun."""
     from flows.leftovers import check_api, repair_leftovers
+    from tasks.common.concurrency import server_limit
     from tasks.storage.database import open_db
     from tasks.storage.migrations import migrate
     from tasks.storage.recovery import check
 
     settings = get_settings()
-    with open_db(settings.duckdb_path, settings.duckdb_lock_timeout_seconds) as con:
+    limit = server_limit(settings.duckdb_limit_name)
+    with open_db(settings.duckdb_path, settings.duckdb_lock_timeout_seconds, limit) as con:
         migrate(con)
         findings = check(con, settings.data_lake_dir)
     with check_api() as unreachable:

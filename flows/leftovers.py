@@ -19,6 +19,7 @@ from typing import Any
 
 from prefect.client.schemas.objects import FlowRun
 
+from tasks.common.concurrency import server_limit
 from tasks.common.errors import display_url
 from tasks.common.settings import get_settings
 from tasks.storage.database import DatabaseBusyError, open_db
@@ -138,7 +139,7 @@ def _lookup(db_path: Path, flow_run_ids: list[str], at_start: bool) -> dict[str,
         wait = min(wait, START_LOOKUP_SECONDS)
     if not Path(db_path).exists():
         return {}
-    with open_db(db_path, wait) as con:
+    with open_db(db_path, wait, server_limit(get_settings().duckdb_limit_name)) as con:
         return run_processes(con, flow_run_ids)
 
 

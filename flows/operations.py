@@ -1,5 +1,6 @@
 """What `make serve` and the compose worker apply to a Prefect server, idempotently: the alert
-automations (automations.yaml) with their webhook block, and the shared request budget.
+automations (automations.yaml) with their webhook block, the shared request budget and the DuckDB
+file's concurrency limit.
 
 Everything goes through Prefect's client, so it works with PREFECT_API_AUTH_STRING set.
 """
@@ -95,10 +96,24 @@ def apply_rate_budget() -> str:
     return "Request budget     none (REQUESTS_PER_MINUTE=0)"
 
 
+def apply_duckdb_limit() -> str:
+    """The global concurrency limit of one slot a process holds with the DuckDB file open.
+
+    DuckDB allows one process per file: runs fetch side by side and take the file in turn, on
+    any host that uses this server; the UI shows who holds it (Concurrency -> Global).
+    """
+    name = get_settings().duckdb_limit_name
+    with get_client(sync_client=True) as api:
+        api.upsert_global_concurrency_limit_by_name(name, 1)
+        api.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active=True))
+    return f"DuckDB file        one run at a time: concurrency limit {name!r}"
+
+
 def main() -> int:
-    """`python -m flows.operations`: apply both, a line each (PREFECT_API_URL names the server)."""
+    """`python -m flows.operations`: apply each, a line each (PREFECT_API_URL names the server)."""
     print(apply_alerts())
     print(apply_rate_budget())
+    print(apply_duckdb_limit())
     return 0
 
 

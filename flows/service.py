@@ -18,7 +18,7 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from flows.processes import PROJECT_DIR, ServiceError, State, answers, free_port, wait_until
@@ -35,6 +35,10 @@ from tasks.common.secrets import DEMO_KEY_FILE, ensure_demo_key, without_key
 
 POOL = "faker-pool"
 DAILY = "user-metrics-pipeline/daily"
+# prefect.yaml puts the backfill deployments on this queue; the daily one is on the pool's
+# `default` queue (priority 1), whose runs a worker picks first when both have some waiting.
+BACKFILL_QUEUE = "backfill"
+BACKFILL_PRIORITY = 10
 
 
 def run(args: Sequence[str], env: Mapping[str, str], what: str) -> str:
@@ -50,26 +54,53 @@ def run(args: Sequence[str], env: Mapping[str, str], what: str) -> str:
 
 
 def set_up(env: Mapping[str, str]) -> None:
-    """Pool, deployments (prefect.yaml), alerts and the request budget; each step idempotent."""
+    """Pool, queues, alerts, request budget, DuckDB limit, deployments; each step idempotent."""
     run(["work-pool", "create", POOL, "--type", "process", "--overwrite"], env, "work pool")
-    # Every deployment writes the same DuckDB file: one flow run at a time in the whole pool.
-    run(["work-pool", "set-concurrency-limit", POOL, "1"], env, "pool concurrency limit")
-    run(["--no-prompt", "deploy", "--all"], env, "prefect deploy")
-    print(f"Work pool          {POOL} (process, concurrency 1); deployments from prefect.yaml")
+    # Runs share the pool: they fetch side by side and take the DuckDB file in turn through its
+    # own concurrency limit (flows/operations.py), so the pool itself has no limit.
+    run(["work-pool", "clear-concurrency-limit", POOL], env, "pool concurrency limit")
+    _ensure_queue(env, BACKFILL_QUEUE, BACKFILL_PRIORITY)
     print(run([sys.executable, "-m", "flows.operations"], env, "alerts").rstrip())
+    run(["--no-prompt", "deploy", "--all"], env, "prefect deploy")
+    print(
+        f"Work pool          {POOL} (process): daily on queue 'default', backfills on "
+        f"{BACKFILL_QUEUE!r} (lower priority); deployments from prefect.yaml"
+    )
+
+
+def _ensure_queue(env: Mapping[str, str], name: str, priority: int) -> None:
+    """The pool's work queue `name` with `priority`, created or updated through Prefect's client."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with _client_settings(env), get_client(sync_client=True) as client:
+        try:
+            queue = client.read_work_queue_by_name(name, work_pool_name=POOL)
+        except ObjectNotFound:
+            client.create_work_queue(name, priority=priority, work_pool_name=POOL)
+            return
+        if queue.priority != priority:
+            client.update_work_queue(queue.id, priority=priority)
+
+
+@contextlib.contextmanager
+def _client_settings(env: Mapping[str, str]) -> Iterator[None]:
+    """Prefect's client settings for the server in `env` (with its credentials)."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    auth = env.get("PREFECT_API_AUTH_STRING")
+    settings = {PREFECT_API_URL: env["PREFECT_API_URL"], PREFECT_API_AUTH_STRING: auth}
+    with temporary_settings(settings):
+        yield
 
 
 def _worker_online(env: Mapping[str, str]) -> bool:
     """Whether the pool has a worker online, asked through Prefect's client (with credentials)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import WorkPoolStatus
-    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    auth = env.get("PREFECT_API_AUTH_STRING")
     with (
-        temporary_settings(
-            {PREFECT_API_URL: env["PREFECT_API_URL"], PREFECT_API_AUTH_STRING: auth}
-        ),
+        _client_settings(env),
         get_client(sync_client=True) as client,
         contextlib.suppress(Exception),  # not up yet: asked again
     ):

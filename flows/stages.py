@@ -29,6 +29,7 @@ from prefect.artifacts import (
 from prefect.logging import get_logger
 
 from flows.leftovers import repair_leftovers
+from tasks.common.concurrency import server_limit
 from tasks.common.errors import PipelineError, display_url, failure_text, redact, value_free
 from tasks.common.run_config import RunConfig
 from tasks.common.run_record import RunRecord
@@ -153,6 +154,8 @@ def start(cfg: RunConfig, run: RunRecord) -> tuple[RunConfig, str | None]:
     Returns the run's config (with the shared request budget, if the server has one) and the
     source schema of the last committed run.
     """
+    # The DuckDB file's cross-host lock, held from the first time the run opens the file.
+    cfg = dataclasses.replace(cfg, duckdb_limit=server_limit(get_settings().duckdb_limit_name))
     previous_schema, findings = record_start(
         cfg, run.run_id, get_settings().duckdb_lock_timeout_seconds
     )
@@ -177,19 +180,9 @@ def shared_rate_limit(requests_per_minute: int) -> str | None:
     and the compose worker create it from REQUESTS_PER_MINUTE). A temporary server per process
     shares nothing: the in-process limiter applies.
     """
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-    from prefect.settings import PREFECT_API_URL
-
-    if requests_per_minute <= 0 or not PREFECT_API_URL.value():
+    if requests_per_minute <= 0:
         return None
-    name = get_settings().rate_limit_name
-    with get_client(sync_client=True) as client:
-        try:
-            limit = client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            return None
-    return name if limit.active and limit.slot_decay_per_second else None
+    return server_limit(get_settings().rate_limit_name, decaying=True)
 
 
 @contextmanager
@@ -329,7 +322,9 @@ def validate(cfg: RunConfig, run: RunRecord, staged: Staged, batch: pa.Table) ->
 @contextmanager
 def open_transaction(cfg: RunConfig) -> Iterator[duckdb.DuckDBPyConnection]:
     """The DuckDB file under its lock with a transaction open: rolled back unless committed."""
-    with open_db(cfg.duckdb_path, get_settings().duckdb_lock_timeout_seconds) as con:
+    with open_db(
+        cfg.duckdb_path, get_settings().duckdb_lock_timeout_seconds, cfg.duckdb_limit
+    ) as con:
         con.begin()
         try:
             yield con

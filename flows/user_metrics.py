@@ -47,6 +47,7 @@ from flows.stages import (
     verify,
 )
 from tasks.common.allocator import use_returning_pool
+from tasks.common.concurrency import server_limit
 from tasks.common.errors import PipelineError
 from tasks.common.inputs import (
     PageSize,
@@ -206,7 +207,8 @@ def user_metrics_backfill(
     resolve_run_config(settings, options, days[0])  # every option checked before the first date
     loaded: set[dt.date] = set()
     if settings.duckdb_path.exists() and not force:
-        with open_db(settings.duckdb_path, settings.duckdb_lock_timeout_seconds) as con:
+        limit = server_limit(settings.duckdb_limit_name)
+        with open_db(settings.duckdb_path, settings.duckdb_lock_timeout_seconds, limit) as con:
             migrate(con)
             loaded = completed_dates(con, days[0], days[-1])
     logger = get_run_logger()

@@ -214,6 +214,10 @@ def test_prefect_yaml_deployments(prefect_yaml):
         assert "parameters" not in deployment
         assert deployment["work_pool"]["name"] == "faker-pool"
         assert deployment["concurrency_limit"] == 1
+    from flows.service import BACKFILL_QUEUE
+
+    queues = {name: d["work_pool"]["work_queue_name"] for name, d in deployments.items()}
+    assert queues == {"daily": "default", "backfill": BACKFILL_QUEUE, "range": BACKFILL_QUEUE}
     [schedule] = deployments["daily"]["schedules"]
     assert schedule["timezone"] == "UTC" and len(schedule["cron"].split()) == 5
     assert not deployments["backfill"].get("schedules") and not deployments["range"]["schedules"]

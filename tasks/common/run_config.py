@@ -65,6 +65,9 @@ class RunConfig:
     lake_dir: Path
     duckdb_path: Path
     max_fetch_tasks: int
+    # The Prefect concurrency limit held with the DuckDB file, when the run found it on its
+    # server (flows/stages.py `start`); None: the file lock alone.
+    duckdb_limit: str | None = None
 
     @property
     def api_url(self) -> str:

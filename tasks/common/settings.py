@@ -124,6 +124,13 @@ class Settings(BaseSettings):
         description="How long a run waits for another run's DuckDB writes (one writer per file).",
         gt=0,
     )
+    duckdb_limit_name: str = Field(
+        "faker-duckdb",
+        description="Prefect global concurrency limit of one slot that a process holds while it "
+        "has the DuckDB file open (one process per file), across hosts; created by `make serve` "
+        "and the compose worker. Without it on the server, the file lock alone decides. One "
+        "name per DuckDB file: pipelines of different files on one server need different names.",
+    )
     schema_drift_policy: Literal["additive", "fail", "ignore"] = Field(
         "additive",
         description="When the source's shape differs from the last successful run: `additive` "

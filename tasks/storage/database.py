@@ -1,4 +1,4 @@
-"""The DuckDB file: one connection at a time under a file lock, and the transaction helper."""
+"""The DuckDB file: one connection at a time under its locks, and the transaction helper."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import datetime
 import fcntl
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import duckdb
 
+from tasks.common.concurrency import holding_slot
 from tasks.common.errors import PipelineError
 from tasks.common.logs import run_logger
 
@@ -29,16 +30,35 @@ class DatabaseBusyError(PipelineError):
 
 
 @contextmanager
-def open_db(db_path: Path, timeout: float = 600.0) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A connection held under an exclusive file lock, so concurrent runs wait their turn.
+def open_db(
+    db_path: Path, timeout: float = 600.0, limit: str | None = None
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection held under the DuckDB file's locks, so concurrent runs wait their turn.
 
-    DuckDB allows one writing process per file and fails at once otherwise; the lock turns that
-    failure into a bounded wait. The OS drops the lock when a process dies, even by SIGKILL.
+    DuckDB allows one process per file (reading or writing) and fails at once otherwise; the
+    locks turn that failure into a bounded wait. `limit` names a Prefect global concurrency limit
+    of one slot, which holds across hosts and shows in the UI; the exclusive file lock beside the
+    file guards this host whatever the server, and the OS drops it when a process dies.
     """
     db_path = Path(db_path)
     db_path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    with ExitStack() as held:
+        try:
+            held.enter_context(holding_slot(limit, timeout))
+        except TimeoutError:
+            raise DatabaseBusyError(
+                f"{db_path} is busy: concurrency limit {limit!r} stayed taken for over "
+                f"{timeout:.0f}s (DUCKDB_LOCK_TIMEOUT_SECONDS)"
+            ) from None
+        held.enter_context(_file_lock(db_path, deadline, timeout))
+        yield held.enter_context(connect(db_path))
+
+
+@contextmanager
+def _file_lock(db_path: Path, deadline: float, timeout: float) -> Iterator[None]:
+    """The exclusive lock on `<file>.lock`, waited for until `deadline`."""
     with open(db_path.with_name(db_path.name + ".lock"), "a+") as lock:
-        deadline = time.monotonic() + timeout
         waiting = False
         while True:
             try:
@@ -60,8 +80,7 @@ def open_db(db_path: Path, timeout: float = 600.0) -> Iterator[duckdb.DuckDBPyCo
                     ) from None
                 time.sleep(0.05)  # polling a lock: flock has no timed wait
         try:
-            with connect(db_path) as con:
-                yield con
+            yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 

@@ -103,7 +103,7 @@ def record_start(
 
     Returns the last committed source schema and what the check found.
     """
-    with open_db(cfg.duckdb_path, lock_timeout) as con:
+    with open_db(cfg.duckdb_path, lock_timeout, cfg.duckdb_limit) as con:
         migrate(con)
         findings = check(con, cfg.lake_dir)
         previous = last_source_schema(con)
@@ -116,7 +116,7 @@ def record_end(
     cfg: RunConfig, run_id: str, status: str, figures: dict[str, Any], lock_timeout: float
 ) -> None:
     """Set the run's final status and every figure that has a pipeline_runs column."""
-    with open_db(cfg.duckdb_path, lock_timeout) as con:
+    with open_db(cfg.duckdb_path, lock_timeout, cfg.duckdb_limit) as con:
         columns = run_columns(con)
         finish_run(con, run_id, status, **{k: v for k, v in figures.items() if k in columns})
 
@@ -126,7 +126,7 @@ def read_back(cfg: RunConfig, lock_timeout: float) -> dict[str, Any]:
     reason = "none (no database)"
     if cfg.duckdb_path.exists():
         try:
-            with open_db(cfg.duckdb_path, lock_timeout) as con:
+            with open_db(cfg.duckdb_path, lock_timeout, cfg.duckdb_limit) as con:
                 return holding(con, cfg.lake_dir, cfg.run_date)
         except DatabaseBusyError:
             reason = "not read: another run holds the database"

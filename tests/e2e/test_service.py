@@ -61,8 +61,15 @@ def test_deployments_are_those_of_prefect_yaml(service: Service):
         daily = client.read_deployment_by_name("user-metrics-pipeline/daily")
         backfill = client.read_deployment_by_name("user-metrics-pipeline/backfill")
         pool = client.read_work_pool("faker-pool")
-    assert pool.type == "process" and pool.concurrency_limit == 1
+        queues = {q.name: q.priority for q in client.read_work_queues(work_pool_name="faker-pool")}
+        duckdb_limit = client.read_global_concurrency_limit_by_name("faker-duckdb")
+    # No pool limit: runs fetch side by side and take the DuckDB file in turn, through a global
+    # limit of one slot; backfills queue behind the daily run.
+    assert pool.type == "process" and pool.concurrency_limit is None
+    assert duckdb_limit.limit == 1 and duckdb_limit.active
     assert daily.work_pool_name == backfill.work_pool_name == "faker-pool"
+    assert (daily.work_queue_name, backfill.work_queue_name) == ("default", "backfill")
+    assert queues["default"] < queues["backfill"], queues  # a lower number is served first
     assert daily.entrypoint == "flows/user_metrics.py:deployed_pipeline"
     assert daily.global_concurrency_limit is not None
     assert daily.global_concurrency_limit.limit == 1
