@@ -193,7 +193,6 @@ def run_flow(args: argparse.Namespace, params: dict[str, Any]) -> int:
     """Run the pipeline or the backfill flow; print its summary or its one error line."""
     from flows.runners import backfill_timeout_seconds, flow_timeout_seconds
     from flows.user_metrics import user_metrics_backfill, user_metrics_pipeline
-    from tasks.reporting.artifacts import RUN_ARTIFACT_KEYS
 
     # The deployments' own limits, so a run from a terminal cannot hang for days either.
     limit = "BACKFILL_TIMEOUT_SECONDS" if args.backfill else "FLOW_TIMEOUT_SECONDS"
@@ -227,7 +226,7 @@ def run_flow(args: argparse.Namespace, params: dict[str, Any]) -> int:
     if args.backfill:
         print_backfill(state.result())
     else:
-        print_summary(state.result(), RUN_ARTIFACT_KEYS)
+        print_summary(state.result())
     return 0
 
 
@@ -286,7 +285,7 @@ def one_line_console(logger_name: str = "") -> None:
             handler.setFormatter(_OneLine(handler.formatter))
 
 
-def print_summary(summary: dict[str, Any], artifacts: tuple[str, ...]) -> None:
+def print_summary(summary: dict[str, Any]) -> None:
     """What a person wants after a run: where things went, the answers, the artifacts."""
     print(f"Run date      {summary['run_date']}")
     print(f"Lake file     {summary['lake_file']}")
@@ -305,7 +304,9 @@ def print_summary(summary: dict[str, Any], artifacts: tuple[str, ...]) -> None:
     print("Answers")
     for answer in summary["answers"]:
         print(f"  - {answer}")
-    print("Artifacts     " + ", ".join(artifacts))
+    # The keys the run created: an older date than the newest committed publishes under
+    # `<key>-<date>`.
+    print("Artifacts     " + ", ".join(summary["artifacts"]))
 
 
 def print_backfill(outcome: dict[str, str]) -> None:

@@ -80,6 +80,7 @@ from tasks.storage import (
     in_key_order,
     kept_columns,
     open_db,
+    publishes_latest,
     quarantine_path,
     raw_writer,
     read_back,
@@ -132,6 +133,9 @@ class Staged:
     protected: Protected | None = None
     published: Published | None = None
     scan: LeakScanReport | None = None
+    # Decided at the commit: another run has committed a newer date, so this run's artifacts
+    # go under per-date keys and the latest versions of the plain keys stay that date's.
+    dated_keys: bool = False
 
     @property
     def files(self) -> dict[str, AtomicParquetWriter]:
@@ -404,6 +408,9 @@ def commit(cfg: RunConfig, run: RunRecord, staged: Staged) -> None:
     rolls forward (the DuckDB rows name the run that staged them).
     """
     con = staged.connection()
+    # Read in the run's open transaction, under the writer's lock: of two runs committing
+    # different dates, the later one sees the earlier one's commit.
+    staged.dated_keys = not publishes_latest(con, run.run_id, cfg.run_date)
     columns = run_columns(con)
     figures = {k: v for k, v in run.figures.as_columns().items() if k in columns}
     finish_run(con, run.run_id, "committed", committed_at=utc_now(), **figures)
@@ -425,8 +432,16 @@ def commit(cfg: RunConfig, run: RunRecord, staged: Staged) -> None:
 
 @in_stage("publish")
 def publish(cfg: RunConfig, run: RunRecord, staged: Staged) -> None:
-    """Create the composed artifacts, in order (each key is recorded as it is created)."""
-    create_artifacts(staged.artifacts, run.published)
+    """Create the composed artifacts, in order (each key is recorded as it is created): under
+    the plain keys, or under `<key>-<run date>` when a newer date is committed."""
+    if staged.dated_keys:
+        get_run_logger().info(
+            "a newer date than %s is committed: the artifacts go under <key>-%s, and the "
+            "latest versions of the plain keys stay the newest date's",
+            cfg.run_date,
+            cfg.run_date,
+        )
+    create_artifacts(staged.artifacts, run.published, cfg.run_date if staged.dated_keys else None)
 
 
 @in_stage("finish")
@@ -448,6 +463,7 @@ def finish(cfg: RunConfig, run: RunRecord, staged: Staged) -> dict[str, Any]:
         "lake_file": str(staged.raw.target),
         "extract_file": str(staged.protected.writer.target),
         "answers": staged.published.answers,
+        "artifacts": list(run.published),
         "flow_run_id": run.run_id,
         "run_date": cfg.run_date.isoformat(),
         "records_requested": cfg.records,

@@ -52,6 +52,13 @@ REPORT_TITLES: dict[str, str] = {
 # Every key a successful run publishes, in the order the CLI lists them.
 RUN_ARTIFACT_KEYS: tuple[str, ...] = (*ARTIFACT_KEYS, VALIDATION_ARTIFACT_KEY, PRIVACY_REPORT_KEY)
 
+
+def dated_key(key: str, run_date: dt.date) -> str:
+    """The per-date key a run of an older date than the newest committed one publishes under."""
+    # The plain keys' latest versions stay the newest date's: a backfill must not replace them.
+    return f"{key}-{run_date.isoformat()}"
+
+
 # Our cap on the markdown artifact: base64 images make it large and the UI renders it whole.
 MAX_MARKDOWN_BYTES = 1_000_000
 
@@ -392,33 +399,39 @@ class Artifact:
             for row in self.table or []
         ]
 
-    def create(self) -> str:
-        """Create the artifact in the current flow run; return its key."""
+    def create(self, key: str | None = None) -> str:
+        """Create the artifact in the current flow run, under `key` if given; return the key."""
         from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+        key = key or self.key
 
         # _sync=True: the caller is sync, but Prefect would hand back an unawaited coroutine
         # when it is called from an async flow or task.
         if self.markdown is not None:
             create_markdown_artifact(
                 markdown=self.markdown,
-                key=self.key,
+                key=key,
                 description=self.shown_description,
                 _sync=True,  # type: ignore[call-arg]
             )
         else:
             create_table_artifact(
                 table=self.shown_table,
-                key=self.key,
+                key=key,
                 description=self.shown_description,
                 _sync=True,  # type: ignore[call-arg]
             )
-        return self.key
+        return key
 
 
-def create_artifacts(artifacts: Sequence[Artifact], created: list[str]) -> list[str]:
-    """Create each artifact in order, appending its key to `created` as it goes."""
+def create_artifacts(
+    artifacts: Sequence[Artifact], created: list[str], dated: dt.date | None = None
+) -> list[str]:
+    """Create each artifact in order, appending its key to `created` as it goes; under the
+    per-date keys of `dated` (`dated_key`) when it is given."""
     for artifact in artifacts:
-        created.append(artifact.create())
+        key = dated_key(artifact.key, dated) if dated is not None else artifact.key
+        created.append(artifact.create(key))
     return created
 
 

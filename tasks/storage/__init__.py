@@ -7,6 +7,7 @@ from tasks.storage.lake import AtomicParquetWriter, in_key_order, quarantine_pat
 from tasks.storage.runs import (
     finish_run,
     kept_columns,
+    publishes_latest,
     read_back,
     record_end,
     record_start,
@@ -20,6 +21,7 @@ __all__ = [
     "in_key_order",
     "kept_columns",
     "open_db",
+    "publishes_latest",
     "quarantine_path",
     "raw_writer",
     "read_back",

@@ -78,6 +78,20 @@ def last_source_schema(con: duckdb.DuckDBPyConnection) -> str | None:
     return row[0] if row else None
 
 
+def newest_committed_date(con: duckdb.DuckDBPyConnection, flow_run_id: str) -> datetime.date | None:
+    """The newest run date another run has committed, None before the first commit."""
+    row = con.execute(read_sql("newest_committed_date"), {"flow_run_id": flow_run_id}).fetchone()
+    return row[0] if row else None
+
+
+def publishes_latest(
+    con: duckdb.DuckDBPyConnection, flow_run_id: str, run_date: datetime.date
+) -> bool:
+    """Whether the run's reports become the latest: its date is no older than any committed."""
+    newest = newest_committed_date(con, flow_run_id)
+    return newest is None or run_date >= newest
+
+
 def completed_dates(
     con: duckdb.DuckDBPyConnection, start_date: datetime.date, end_date: datetime.date
 ) -> set[datetime.date]:

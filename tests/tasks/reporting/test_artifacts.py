@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import html
 import json
 import re
@@ -292,6 +293,29 @@ def test_publish_reports_from_an_async_flow(prefect_api: None) -> None:
             flow_run_filter=FlowRunFilter(id={"any_": [state.state_details.flow_run_id]}),
         )
     assert any("2024-05-02" in (a.data or "") for a in artifacts)
+
+
+@pytest.mark.slow
+def test_an_older_date_publishes_under_its_dated_keys(prefect_api: None) -> None:
+    day = dt.date(2001, 1, 5)
+
+    @flow
+    def publish_flow() -> list[str]:
+        artifacts = publish.compose_reports(day, 5, make_reports(), {})
+        return publish.create_artifacts(artifacts, [], dated=day)
+
+    state = publish_flow(return_state=True)
+    dated = [f"{key}-2001-01-05" for key in publish.ARTIFACT_KEYS]
+    assert state.result() == dated
+    assert all(re.fullmatch(r"[a-z0-9-]+", key) for key in dated)  # Prefect's rule for keys
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id={"any_": [state.state_details.flow_run_id]})
+        )
+    # Only the dated keys: the plain keys' latest versions are not this run's.
+    assert sorted(a.key for a in artifacts if a.key) == sorted(dated)
+    [report] = [a for a in artifacts if a.key == "user-metrics-report-2001-01-05"]
+    assert "# User metrics report, 2001-01-05" in str(report.data)
 
 
 def test_sentences_for_complements_and_unranked_countries() -> None:
