@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 
 # Dates no other e2e test loads; enough records per date that the backfill outlasts a daily run.
 BACKFILL_DAYS = [dt.date(2003, 5, d) for d in range(1, 5)]
-BACKFILL_RECORDS = 4000
+BACKFILL_RECORDS = 3000
 DAILY_DATE = dt.date(2003, 6, 1)
 DAILY_RECORDS = 200
 # Both runs share a machine with the other tests: the worker starts a process for each.
