@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any
@@ -78,11 +79,43 @@ def test_compose_services_wait_for_healthy_dependencies(compose):
         assert "sleep" not in " ".join(map(str, service.get("command", [])))
 
 
+def _interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's `${VAR}` and `${VAR:-default}` substitution, from `env` only."""
+    return re.sub(
+        r"\$\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}",
+        lambda m: env.get(m[1]) or (m[2] or ""),
+        text,
+    )
+
+
+def _published(service: dict[str, Any], env: dict[str, str]) -> list[tuple[str, int, int]]:
+    """(host address, host port, container port) of every port a service publishes."""
+    published = []
+    for spec in service.get("ports", []):
+        host, host_port, container_port = _interpolate(spec, env).rsplit(":", 2)
+        published.append((host, int(host_port), int(container_port)))
+    return published
+
+
 def test_compose_ports_bind_loopback_by_default(compose):
-    ports = {name: service.get("ports", []) for name, service in compose["services"].items()}
-    assert ports["prefect-server"] == ["${BIND_ADDRESS:-127.0.0.1}:4200:4200"]
-    assert ports["local-api"] == ["${BIND_ADDRESS:-127.0.0.1}:8000:8000"]
-    assert ports["postgres"] == [] and ports["worker"] == []
+    services = compose["services"]
+    # Only the UI/API server and the local API are reached from the host; the database and the
+    # worker publish nothing.
+    assert {name for name, s in services.items() if s.get("ports")} == {
+        "prefect-server",
+        "local-api",
+    }
+    for name in ("prefect-server", "local-api"):
+        command = services[name]["command"]
+        listens = re.search(r"--port[ =]?(\d+)", " ".join(map(str, command)))
+        assert listens, name
+        for host, _, container_port in _published(services[name], {}):
+            assert ipaddress.ip_address(host).is_loopback, (name, host)
+            assert container_port == int(listens[1]), name
+        # BIND_ADDRESS is the one knob that exposes them.
+        assert {host for host, _, _ in _published(services[name], {"BIND_ADDRESS": "0.0.0.0"})} == {
+            "0.0.0.0"
+        }, name
 
 
 def test_compose_server_uses_postgres_and_a_browser_reachable_api(compose):

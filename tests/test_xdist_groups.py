@@ -6,8 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ONE_WORKER_GROUPS
-
 pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,10 +35,6 @@ import pytest
 def test_loose(i):
     pass
 """
-
-
-def test_the_e2e_tests_are_one_group() -> None:
-    assert ONE_WORKER_GROUPS == {"tests/e2e/": "e2e"}
 
 
 def test_a_group_runs_on_one_worker_and_the_rest_anywhere(
