@@ -29,10 +29,10 @@ from prefect.artifacts import (
 from prefect.logging import get_logger
 
 from flows.leftovers import repair_leftovers
+from flows.run_record import RunRecord
 from tasks.common.concurrency import server_limit
 from tasks.common.errors import PipelineError, display_url, failure_text, redact, value_free
 from tasks.common.run_config import RunConfig
-from tasks.common.run_record import RunRecord
 from tasks.common.secrets import hash_key
 from tasks.common.settings import get_settings
 from tasks.ingest import (
@@ -56,7 +56,6 @@ from tasks.privacy import (
 from tasks.quality.drift import accepts, compare_signatures, drift_markdown, enforce_policy
 from tasks.quality.validate import (
     ValidationError,
-    quarantine,
     validate_analytical_task,
     validate_masked_task,
     validation_artifact,
@@ -90,6 +89,7 @@ from tasks.storage import (
     stage_batch_task,
     utc_now,
 )
+from tasks.storage.quarantine import quarantine
 
 PROGRESS_SECONDS = 1.0
 # How long a failure report waits for the DuckDB file: briefly when the lock is what failed.

@@ -26,6 +26,7 @@ from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 
+from flows.run_record import RunRecord
 from flows.runners import (
     backfill_timeout_seconds,
     flow_timeout_seconds,
@@ -65,7 +66,6 @@ from tasks.common.run_config import (
     resolve_run_config,
     with_run_deadline,
 )
-from tasks.common.run_record import RunRecord
 from tasks.common.secrets import hash_key, key_id, withhold_key
 from tasks.common.settings import get_settings
 from tasks.quality.validate import prewarm as prewarm_validation

@@ -1,4 +1,5 @@
-"""The one builder of analytical batches (persons_anonymized rows) for the task tests."""
+"""The one builder of analytical batches (persons_anonymized rows) and of masked raw batches
+(the raw lake's rows) for the task tests."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from tasks.common.schemas import ANALYTICAL_SCHEMA
+from tasks.common.schemas import ANALYTICAL_SCHEMA, MASK, MASKED_COLUMNS, RAW_SCHEMA
 
 # The age groups as design.md defines them, written out here rather than taken from the code.
 AGE_GROUP_LABELS = (
@@ -74,3 +75,35 @@ def german_gmail_batch(n: int, run_date: dt.date, prefix: str = "p") -> pa.Table
         countries=(("Germany", "DE"), ("France", "FR")),
         key=f"{prefix}-{{}}".format,
     )
+
+
+def masked_batch(
+    n: int,
+    run_date: dt.date,
+    *,
+    domains: Sequence[str],
+    countries: Sequence[tuple[str, str]],
+    key: Callable[[int], str] = "k{}".format,
+) -> pa.Table:
+    """n masked raw rows (RAW_SCHEMA) of run_date: masked fields are the mask, e-mails
+    `****@domain`; ages, genders (odd rows male), domains and (country, code) pairs cycle."""
+    columns: dict[str, list[Any]] = {
+        "person_key": [key(i) for i in range(n)],
+        "run_date": [run_date] * n,
+        "email": [f"{MASK}@{domains[i % len(domains)]}" for i in range(n)],
+        "age": [i % 131 for i in range(n)],
+        "gender": ["male" if i % 2 else "female" for i in range(n)],
+        "country": [countries[i % len(countries)][0] for i in range(n)],
+        "country_code": [countries[i % len(countries)][1] for i in range(n)],
+    }
+    for name in MASKED_COLUMNS:
+        columns[name] = [MASK] * n
+    return pa.table({name: columns[name] for name in RAW_SCHEMA.names}, schema=RAW_SCHEMA)
+
+
+def plant(table: pa.Table, column: str, row: int, value: object) -> pa.Table:
+    """The table with one cell replaced."""
+    values = table[column].to_pylist()
+    values[row] = value
+    index = table.schema.get_field_index(column)
+    return table.set_column(index, table.schema.field(index), pa.array(values, table[column].type))

@@ -6,7 +6,8 @@ name fields, pages, kinds and counts, never values; a library's message can quot
 choked on (Arrow's "Integer value -72201712000000000 not in range" was a person's latitude), so
 those are reduced to their type. Whatever passes is still run through the leak scanner's
 patterns (e-mail addresses, E.164 phone numbers) and, where the run has them, the hashes of the
-batch's raw values.
+batch's raw values: the caller passes its scanner in (`ValueScanner`), so this module, at the
+bottom of the layers, needs nothing from the privacy package.
 """
 
 from __future__ import annotations
@@ -14,13 +15,10 @@ from __future__ import annotations
 import functools
 import re
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import ParamSpec, Protocol, TypeVar
 from urllib.parse import urlsplit
-
-if TYPE_CHECKING:
-    from tasks.privacy.leak_scan import LeakScanner
 
 MAX_TEXT = 500
 WITHHELD = "message withheld: a library's message may quote source values"
@@ -31,6 +29,24 @@ R = TypeVar("R")
 # The leak scanner's two value-free patterns (tasks/privacy/leak_text.py scans text with them).
 EMAIL_PATTERN = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
 PHONE_PATTERN = re.compile(r"(?<![A-Za-z0-9+/=])\+[0-9]{8,15}(?![0-9])")
+
+
+class ScanHit(Protocol):
+    """Raw values of one kind found by a scan: the kind and how many, never the value."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def count(self) -> int: ...
+
+
+class ValueScanner(Protocol):
+    """What a failure text is checked with: a scan of text for a batch's raw values."""
+
+    def scan_text(self, name: str, text: str) -> Sequence[ScanHit]:
+        """The raw values found in `text`, by kind, with counts."""
+        ...
 
 
 class PipelineError(RuntimeError):
@@ -107,7 +123,7 @@ def _own_text(exc: BaseException) -> str:
     return f"{where}{WITHHELD}" if str(exc).strip() else where.removesuffix("; ")
 
 
-def failure_text(exc: BaseException, scanner: LeakScanner | None = None) -> str:
+def failure_text(exc: BaseException, scanner: ValueScanner | None = None) -> str:
     """`Type: first line` of a failure, free of source values, short enough for a table cell."""
     own = _own_text(exc)
     text = redact(f"{type(exc).__name__}: {own}" if own else type(exc).__name__)[:MAX_TEXT]

@@ -1,5 +1,5 @@
-"""Quality: the Great Expectations suites of both layers, schema drift between runs, and the
-quarantine of a batch that fails (masked once more, leak-scanned before it is written).
+"""Quality: the Great Expectations suites of both layers and schema drift between runs (a batch
+that fails is quarantined by tasks/storage/quarantine.py).
 
 This package's `__init__` imports nothing: a CLI process starts the validator process
 (tasks/quality/validator.py) before it imports Prefect, and must not pay for Prefect to do so.

@@ -12,32 +12,24 @@ from datetime import date
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytest
 
 from tasks.common.schemas import ANALYTICAL_SCHEMA, MASK, MASKED_COLUMNS, RAW_SCHEMA
 from tasks.quality import gx_suites, validator
+from tasks.quality.gx_suites import SuiteLoadError, load_suite_file
 from tasks.quality.gx_validation import (
-    RESULT_FORMAT,
-    _regex_columns,
-    _validation_frame,
-    warm_up_batches,
-)
-from tasks.quality.validate import (
     ANALYTICAL_SUITE_PATH,
     CODES_PER_COUNTRY,
     MASKED_SUITE_PATH,
-    SuiteLoadError,
-    ValidationError,
+    RESULT_FORMAT,
     ValidationSummary,
-    load_suite_file,
-    quarantine,
-    validate_analytical,
-    validate_masked,
+    _regex_columns,
+    _validation_frame,
     warm_up,
+    warm_up_batches,
 )
-from tests.builders import AGE_GROUP_LABELS, cycled_batch
+from tasks.quality.validate import ValidationError, validate_analytical, validate_masked
+from tests.builders import AGE_GROUP_LABELS, cycled_batch, masked_batch, plant
 
 RUN_DATE = date(2025, 3, 14)
 ROWS = 200
@@ -57,32 +49,12 @@ def _key(i: int) -> str:
 
 def make_raw(n: int = ROWS) -> pa.Table:
     """A valid masked raw batch of n rows."""
-    country = [COUNTRIES[i % len(COUNTRIES)] for i in range(n)]
-    columns: dict[str, list] = {
-        "person_key": [_key(i) for i in range(n)],
-        "run_date": [RUN_DATE] * n,
-        "email": [f"{MASK}@{DOMAINS[i % len(DOMAINS)]}" for i in range(n)],
-        "age": [i % 131 for i in range(n)],
-        "gender": ["male" if i % 2 else "female" for i in range(n)],
-        "country": [name for name, _ in country],
-        "country_code": [code for _, code in country],
-    }
-    for name in MASKED_COLUMNS:
-        columns[name] = [MASK] * n
-    return pa.table({name: columns[name] for name in RAW_SCHEMA.names}, schema=RAW_SCHEMA)
+    return masked_batch(n, RUN_DATE, domains=DOMAINS, countries=COUNTRIES, key=_key)
 
 
 def make_analytical(n: int = ROWS) -> pa.Table:
     """A valid analytical batch of n rows."""
     return cycled_batch(n, RUN_DATE, domains=DOMAINS, countries=COUNTRIES, key=_key)
-
-
-def plant(table: pa.Table, column: str, row: int, value: object) -> pa.Table:
-    """The table with one cell replaced."""
-    values = table[column].to_pylist()
-    values[row] = value
-    index = table.schema.get_field_index(column)
-    return table.set_column(index, table.schema.field(index), pa.array(values, table[column].type))
 
 
 def assert_no_leak(summary: ValidationSummary, *secrets: str) -> None:
@@ -529,65 +501,6 @@ def test_loader_rejects_malformed_files(tmp_path: Path, content: str) -> None:
     path.write_text(content, encoding="utf-8")
     with pytest.raises(SuiteLoadError):
         load_suite_file(path)
-
-
-# --- quarantine --------------------------------------------------------------------------------
-
-
-def test_quarantine_writes_atomically(tmp_path: Path) -> None:
-    table = make_raw(10)
-    target = quarantine(table, tmp_path, RUN_DATE)
-    assert target == tmp_path / "quarantine" / "2025" / "03" / "14" / "persons.parquet"
-    # A clean masked batch keeps every value of its vocabularies.
-    assert pq.read_table(target).equals(table)
-    assert sorted(p.name for p in target.parent.iterdir()) == ["persons.parquet"]
-    # A rerun replaces the file.
-    again = quarantine(make_raw(5), tmp_path, RUN_DATE)
-    assert again == target and pq.read_table(target).num_rows == 5
-
-
-def test_quarantine_masks_every_column_that_is_not_known_safe(tmp_path: Path) -> None:
-    table = plant(plant(make_raw(10), "firstname", 0, "Zelda"), "email", 1, PLANTED)
-    table = plant(table, "email", 2, "no-at-sign-Zelda")
-    table = plant(table, "gender", 3, "Zelda Planted")  # a full name in a kept field
-    table = plant(table, "country", 4, PLANTED)
-    table = plant(table, "country_code", 5, "Zelda")
-    target = quarantine(table, tmp_path, RUN_DATE)
-    stored = pq.read_table(target)
-    assert stored.schema == RAW_SCHEMA
-    assert pc.all(pc.equal(stored["firstname"], MASK)).as_py()
-    assert stored["email"][1].as_py() == f"{MASK}@example.org"
-    assert stored["email"][2].as_py() == MASK
-    assert stored["gender"][3].as_py() == MASK and stored["gender"][2].as_py() == "female"
-    assert stored["country"][4].as_py() == MASK and stored["country_code"][5].as_py() == MASK
-    # Ours and typed: kept as they are.
-    assert stored["person_key"].equals(table["person_key"]) and stored["age"].equals(table["age"])
-    blob = target.read_bytes()
-    assert b"Zelda" not in blob and b"Planted" not in blob
-
-
-def test_quarantine_keeps_a_country_only_where_it_is_its_codes_name(tmp_path: Path) -> None:
-    table = plant(make_raw(12), "country", 0, "Atlantis")  # country-shaped, in no vocabulary
-    code = table["country_code"][1].as_py()
-    other = "Germany" if code != "DE" else "France"
-    table = plant(table, "country", 1, other)  # a real country, but not this code's
-    stored = pq.read_table(quarantine(table, tmp_path, RUN_DATE))
-    assert stored["country"][0].as_py() == MASK and stored["country"][1].as_py() == MASK
-    assert stored["country"].to_pylist()[2:] == table["country"].to_pylist()[2:]
-
-
-def test_a_batch_that_still_holds_a_raw_value_is_not_quarantined(tmp_path: Path) -> None:
-    from tasks.privacy.leak_scan import LeakScanner
-
-    # Whatever the masking keeps, the leak scan is the last word: here a raw e-mail of the
-    # batch is spelled exactly as a kept, well-formed masked address.
-    kept_looking = f"{MASK}@gladyce.example"
-    source = pa.table({"email": [kept_looking]})
-    table = plant(make_raw(10), "email", 0, kept_looking)
-    scanner = LeakScanner(source, RUN_DATE)
-    assert quarantine(table, tmp_path, RUN_DATE, scanner=scanner) is None
-    assert not (tmp_path / "quarantine").exists()
-    assert scanner.report.hit_fields() == ["quarantine batch:email (email)"]
 
 
 def test_gx_keeps_nothing_of_a_validated_batch() -> None:

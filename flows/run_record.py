@@ -1,6 +1,9 @@
 """What a run has done so far: its stage, its figures (one field per pipeline_runs column), the
 artifacts it published, and the hashes of its raw values for the leak scan.
 
+It lives with the flow, above the stage packages, because it holds the privacy package's leak
+scanner; `tasks/` never sees it (steps get plain values and return their figures).
+
 The figures are a typed record, not a dict passed around: each stage sets the fields it owns,
 and the record turns into pipeline_runs columns in one place. Stage timings come from one
 helper (`RunRecord.entered` / `timed`), never from hand-written timer pairs.
@@ -14,12 +17,11 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 
-if TYPE_CHECKING:
-    from tasks.privacy.leak_scan import LeakScanner, SecretHashes
+from tasks.privacy.leak_scan import LeakScanner, SecretHashes
 
 
 @dataclass
@@ -122,8 +124,6 @@ class RunRecord:
 
     def scanner(self, run_date: dt.date) -> LeakScanner:
         """The leak scanner over this run's raw-value hashes (built once, when first needed)."""
-        from tasks.privacy.leak_scan import LeakScanner
-
         if self._scanner is None:
             self._scanner = LeakScanner(self.secrets, run_date, self.kept_domains)
             self.secrets = []  # merged into the scanner's index; no need to hold them twice
