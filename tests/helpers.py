@@ -14,15 +14,26 @@ from pathlib import Path
 import duckdb
 import httpx
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from local_api.server import REPLAY_HEADER, LocalApiServer
 from tasks.common.vocabulary import kept_words
 from tasks.privacy.risk import DEFAULT_K
+from tasks.storage.batches import stage_batch
+from tasks.storage.database import transaction
 
 _DECIMAL = re.compile(r"-?\d+\.\d+")
 PII_FIELDS = ("firstname", "lastname", "email", "phone", "birthday")
 ADDRESS_PII = ("street", "streetName", "buildingNumber", "city", "zipcode", "latitude", "longitude")
+
+
+def committed_batch(
+    con: duckdb.DuckDBPyConnection, table: pa.Table, run_date: dt.date, run_id: str
+) -> int:
+    """A date's batch and report rows as a run commits them: stage_batch in one transaction."""
+    with transaction(con):
+        return stage_batch(con, table, run_date, run_id)
 
 
 def served_records(api: LocalApiServer | str) -> list[dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TypeAlias
 
 import pyarrow as pa
@@ -54,18 +55,42 @@ MASKED_COLUMNS = (
     "image",
 )
 
-AGE_GROUPS = (
-    "[0-10]",
-    "[10-20]",
-    "[20-30]",
-    "[30-40]",
-    "[40-50]",
-    "[50-60]",
-    "[60-70]",
-    "[70-80]",
-    "[80-90]",
-    "[90+]",
+
+@dataclass(frozen=True)
+class AgeBand:
+    """One age group of the analytical layer: ages lower..upper-1 in whole years."""
+
+    label: str
+    lower: int
+    upper: int | None  # exclusive; None for the open-ended last band
+
+
+# The age groups (design.md): 10-year bands from 0, then one open band. The GX suite
+# (expectations/analytical_persons.json) and the age_groups table (0001_init.sql) hold the same
+# bands; tests assert both equal these.
+AGE_BAND_YEARS = 10
+_OPEN_BAND_FROM = 90
+AGE_BANDS: tuple[AgeBand, ...] = (
+    *(
+        AgeBand(f"[{lower}-{lower + AGE_BAND_YEARS}]", lower, lower + AGE_BAND_YEARS)
+        for lower in range(0, _OPEN_BAND_FROM, AGE_BAND_YEARS)
+    ),
+    AgeBand(f"[{_OPEN_BAND_FROM}+]", _OPEN_BAND_FROM, None),
 )
+AGE_GROUPS: tuple[str, ...] = tuple(band.label for band in AGE_BANDS)
+
+# "Aged 60 or over" in the reports: every band whose lower bound is at least this (SQL binds it
+# as $older_age, see tasks.common.reports.REPORT_VALUES).
+OLDER_AGE = 60
+
+
+def age_band(label: str) -> AgeBand:
+    """The age band of a label; ValueError for a label that is none."""
+    for band in AGE_BANDS:
+        if band.label == label:
+            return band
+    raise ValueError(f"unexpected age group label {label!r}")
+
 
 # Analytical batch: what `tasks.privacy.generalize` produces and `tasks.storage.database` writes
 # to persons_anonymized.

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.common.schemas import AGE_GROUPS, ANALYTICAL_SCHEMA, MASK, ArrayLike
+from tasks.common.schemas import AGE_BAND_YEARS, AGE_GROUPS, ANALYTICAL_SCHEMA, MASK, ArrayLike
 from tasks.common.stage import stage_task
 from tasks.privacy.domains import collapse_rare_domains, email_domain
 
@@ -26,7 +26,7 @@ def age_group_of(ages: ArrayLike) -> ArrayLike:
     valid = pc.if_else(pc.less(ages, 0), pa.scalar(None, pa.int32()), ages)
     # Integer division truncates, which is flooring here because negatives are already gone.
     # skip_nulls=False: the default would turn min(null, 9) into 9, i.e. null ages into "[90+]".
-    index = pc.min_element_wise(pc.divide(valid, 10), _LAST_GROUP, skip_nulls=False)
+    index = pc.min_element_wise(pc.divide(valid, AGE_BAND_YEARS), _LAST_GROUP, skip_nulls=False)
     return pc.take(_AGE_GROUP_LABELS, index)
 
 

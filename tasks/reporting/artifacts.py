@@ -14,12 +14,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tasks.common.reports import (
+    CHART_AGE_GROUPS,
+    CHART_HISTORY,
+    CHART_TOP_COUNTRIES,
+    GERMANY_GMAIL_SHARE,
+    GMAIL_USERS_OVER_60,
+    TOP_GMAIL_COUNTRIES,
+    published_reports,
+    registered,
+    report,
+)
+from tasks.common.schemas import OLDER_AGE
 from tasks.privacy.suppression import SECONDARY_LABEL
-from tasks.reporting.charts import CHART_AGE_GROUPS, CHART_HISTORY, CHART_TOP_COUNTRIES
 
-GERMANY_GMAIL_SHARE = "germany-gmail-share"
-TOP_GMAIL_COUNTRIES = "top-gmail-countries"
-GMAIL_USERS_OVER_60 = "gmail-users-over-60"
+# The markdown report with every published report (tasks.common.reports) and the charts.
 USER_METRICS_REPORT = "user-metrics-report"
 
 # Keys of the artifacts a run publishes besides the reports, and of a failed run's report.
@@ -28,29 +37,16 @@ DRIFT_ARTIFACT_KEY = "schema-drift"
 PRIVACY_REPORT_KEY = "privacy-report"
 FAILURE_ARTIFACT_KEY = "run-failure"
 
-# Stable keys, so the Prefect UI shows each report's history (lowercase letters, digits, dashes).
-ARTIFACT_KEYS: tuple[str, ...] = (
-    GERMANY_GMAIL_SHARE,
-    TOP_GMAIL_COUNTRIES,
-    GMAIL_USERS_OVER_60,
-    USER_METRICS_REPORT,
-)
 
-# The columns each report's table artifact carries, in this order.
-REPORT_COLUMNS: dict[str, tuple[str, ...]] = {
-    GERMANY_GMAIL_SHARE: ("german_users", "german_gmail_users", "gmail_share_pct"),
-    TOP_GMAIL_COUNTRIES: ("rank", "country", "gmail_users"),
-    GMAIL_USERS_OVER_60: ("gmail_users_over_60",),
-}
+def report_artifact_keys() -> tuple[str, ...]:
+    """The keys of the report artifacts a run publishes: each published report's, the markdown's."""
+    # Stable keys, so the Prefect UI shows each report's history.
+    return (*(entry.key for entry in published_reports()), USER_METRICS_REPORT)
 
-REPORT_TITLES: dict[str, str] = {
-    GERMANY_GMAIL_SHARE: "Gmail share of users in Germany",
-    TOP_GMAIL_COUNTRIES: "Top 3 countries by Gmail users",
-    GMAIL_USERS_OVER_60: "Gmail users aged 60 or over",
-}
 
-# Every key a successful run publishes, in the order the CLI lists them.
-RUN_ARTIFACT_KEYS: tuple[str, ...] = (*ARTIFACT_KEYS, VALIDATION_ARTIFACT_KEY, PRIVACY_REPORT_KEY)
+def run_artifact_keys() -> tuple[str, ...]:
+    """Every key a successful run publishes, in the order the CLI lists them."""
+    return (*report_artifact_keys(), VALIDATION_ARTIFACT_KEY, PRIVACY_REPORT_KEY)
 
 
 def dated_key(key: str, run_date: dt.date) -> str:
@@ -178,7 +174,7 @@ def json_safe(value: Any) -> Any:
 
 def report_records(key: str, df: pd.DataFrame) -> list[dict[str, Any]]:
     """The report's rows as JSON-safe dicts with exactly its columns, in its column order."""
-    columns = REPORT_COLUMNS[key]
+    columns = report(key).columns
     if missing := [c for c in columns if c not in df.columns]:
         raise ValueError(f"report {key!r} lacks columns {missing}; it has {list(df.columns)}")
     return [
@@ -271,16 +267,33 @@ def top_countries_sentence(df: pd.DataFrame) -> str:
 
 
 def over_60_sentence(df: pd.DataFrame) -> str:
-    """The number of Gmail users aged 60 or over as a sentence."""
+    """The number of Gmail users aged 60 (OLDER_AGE) or over as a sentence."""
     count = df["gmail_users_over_60"].iloc[0] if not df.empty else 0
     if isinstance(count, str) and count == SECONDARY_LABEL:
         return (
-            f"The number of Gmail users aged 60 or over is withheld ({count}): with the age "
-            "chart it would give away a small count."
+            f"The number of Gmail users aged {OLDER_AGE} or over is withheld ({count}): with the "
+            "age chart it would give away a small count."
         )
     if not _hidden(count) and _int(count) == 1:
-        return "1 Gmail user is aged 60 or over."
-    return f"{_count(count)} Gmail users are aged 60 or over."
+        return f"1 Gmail user is aged {OLDER_AGE} or over."
+    return f"{_count(count)} Gmail users are aged {OLDER_AGE} or over."
+
+
+# The answers in words (the CLI prints them too); a report without one shows its table only.
+SENTENCES = {
+    GERMANY_GMAIL_SHARE.key: germany_share_sentence,
+    TOP_GMAIL_COUNTRIES.key: top_countries_sentence,
+    GMAIL_USERS_OVER_60.key: over_60_sentence,
+}
+
+
+def answers(reports: Mapping[str, pd.DataFrame]) -> list[str]:
+    """The published reports' answers in words, in order."""
+    return [
+        SENTENCES[entry.key](reports[entry.key])
+        for entry in published_reports()
+        if entry.key in SENTENCES
+    ]
 
 
 # --- markdown -------------------------------------------------------------------------------------
@@ -303,12 +316,6 @@ def _compose(
     omitted: set[str],
     note: str | None = None,
 ) -> str:
-    sentences = {
-        GERMANY_GMAIL_SHARE: germany_share_sentence,
-        TOP_GMAIL_COUNTRIES: top_countries_sentence,
-        GMAIL_USERS_OVER_60: over_60_sentence,
-    }
-    charts_after = {TOP_GMAIL_COUNTRIES: CHART_TOP_COUNTRIES, GMAIL_USERS_OVER_60: CHART_AGE_GROUPS}
     # Every piece that is not our own markup goes through ui_text, once: the sentences are plain
     # text (the CLI prints them as they are), table cells are escaped by _cell.
     date = ui_text(run_date)
@@ -318,17 +325,22 @@ def _compose(
         f"**Run date:** {date} · **Records:** {records:,}",
         "",
     ]
-    for key, title in REPORT_TITLES.items():
-        df = reports[key]
-        lines += [f"## {title}", "", ui_text(sentences[key](df)), ""]
-        lines += [markdown_table(report_records(key, df), REPORT_COLUMNS[key]), ""]
-        if key == GERMANY_GMAIL_SHARE and CHART_HISTORY in images:
-            lines += [_image_block(CHART_HISTORY, images[CHART_HISTORY], omitted), ""]
-        if (chart := charts_after.get(key)) and chart in images:
-            lines += [_image_block(chart, images[chart], omitted), ""]
-    # Charts the caller rendered beyond the known ones still belong in the report.
+    for entry in published_reports():
+        df = reports[entry.key]
+        lines += [f"## {entry.title}", ""]
+        if (sentence := SENTENCES.get(entry.key)) is not None:
+            lines += [ui_text(sentence(df)), ""]
+        lines += [markdown_table(report_records(entry.key, df), entry.columns), ""]
+        lines += [
+            line
+            for chart in entry.charts
+            if chart in images
+            for line in (_image_block(chart, images[chart], omitted), "")
+        ]
+    # Charts the caller rendered beyond the declared ones still belong in the report.
+    declared = {chart for entry in registered() for chart in entry.charts}
     for name, png in images.items():
-        if name not in _ALT_TEXT:
+        if name not in declared:
             lines += [_image_block(name, png, omitted), ""]
     if note:
         lines += ["---", "", f"_{ui_text(note)}_", ""]
@@ -442,15 +454,14 @@ def compose_reports(
     images: Mapping[str, bytes | None],
     note: str | None = None,
 ) -> list[Artifact]:
-    """The three table artifacts and the markdown report, composed but not yet created."""
-    descriptions = {
-        GERMANY_GMAIL_SHARE: f"Gmail users among users in Germany, run {run_date}.",
-        TOP_GMAIL_COUNTRIES: f"Top 3 countries by Gmail users (dense rank), run {run_date}.",
-        GMAIL_USERS_OVER_60: f"Gmail users aged 60 or over, run {run_date}.",
-    }
+    """A table artifact per published report and the markdown report, composed, not created."""
     artifacts = [
-        Artifact(key, descriptions[key], table=report_records(key, reports[key]))
-        for key in REPORT_COLUMNS
+        Artifact(
+            entry.key,
+            entry.description.format(run_date=run_date),
+            table=report_records(entry.key, reports[entry.key]),
+        )
+        for entry in published_reports()
     ]
     markdown = report_markdown(run_date, records, reports, images, note)
     description = f"User metrics report with charts, run {run_date}, {records:,} records."

@@ -23,14 +23,10 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from tasks.common.logs import run_logger
+from tasks.common.reports import CHART_AGE_GROUPS, CHART_HISTORY, CHART_TOP_COUNTRIES
 from tasks.common.schemas import AGE_GROUPS
 from tasks.common.secrets import without_key
 from tasks.common.tempdirs import make_temp_dir
-
-# Names of the chart images; `tasks.reporting.artifacts.report_markdown` looks images up by these.
-CHART_TOP_COUNTRIES = "top-gmail-countries"
-CHART_AGE_GROUPS = "gmail-by-age-group"
-CHART_HISTORY = "germany-gmail-share-history"
 
 # Env names a user may set to point at a browser; the first one set is authoritative.
 BROWSER_ENV_VARS = ("BROWSER_PATH", "CHROME_PATH")
@@ -176,7 +172,8 @@ def history_chart(df: pd.DataFrame) -> go.Figure | None:
 def build_charts(
     top_countries: pd.DataFrame, gmail_by_age_group: pd.DataFrame, history: pd.DataFrame
 ) -> dict[str, go.Figure]:
-    """All report charts by image name; the history chart only when there are 2+ run dates."""
+    """All report charts by image name (the names the report registry gives each report's
+    charts); the history chart only when there are 2+ run dates."""
     figures = {
         CHART_TOP_COUNTRIES: top_countries_chart(top_countries),
         CHART_AGE_GROUPS: age_group_chart(gmail_by_age_group),

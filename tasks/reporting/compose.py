@@ -9,15 +9,10 @@ from dataclasses import dataclass
 
 import duckdb
 
+from tasks.common.reports import TOP_GMAIL_COUNTRIES
 from tasks.common.stage import stage_task
 from tasks.privacy.suppression import small_cell_note
-from tasks.reporting.artifacts import (
-    Artifact,
-    compose_reports,
-    germany_share_sentence,
-    over_60_sentence,
-    top_countries_sentence,
-)
+from tasks.reporting.artifacts import Artifact, answers, compose_reports
 from tasks.reporting.charts import build_charts, render_pngs
 from tasks.reporting.disclosure import Shown, shown_figures
 from tasks.reporting.queries import gmail_by_age_group, report_history, report_results
@@ -47,17 +42,12 @@ def compose_user_metrics(
     """The report tables and the markdown report with charts, small counts hidden (not created)."""
     shown = shown_report(con, run_date, k)
     reports = shown.reports
-    figures = build_charts(reports["top-gmail-countries"], shown.by_age, shown.history)
+    figures = build_charts(reports[TOP_GMAIL_COUNTRIES.key], shown.by_age, shown.history)
     started = time.perf_counter()
     images = render_pngs(figures)  # one browser session for every chart; never raises
     seconds_charts = time.perf_counter() - started
     artifacts = compose_reports(run_date, records, reports, images, note=small_cell_note(k))
-    answers = [
-        germany_share_sentence(reports["germany-gmail-share"]),
-        top_countries_sentence(reports["top-gmail-countries"]),
-        over_60_sentence(reports["gmail-users-over-60"]),
-    ]
-    return Published(answers=answers, artifacts=artifacts, seconds_charts=seconds_charts)
+    return Published(answers=answers(reports), artifacts=artifacts, seconds_charts=seconds_charts)
 
 
 compose_user_metrics_task = stage_task(compose_user_metrics)

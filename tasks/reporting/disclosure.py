@@ -3,17 +3,23 @@ among shown counts only, and complementary suppression (`x`) wherever published 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import pandas as pd
 
+from tasks.common.reports import (
+    GERMANY_GMAIL_SHARE,
+    GMAIL_USERS_OVER_60,
+    TOP_GMAIL_COUNTRIES,
+    Report,
+    report,
+)
+from tasks.common.schemas import OLDER_AGE, age_band
 from tasks.privacy.suppression import (
     Relation,
     complementary_suppression,
     suppress_small_counts,
 )
-from tasks.reporting.queries import COUNT_COLUMNS
 
 TOP_RANKS = 3
 OVER_60_CELL = "over-60"
@@ -23,8 +29,11 @@ _COUNTRY = "country:"
 
 def published(key: str, df: pd.DataFrame, k: int) -> pd.DataFrame:
     """A table as people see it: counts of 1..k-1 (and figures derived from them) as `<k`."""
-    counts, derived = COUNT_COLUMNS[key]
-    return suppress_small_counts(df, counts, k, derived=derived)
+    return _suppressed(report(key), df, k)
+
+
+def _suppressed(entry: Report, df: pd.DataFrame, k: int) -> pd.DataFrame:
+    return suppress_small_counts(df, entry.counts, k, derived=dict(entry.derived) or None)
 
 
 def ranked_among_shown(top: pd.DataFrame, k: int) -> pd.DataFrame:
@@ -35,14 +44,6 @@ def ranked_among_shown(top: pd.DataFrame, k: int) -> pd.DataFrame:
     shown["rank"] = ranks.astype("int64")
     shown = shown[shown["rank"] <= TOP_RANKS]
     return shown.sort_values(["rank", "country"]).reset_index(drop=True)
-
-
-def _lower_bound(age_group: str) -> int:
-    # Labels are `[60-70]` or `[90+]` (design.md); the SQL takes the same bound from age_groups.
-    found = re.match(r"\[(\d+)", age_group)
-    if found is None:
-        raise ValueError(f"unexpected age group label {age_group!r}")
-    return int(found.group(1))
 
 
 def _named(prefix: str, names: pd.Series, counts: pd.Series) -> dict[str, int]:
@@ -62,7 +63,7 @@ def _relations(cells: dict[str, int]) -> list[Relation]:
     (the over-60 total), which keeps `feasible_bounds` exact."""
     ages = tuple(c for c in cells if c.startswith(_AGE))
     countries = tuple(c for c in cells if c.startswith(_COUNTRY))
-    over_60 = tuple(c for c in ages if _lower_bound(c.removeprefix(_AGE)) >= 60)
+    over_60 = tuple(c for c in ages if age_band(c.removeprefix(_AGE)).lower >= OLDER_AGE)
     relations = []
     if OVER_60_CELL in cells:
         relations.append(Relation(members=over_60, totals=(OVER_60_CELL,)))
@@ -96,8 +97,8 @@ def shown_figures(
     stored: dict[str, pd.DataFrame], by_age: pd.DataFrame, history: pd.DataFrame, k: int
 ) -> Shown:
     """Exact stored answers -> what people see: primary and complementary suppression applied."""
-    top = ranked_among_shown(stored["top-gmail-countries"], k)
-    over_60 = stored["gmail-users-over-60"]
+    top = ranked_among_shown(stored[TOP_GMAIL_COUNTRIES.key], k)
+    over_60 = stored[GMAIL_USERS_OVER_60.key]
     cells = _cells(by_age, over_60, top)
     labels = complementary_suppression(cells, _relations(cells), k)
 
@@ -105,12 +106,15 @@ def shown_figures(
         return [labels.get(prefix + str(n)) for n in names]
 
     reports = {key: published(key, df, k) for key, df in stored.items()}
-    reports["top-gmail-countries"] = _labelled(top, "gmail_users", label(_COUNTRY, top["country"]))
-    reports["gmail-users-over-60"] = _labelled(
+    reports[TOP_GMAIL_COUNTRIES.key] = _labelled(
+        top, "gmail_users", label(_COUNTRY, top["country"])
+    )
+    reports[GMAIL_USERS_OVER_60.key] = _labelled(
         over_60, "gmail_users_over_60", [labels.get(OVER_60_CELL)] * len(over_60)
     )
     return Shown(
         reports=reports,
         by_age=_labelled(by_age, "gmail_users", label(_AGE, by_age["age_group"])),
-        history=published("history", history, k),
+        # The history is the Germany report's table over time: its counts, hidden alike.
+        history=_suppressed(GERMANY_GMAIL_SHARE, history, k),
     )

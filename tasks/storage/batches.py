@@ -9,21 +9,13 @@ import duckdb
 import pyarrow as pa
 
 from tasks.common.errors import BatchError
+from tasks.common.reports import parameters, stored_reports
 from tasks.common.schemas import ANALYTICAL_SCHEMA
 from tasks.common.sqlfiles import read_sql
 from tasks.common.stage import stage_task
-from tasks.storage.database import transaction
 
-# Report history tables, each filled by the report query of the same name (tasks/sql/<name>.sql).
-REPORT_TABLES = (
-    "report_germany_gmail_share",
-    "report_top_gmail_countries",
-    "report_gmail_users_over_60",
-    "report_gmail_by_age_group",
-)
-
-# Identifiers cannot be bound as parameters, so these two statements are formatted with a table
-# name from REPORT_TABLES (a constant, never caller input) and a query read from tasks/sql/;
+# Identifiers cannot be bound as parameters, so these two statements are formatted with a stored
+# report's table name (from the registry, which checks it) and its query read from its SQL file;
 # every value is still bound. `by name` makes a report's column names part of the contract.
 _DELETE_REPORT = "delete from {table} where run_date = $run_date"
 _STORE_REPORT = """
@@ -41,21 +33,14 @@ _SHAREABLE_VIEW = "shareable_batch"
 _BATCH_VIEW = "analytical_batch"
 
 
-def _as_subquery(query: str) -> str:
-    # A report file is a standalone statement; as a subquery it must lose its final semicolon.
-    return query.strip().removesuffix(";")
-
-
 def store_reports(
     con: duckdb.DuckDBPyConnection, run_date: datetime.date, flow_run_id: str
 ) -> None:
-    """Replace run_date's rows in every report history table (call inside a transaction)."""
-    for table in REPORT_TABLES:
-        con.execute(_DELETE_REPORT.format(table=table), {"run_date": run_date})
-        con.execute(
-            _STORE_REPORT.format(table=table, query=_as_subquery(read_sql(table))),
-            {"run_date": run_date, "flow_run_id": flow_run_id},
-        )
+    """Replace run_date's rows in every stored report's table (call inside a transaction)."""
+    for report in stored_reports():
+        con.execute(_DELETE_REPORT.format(table=report.sql), {"run_date": run_date})
+        statement = _STORE_REPORT.format(table=report.sql, query=report.query())
+        con.execute(statement, parameters(statement, run_date=run_date, flow_run_id=flow_run_id))
 
 
 def stage_batch(
@@ -89,17 +74,6 @@ def stage_batch(
 stage_batch_task = stage_task(stage_batch)
 
 
-def load_batch(
-    con: duckdb.DuckDBPyConnection,
-    analytical: pa.Table,
-    run_date: datetime.date,
-    flow_run_id: str,
-) -> int:
-    """Replace run_date's batch and its report rows in one transaction; return rows loaded."""
-    with transaction(con):
-        return stage_batch(con, analytical, run_date, flow_run_id)
-
-
 def stage_shareable(
     con: duckdb.DuckDBPyConnection,
     table: pa.Table,
@@ -120,14 +94,3 @@ def stage_shareable(
     finally:
         con.unregister(_SHAREABLE_VIEW)
     return int(loaded)
-
-
-def load_shareable(
-    con: duckdb.DuckDBPyConnection,
-    table: pa.Table,
-    run_date: datetime.date,
-    flow_run_id: str | None = None,
-) -> int:
-    """Replace run_date's rows in persons_shareable in one transaction; return rows loaded."""
-    with transaction(con):
-        return stage_shareable(con, table, run_date, flow_run_id)

@@ -198,10 +198,3 @@ def shareable_writer(
         writer.abort()
         raise
     return writer
-
-
-def write_shareable(
-    table: pa.Table, lake_dir: Path, run_date: dt.date, metadata: dict[str, str] | None = None
-) -> Path:
-    """Write the extract atomically to data_lake/shareable/YYYY/MM/DD/persons.parquet."""
-    return shareable_writer(table, lake_dir, run_date, metadata).commit()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import duckdb
 
+from tasks.common.reports import stored_reports
 from tasks.common.sqlfiles import SQL_DIR, read_sql
 from tasks.storage.database import transaction, utc_now
 
@@ -45,4 +46,17 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[int]:
                 {"version": version, "name": name, "applied_at": utc_now()},
             )
         newly_applied.append(version)
+    check_report_tables(con)
     return newly_applied
+
+
+def check_report_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """Refuse a stored report (tasks.common.reports) whose table lacks a column it stores."""
+    for report in stored_reports():
+        rows = con.execute(read_sql("table_columns"), {"table_name": report.sql}).fetchall()
+        have = {row[0] for row in rows}
+        if missing := [c for c in ("run_date", "flow_run_id", *report.columns) if c not in have]:
+            raise RuntimeError(
+                f"report {report.key!r} is stored in table {report.sql}, which lacks columns "
+                f"{missing}: add them in a new numbered migration (tasks/sql/NNNN_name.sql)"
+            )

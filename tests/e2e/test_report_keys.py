@@ -10,7 +10,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from tasks.reporting.artifacts import RUN_ARTIFACT_KEYS, USER_METRICS_REPORT
+from tasks.reporting.artifacts import USER_METRICS_REPORT, run_artifact_keys
 from tests.e2e.conftest import Service, trigger
 
 pytestmark = pytest.mark.e2e
@@ -49,15 +49,15 @@ def test_an_older_date_leaves_the_latest_report_keys_on_the_newest_date(service:
     assert newer.returncode == 0, newer.output
     # A newer date is committed now (this one, or today's of another test): the plain keys'
     # latest versions are that date's.
-    before = _latest(service, list(RUN_ARTIFACT_KEYS))
-    assert set(before) == set(RUN_ARTIFACT_KEYS)
+    before = _latest(service, list(run_artifact_keys()))
+    assert set(before) == set(run_artifact_keys())
 
     older = trigger(
         service, *params, f"run_date={OLDER}", deployment="user-metrics-pipeline/backfill"
     )
     assert older.returncode == 0, older.output
 
-    after = _latest(service, list(RUN_ARTIFACT_KEYS))
+    after = _latest(service, list(run_artifact_keys()))
     assert {k: a.latest_id for k, a in after.items()} == {
         k: a.latest_id for k, a in before.items()
     }, "the older date's run replaced a latest report"
@@ -70,7 +70,7 @@ def test_an_older_date_leaves_the_latest_report_keys_on_the_newest_date(service:
     assert f"# User metrics report, {newest}" in str(report.data)
 
     # Every artifact of the older date is under its dated key, created by its run.
-    dated = {f"{key}-{OLDER}": key for key in RUN_ARTIFACT_KEYS}
+    dated = {f"{key}-{OLDER}": key for key in run_artifact_keys()}
     published = _latest(service, list(dated))
     assert set(published) == set(dated)
     assert all(str(a.flow_run_id) == older.flow_run_id for a in published.values())

@@ -9,7 +9,7 @@ import duckdb
 import pytest
 
 from flows.processes import PROJECT_DIR, State
-from tasks.reporting.artifacts import RUN_ARTIFACT_KEYS as ARTIFACTS
+from tasks.reporting.artifacts import run_artifact_keys
 from tests.e2e.conftest import E2E_RECORDS, Run, Service, run_service_cli
 
 pytestmark = pytest.mark.e2e
@@ -37,10 +37,10 @@ def test_deployment_run_completes_and_publishes_the_reports(
         assert deployment.name == "daily"
         assert flow_run.parameters["records"] == E2E_RECORDS
         artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=list(ARTIFACTS)))
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=list(run_artifact_keys())))
         )
     by_key = {a.key: a for a in artifacts if str(a.flow_run_id) == daily_run.flow_run_id}
-    assert set(by_key) == set(ARTIFACTS)
+    assert set(by_key) == set(run_artifact_keys())
     report = by_key["user-metrics-report"]
     assert report.type == "markdown"
     assert "data:image/png;base64," in str(report.data)

@@ -22,14 +22,14 @@ import pytest
 
 from local_api.faults import MARKUP_COUNTRY
 from local_api.server import LocalApiServer
+from tasks.common.reports import CHART_TOP_COUNTRIES, TOP_GMAIL_COUNTRIES
 from tasks.reporting.artifacts import (
-    TOP_GMAIL_COUNTRIES,
     USER_METRICS_REPORT,
     compose_reports,
     create_artifacts,
     ui_text,
 )
-from tasks.reporting.charts import CHART_TOP_COUNTRIES, top_countries_chart
+from tasks.reporting.charts import top_countries_chart
 from tests.e2e.conftest import AUTH, Service, trigger
 from tests.e2e.test_ui import CHROMIUM_ARGS
 from tests.tasks.reporting.test_artifacts import (
@@ -223,7 +223,7 @@ def _expected(ui: str, kind: str) -> list[str]:
 def test_hostile_countries_are_text_in_the_ui(
     service: Service, published: dict[str, str], browser: Any, ui: str, kind: str
 ) -> None:
-    key = TOP_GMAIL_COUNTRIES if kind == "table" else USER_METRICS_REPORT
+    key = TOP_GMAIL_COUNTRIES.key if kind == "table" else USER_METRICS_REPORT
     origin = service.server_url.removesuffix("/api")
     url = f"{origin}{UI_PREFIX[ui]}/artifacts/artifact/{published[key]}"
     # The markdown report embeds one chart: data: images are what the UI may load.

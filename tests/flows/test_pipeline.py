@@ -22,9 +22,9 @@ from prefect.client.schemas.filters import (
 from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
 
 from flows.user_metrics import user_metrics_pipeline
+from tasks.common.reports import published_reports
 from tasks.ingest.fetch import close_clients
 from tasks.quality.validate import ValidationError
-from tasks.reporting.artifacts import REPORT_COLUMNS
 from tests.helpers import (
     duckdb_cells,
     expected_reports,
@@ -37,6 +37,7 @@ from tests.helpers import (
 )
 
 RUN_DATE = dt.date(2026, 10, 31)
+REPORT_COLUMNS = {r.key: r.columns for r in published_reports()}
 REPORT_KEYS = (*REPORT_COLUMNS, "user-metrics-report", "privacy-report")
 
 

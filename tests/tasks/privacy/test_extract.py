@@ -25,12 +25,13 @@ from tasks.privacy.risk import QUASI_IDENTIFIERS, risk_metrics
 from tasks.privacy.suppression import small_cell_note, suppress_small_counts
 from tasks.reporting.privacy_report import PRIVACY_REPORT_KEY, privacy_markdown, privacy_run_columns
 from tasks.reporting.queries import gmail_by_age_group, report_results
-from tasks.storage.batches import load_batch, load_shareable
-from tasks.storage.database import connect
-from tasks.storage.lake import shareable_path, write_shareable
+from tasks.storage.batches import stage_shareable
+from tasks.storage.database import connect, transaction
+from tasks.storage.lake import shareable_path, shareable_writer
 from tasks.storage.migrations import migrate
 from tasks.storage.runs import finish_run, start_run
 from tests.builders import analytical_batch
+from tests.helpers import committed_batch
 from tests.tasks.privacy.privacy_data import RUN_DATE, masked_and_analytical, served, source_table
 
 COUNTRY = {
@@ -150,7 +151,7 @@ def test_reports_answer_the_same_after_the_collapse(tmp_path: Path, analytical_5
     for name, table in (("before", analytical_5k), ("after", collapsed)):
         with connect(tmp_path / f"{name}.duckdb") as con:
             migrate(con)
-            load_batch(con, table, RUN_DATE, "run-1")
+            committed_batch(con, table, RUN_DATE, "run-1")
             answers.append((report_results(con, RUN_DATE), gmail_by_age_group(con, RUN_DATE)))
     (before, by_age_before), (after, by_age_after) = answers
     assert before.keys() == after.keys()
@@ -289,14 +290,22 @@ def test_migration_adds_privacy_columns_and_the_shareable_table(tmp_path: Path) 
         assert columns == [*SHAREABLE_COLUMNS, "flow_run_id"]
 
 
-def test_load_shareable_replaces_one_date(tmp_path: Path, analytical_5k) -> None:
+def staged(
+    con: duckdb.DuckDBPyConnection, table: pa.Table, run_date: dt.date, run_id: str | None = None
+) -> int:
+    """The extract's rows as a run commits them: stage_shareable in one transaction."""
+    with transaction(con):
+        return stage_shareable(con, table, run_date, run_id)
+
+
+def test_stage_shareable_replaces_one_date(tmp_path: Path, analytical_5k) -> None:
     extract = shareable_extract(analytical_5k, k=5)
     other_day = RUN_DATE + dt.timedelta(days=1)
     with connect(tmp_path / "db.duckdb") as con:
         migrate(con)
-        assert load_shareable(con, extract.table, RUN_DATE, "run-1") == extract.table.num_rows
-        assert load_shareable(con, extract.table, RUN_DATE, "run-2") == extract.table.num_rows
-        assert load_shareable(con, extract.table.slice(0, 10), other_day) == 10
+        assert staged(con, extract.table, RUN_DATE, "run-1") == extract.table.num_rows
+        assert staged(con, extract.table, RUN_DATE, "run-2") == extract.table.num_rows
+        assert staged(con, extract.table.slice(0, 10), other_day) == 10
         counts = dict(
             con.execute("select run_date, count(*) from persons_shareable group by all").fetchall()
         )
@@ -309,28 +318,28 @@ def test_load_shareable_replaces_one_date(tmp_path: Path, analytical_5k) -> None
         ).fetchone()[0]
         assert k_min == extract.k_min
         with pytest.raises(ValueError, match="person_key"):
-            load_shareable(con, analytical_5k, RUN_DATE)
+            staged(con, analytical_5k, RUN_DATE)
 
 
-def test_load_shareable_rolls_back_on_error(tmp_path: Path) -> None:
+def test_stage_shareable_rolls_back_on_error(tmp_path: Path) -> None:
     extract = shareable_extract(SMALL, k=2)
     with connect(tmp_path / "db.duckdb") as con:
         migrate(con)
-        load_shareable(con, extract.table, RUN_DATE)
+        staged(con, extract.table, RUN_DATE)
         with pytest.raises(duckdb.Error):
-            load_shareable(con, extract.table.drop_columns(["region"]), RUN_DATE)
+            staged(con, extract.table.drop_columns(["region"]), RUN_DATE)
         rows = con.execute("select count(*) from persons_shareable").fetchone()[0]
         assert rows == extract.table.num_rows == 5  # the lone (90+, TV) record is removed
 
 
-def test_write_shareable_parquet(tmp_path: Path) -> None:
+def test_shareable_writer_parquet(tmp_path: Path) -> None:
     extract = shareable_extract(SMALL, k=2)
-    path = write_shareable(extract.table, tmp_path / "lake", RUN_DATE, {"k": "2"})
+    path = shareable_writer(extract.table, tmp_path / "lake", RUN_DATE, {"k": "2"}).commit()
     assert path == tmp_path / "lake" / "shareable" / "2026" / "03" / "01" / "persons.parquet"
     assert path == shareable_path(tmp_path / "lake", RUN_DATE)
     assert pq.read_table(path).equals(extract.table.replace_schema_metadata({"k": "2"}))
     with pytest.raises(ValueError, match="person_key"):
-        write_shareable(SMALL, tmp_path / "lake", RUN_DATE)
+        shareable_writer(SMALL, tmp_path / "lake", RUN_DATE)
 
 
 # --- small cells ----------------------------------------------------------------------------------

@@ -24,14 +24,15 @@ from tasks.privacy.leak_scan import (
     secret_hashes,
 )
 from tasks.privacy.risk import QUASI_IDENTIFIERS, risk_metrics
-from tasks.reporting.artifacts import REPORT_COLUMNS, report_markdown, report_records
+from tasks.reporting.artifacts import report_markdown, report_records
 from tasks.reporting.privacy_report import privacy_markdown, privacy_run_columns
 from tasks.reporting.queries import report_results
-from tasks.storage.batches import load_batch, load_shareable
-from tasks.storage.database import connect
-from tasks.storage.lake import write_shareable, write_table
+from tasks.storage.batches import stage_shareable
+from tasks.storage.database import connect, transaction
+from tasks.storage.lake import shareable_writer, write_table
 from tasks.storage.migrations import migrate
 from tasks.storage.runs import finish_run, start_run
+from tests.helpers import committed_batch
 from tests.tasks.privacy.privacy_data import RUN_DATE, masked_and_analytical, served, source_table
 
 # A person whose every value is distinctive, appended to the batch and planted in outputs.
@@ -91,19 +92,20 @@ def _write_outputs(batch: dict, tmp_path: Path) -> dict:
     lake = tmp_path / "lake"
     raw = write_table(batch["masked"], lake / "raw" / "persons.parquet", {"run_date": "2026-03-01"})
     extract = shareable_extract(batch["analytical"], 5)
-    shareable = write_shareable(extract.table, lake, RUN_DATE)
+    shareable = shareable_writer(extract.table, lake, RUN_DATE).commit()
     db = tmp_path / "db.duckdb"
     collapsed, domains = collapse_rare_domains(batch["analytical"], 5)
     metrics = risk_metrics(collapsed, QUASI_IDENTIFIERS, 5)
     with connect(db) as con:
         migrate(con)
         start_run(con, "run-1", RUN_DATE, 3001)
-        load_batch(con, collapsed, RUN_DATE, "run-1")
-        load_shareable(con, extract.table, RUN_DATE, "run-1")
+        committed_batch(con, collapsed, RUN_DATE, "run-1")
+        with transaction(con):
+            stage_shareable(con, extract.table, RUN_DATE, "run-1")
         finish_run(con, "run-1", "completed", **privacy_run_columns(metrics, extract, domains))
         reports = report_results(con, RUN_DATE)
     markdown = report_markdown(RUN_DATE, 3001, reports, {})
-    tables = {key: report_records(key, reports[key]) for key in REPORT_COLUMNS}
+    tables = {key: report_records(key, reports[key]) for key in reports}
     privacy = privacy_markdown(metrics, extract, domains, LeakScanReport(), RUN_DATE)
     return {
         "raw": raw,
@@ -169,7 +171,7 @@ def test_planted_values_in_duckdb(batch: dict, scanner: LeakScanner, tmp_path: P
     with connect(db) as con:
         migrate(con)
         start_run(con, "run-1", RUN_DATE, 1)
-        load_batch(con, batch["analytical"], RUN_DATE, "run-1")
+        committed_batch(con, batch["analytical"], RUN_DATE, "run-1")
         # A surname as a whole cell, and a street inside an error message.
         con.execute(
             "update persons_anonymized set country = 'Quarterman' where person_key = "

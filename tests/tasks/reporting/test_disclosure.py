@@ -24,17 +24,17 @@ import pyarrow as pa
 import pytest
 from scipy.optimize import Bounds, LinearConstraint, milp
 
+from tasks.common.reports import CHART_AGE_GROUPS, CHART_TOP_COUNTRIES, GERMANY_GMAIL_SHARE
 from tasks.privacy.suppression import small_cell_note
 from tasks.reporting.artifacts import compose_reports
-from tasks.reporting.charts import CHART_AGE_GROUPS, CHART_TOP_COUNTRIES, build_charts
+from tasks.reporting.charts import build_charts
 from tasks.reporting.compose import shown_report
 from tasks.reporting.disclosure import published
 from tasks.reporting.queries import gmail_by_age_group, report_history, report_results
-from tasks.storage.batches import load_batch
 from tasks.storage.database import connect
 from tasks.storage.migrations import migrate
 from tests.builders import AGE_GROUP_LABELS, analytical_batch
-from tests.helpers import age_at
+from tests.helpers import age_at, committed_batch
 from tests.tasks.privacy.privacy_data import served
 
 RUN_DATE = dt.date(2026, 3, 1)
@@ -154,13 +154,13 @@ def view_of(table: pa.Table, tmp_path: Path, k: int, *, before: bool = False) ->
     before complementary suppression: `<k` only, every stored rank listed)."""
     with connect(tmp_path / f"report-{k}-{before}.duckdb") as con:
         migrate(con)
-        load_batch(con, table, RUN_DATE, "run-1")
+        committed_batch(con, table, RUN_DATE, "run-1")
         if before:
             # The primary rule alone, as compose applied it before: every stored rank listed.
             stored = report_results(con, RUN_DATE)
             reports = {key: published(key, df, k) for key, df in stored.items()}
             by_age = published("gmail-by-age-group", gmail_by_age_group(con, RUN_DATE), k)
-            history = published("history", report_history(con), k)
+            history = published(GERMANY_GMAIL_SHARE.key, report_history(con), k)
         else:
             shown = shown_report(con, RUN_DATE, k)
             reports, by_age, history = shown.reports, shown.by_age, shown.history

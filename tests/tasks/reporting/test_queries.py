@@ -10,17 +10,15 @@ import duckdb
 import pandas as pd
 import pytest
 
-from tasks.common.sqlfiles import read_sql
+from tasks.common.reports import parameters, published_reports, registered, report
 from tasks.reporting.queries import (
-    CHARTS,
-    REPORTS,
     gmail_by_age_group,
     report_history,
     report_results,
-    stored_report,
+    report_rows,
 )
-from tasks.storage.batches import load_batch
 from tests.builders import AGE_GROUP_LABELS, analytical_batch
+from tests.helpers import committed_batch
 
 DAY_1 = datetime.date(2024, 5, 1)
 DAY_2 = datetime.date(2024, 5, 2)
@@ -42,25 +40,31 @@ def person(
 
 def load(con: duckdb.DuckDBPyConnection, people: list[dict], run_date: datetime.date) -> None:
     rows = [{"gender": "female", **p} for p in people]
-    load_batch(con, analytical_batch(rows, run_date), run_date, f"run-{run_date.isoformat()}")
+    committed_batch(con, analytical_batch(rows, run_date), run_date, f"run-{run_date.isoformat()}")
 
 
 def live_report(con: duckdb.DuckDBPyConnection, key: str, run_date: datetime.date) -> pd.DataFrame:
     """A report's SQL file run on persons_anonymized now, as the load runs it."""
-    return con.execute(read_sql(REPORTS.get(key) or CHARTS[key]), {"run_date": run_date}).df()
+    sql = report(key).query()
+    return con.execute(sql, parameters(sql, run_date=run_date)).df()
 
 
 def both(con: duckdb.DuckDBPyConnection, key: str, run_date: datetime.date) -> pd.DataFrame:
     """The live query's result, after checking the stored copy is identical."""
     live = live_report(con, key, run_date)
-    stored = stored_report(con, key, run_date)
+    stored = report_rows(con, key, run_date)
     pd.testing.assert_frame_equal(live, stored, check_dtype=False)
     return live
 
 
 def test_report_keys_are_stable() -> None:
-    assert list(REPORTS) == ["germany-gmail-share", "top-gmail-countries", "gmail-users-over-60"]
-    assert list(CHARTS) == ["gmail-by-age-group"]
+    # The Prefect UI keeps each key's history: renaming one starts a new one.
+    assert [r.key for r in published_reports()] == [
+        "germany-gmail-share",
+        "top-gmail-countries",
+        "gmail-users-over-60",
+    ]
+    assert [r.key for r in registered() if not r.published] == ["gmail-by-age-group"]
 
 
 def test_germany_gmail_share(con: duckdb.DuckDBPyConnection) -> None:
@@ -205,7 +209,7 @@ def test_report_results_reads_stored_reports_for_a_date(con: duckdb.DuckDBPyConn
     load(con, [person("DE", "gmail.com", "[60-70]"), person("DE", "yahoo.com")], DAY_1)
     load(con, [person("FR", "gmail.com")] * 3, DAY_2)
     results = report_results(con, DAY_1)
-    assert list(results) == list(REPORTS)
+    assert list(results) == [r.key for r in published_reports()]
     assert results["germany-gmail-share"].to_dict("records") == [
         {"german_users": 2, "german_gmail_users": 1, "gmail_share_pct": 50.0}
     ]
@@ -236,10 +240,12 @@ def test_report_history_across_dates(con: duckdb.DuckDBPyConnection) -> None:
 
 def test_unknown_report_is_rejected(con: duckdb.DuckDBPyConnection) -> None:
     with pytest.raises(KeyError):
-        stored_report(con, "delete_batch", DAY_1)
+        report_rows(con, "delete_batch", DAY_1)
     with pytest.raises(KeyError):
-        stored_report(con, "no-such-report", DAY_1)
-    # The SQL name works as well as the artifact key.
-    assert list(stored_report(con, "report_gmail_users_over_60", DAY_1).columns) == [
+        report_rows(con, "no-such-report", DAY_1)
+    # A report's SQL name is no key: keys alone pick a registered declaration.
+    with pytest.raises(KeyError):
+        report_rows(con, "report_gmail_users_over_60", DAY_1)
+    assert list(report_rows(con, "gmail-users-over-60", DAY_1).columns) == [
         "gmail_users_over_60"
     ]

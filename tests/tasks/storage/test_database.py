@@ -9,14 +9,16 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-import tasks.storage.batches
+import tasks.common.reports
 import tasks.storage.database
+from tasks.common.reports import stored_reports
+from tasks.common.schemas import AGE_BANDS
 from tasks.common.sqlfiles import SQL_DIR, read_sql
-from tasks.storage.batches import REPORT_TABLES, load_batch
 from tasks.storage.database import connect
 from tasks.storage.migrations import migrate, migration_files
 from tasks.storage.runs import finish_run, start_run
 from tests.builders import AGE_GROUP_LABELS, german_gmail_batch
+from tests.helpers import committed_batch
 
 DAY_1 = datetime.date(2024, 5, 1)
 DAY_2 = datetime.date(2024, 5, 2)
@@ -64,7 +66,7 @@ def test_migrations_apply_once(tmp_path: Path) -> None:
         "persons_anonymized",
         "pipeline_runs",
         "age_groups",
-        *REPORT_TABLES,
+        *(report.sql for report in stored_reports()),
     } <= tables
     con.close()
 
@@ -76,6 +78,8 @@ def test_age_groups_dimension_matches_schema(con: duckdb.DuckDBPyConnection) -> 
     assert [row[0] for row in rows] == list(AGE_GROUP_LABELS)
     assert [row[1] for row in rows] == list(range(0, 100, 10))
     assert [row[2] for row in rows] == [*range(10, 100, 10), None]
+    # The migration's rows are the one definition of the bands, not a copy that may drift.
+    assert rows == [(band.label, band.lower, band.upper) for band in AGE_BANDS]
 
 
 def test_migration_files_are_numbered_without_gaps() -> None:
@@ -157,7 +161,7 @@ def test_finish_run_without_start_still_records(con: duckdb.DuckDBPyConnection) 
 def test_load_is_idempotent(con: duckdb.DuckDBPyConnection) -> None:
     batch = german_gmail_batch(10, DAY_1)
     for attempt in range(3):
-        assert load_batch(con, batch, DAY_1, f"run-{attempt}") == 10
+        assert committed_batch(con, batch, DAY_1, f"run-{attempt}") == 10
     rows = batch_rows(con, DAY_1)
     assert len(rows) == 10
     assert {flow_run_id for _, flow_run_id in rows} == {"run-2"}
@@ -167,17 +171,17 @@ def test_load_is_idempotent(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def test_rerun_with_a_smaller_batch_replaces_rows(con: duckdb.DuckDBPyConnection) -> None:
-    load_batch(con, german_gmail_batch(10, DAY_1), DAY_1, "run-1")
-    assert load_batch(con, german_gmail_batch(3, DAY_1, prefix="q"), DAY_1, "run-2") == 3
+    committed_batch(con, german_gmail_batch(10, DAY_1), DAY_1, "run-1")
+    assert committed_batch(con, german_gmail_batch(3, DAY_1, prefix="q"), DAY_1, "run-2") == 3
     assert batch_rows(con, DAY_1) == [("q-0", "run-2"), ("q-1", "run-2"), ("q-2", "run-2")]
     assert stored_share(con, DAY_1) == [(2, 2, 100.0, "run-2")]
 
 
 def test_loading_another_date_leaves_the_first_untouched(con: duckdb.DuckDBPyConnection) -> None:
-    load_batch(con, german_gmail_batch(4, DAY_1), DAY_1, "run-1")
+    committed_batch(con, german_gmail_batch(4, DAY_1), DAY_1, "run-1")
     before = batch_rows(con, DAY_1)
     share_before = stored_share(con, DAY_1)
-    load_batch(con, german_gmail_batch(6, DAY_2, prefix="d2"), DAY_2, "run-2")
+    committed_batch(con, german_gmail_batch(6, DAY_2, prefix="d2"), DAY_2, "run-2")
     assert batch_rows(con, DAY_1) == before
     assert stored_share(con, DAY_1) == share_before
     assert len(batch_rows(con, DAY_2)) == 6
@@ -185,7 +189,7 @@ def test_loading_another_date_leaves_the_first_untouched(con: duckdb.DuckDBPyCon
 
 
 def test_failed_insert_keeps_previous_batch(con: duckdb.DuckDBPyConnection) -> None:
-    load_batch(con, german_gmail_batch(4, DAY_1), DAY_1, "run-1")
+    committed_batch(con, german_gmail_batch(4, DAY_1), DAY_1, "run-1")
     before, share_before = batch_rows(con, DAY_1), stored_share(con, DAY_1)
     # Wrong type: run_date as text that is not a date. The delete has already run when DuckDB
     # fails on the cast, so only the rollback can bring the old batch back.
@@ -193,52 +197,55 @@ def test_failed_insert_keeps_previous_batch(con: duckdb.DuckDBPyConnection) -> N
         1, pa.field("run_date", pa.string()), pa.array(["not a date"] * 5)
     )
     with pytest.raises(duckdb.Error):
-        load_batch(con, bad, DAY_1, "run-2")
+        committed_batch(con, bad, DAY_1, "run-2")
     assert batch_rows(con, DAY_1) == before
     assert stored_share(con, DAY_1) == share_before
     # The connection is usable afterwards (the transaction was closed, not left aborted).
-    assert load_batch(con, german_gmail_batch(2, DAY_1), DAY_1, "run-3") == 2
+    assert committed_batch(con, german_gmail_batch(2, DAY_1), DAY_1, "run-3") == 2
 
 
 def test_failed_report_keeps_previous_batch_and_reports(
     con: duckdb.DuckDBPyConnection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    load_batch(con, german_gmail_batch(4, DAY_1), DAY_1, "run-1")
+    committed_batch(con, german_gmail_batch(4, DAY_1), DAY_1, "run-1")
     before, share_before = batch_rows(con, DAY_1), stored_share(con, DAY_1)
-    real_read_sql = tasks.storage.batches.read_sql
+    real_read_sql = tasks.common.reports.read_sql
+    last = stored_reports()[-1].sql
 
-    def broken_last_report(name: str) -> str:
+    def broken_last_report(name: str, folder: Path = SQL_DIR) -> str:
         # The last report fails after the batch and the other reports were already rewritten.
-        if name == REPORT_TABLES[-1]:
+        if name == last:
             return "select no_such_column from persons_anonymized"
-        return real_read_sql(name)
+        return real_read_sql(name, folder)
 
-    monkeypatch.setattr(tasks.storage.batches, "read_sql", broken_last_report)
+    monkeypatch.setattr(tasks.common.reports, "read_sql", broken_last_report)
     with pytest.raises(duckdb.Error):
-        load_batch(con, german_gmail_batch(8, DAY_1, prefix="new"), DAY_1, "run-2")
+        committed_batch(con, german_gmail_batch(8, DAY_1, prefix="new"), DAY_1, "run-2")
     assert batch_rows(con, DAY_1) == before
     assert stored_share(con, DAY_1) == share_before
 
 
 def test_rows_of_another_date_are_rejected(con: duckdb.DuckDBPyConnection) -> None:
-    load_batch(con, german_gmail_batch(4, DAY_1), DAY_1, "run-1")
+    committed_batch(con, german_gmail_batch(4, DAY_1), DAY_1, "run-1")
     before = batch_rows(con, DAY_1)
     mixed = pa.concat_tables(
         [german_gmail_batch(2, DAY_1, prefix="a"), german_gmail_batch(2, DAY_2, prefix="b")]
     )
     with pytest.raises(ValueError, match="dated"):
-        load_batch(con, mixed, DAY_1, "run-2")
+        committed_batch(con, mixed, DAY_1, "run-2")
     assert batch_rows(con, DAY_1) == before
     assert batch_rows(con, DAY_2) == []
 
 
 def test_missing_columns_are_rejected(con: duckdb.DuckDBPyConnection) -> None:
     with pytest.raises(ValueError, match="email_domain"):
-        load_batch(con, german_gmail_batch(2, DAY_1).drop_columns(["email_domain"]), DAY_1, "run-1")
+        committed_batch(
+            con, german_gmail_batch(2, DAY_1).drop_columns(["email_domain"]), DAY_1, "run-1"
+        )
 
 
 def test_empty_batch_clears_the_date(con: duckdb.DuckDBPyConnection) -> None:
-    load_batch(con, german_gmail_batch(4, DAY_1), DAY_1, "run-1")
-    assert load_batch(con, german_gmail_batch(0, DAY_1), DAY_1, "run-2") == 0
+    committed_batch(con, german_gmail_batch(4, DAY_1), DAY_1, "run-1")
+    assert committed_batch(con, german_gmail_batch(0, DAY_1), DAY_1, "run-2") == 0
     assert batch_rows(con, DAY_1) == []
     assert stored_share(con, DAY_1) == [(0, 0, None, "run-2")]

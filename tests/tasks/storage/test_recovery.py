@@ -10,12 +10,11 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.storage.batches import load_batch
 from tasks.storage.lake import AtomicParquetWriter, file_run_id, raw_path, temp_files
 from tasks.storage.recovery import check, rerun_command
 from tasks.storage.runs import set_run_process, start_run
 from tests.builders import german_gmail_batch
-from tests.helpers import dead_pid
+from tests.helpers import committed_batch, dead_pid
 
 DAY = datetime.date(2026, 8, 20)
 
@@ -55,7 +54,7 @@ def test_runs_of_dead_processes_are_marked_abandoned(con: duckdb.DuckDBPyConnect
 def test_a_committed_staged_file_is_rolled_forward(con: duckdb.DuckDBPyConnection, tmp_path):
     lake = tmp_path / "lake"
     lake_file(lake, "old")
-    load_batch(con, german_gmail_batch(4, DAY), DAY, "new")  # DuckDB committed run "new" ...
+    committed_batch(con, german_gmail_batch(4, DAY), DAY, "new")  # DuckDB committed run "new" ...
     run_row(con, "new", "committed", dead_pid())
     staged = lake_file(lake, "new", staged=True)  # ... which died before its rename
     findings = check(con, lake)
@@ -71,7 +70,7 @@ def test_a_committed_staged_file_is_rolled_forward(con: duckdb.DuckDBPyConnectio
 def test_a_staged_file_that_was_never_committed_is_removed(con, tmp_path) -> None:
     lake = tmp_path / "lake"
     lake_file(lake, "old")
-    load_batch(con, german_gmail_batch(4, DAY), DAY, "old")
+    committed_batch(con, german_gmail_batch(4, DAY), DAY, "old")
     run_row(con, "killed", "running", dead_pid())
     lake_file(lake, "killed", staged=True)
     findings = check(con, lake)
@@ -99,7 +98,7 @@ def test_files_of_a_live_run_are_left_alone(con, tmp_path) -> None:
 def test_a_date_whose_layers_disagree_names_the_command(con, tmp_path) -> None:
     lake = tmp_path / "lake"
     lake_file(lake, "r3")
-    load_batch(con, german_gmail_batch(4, DAY), DAY, "r1")
+    committed_batch(con, german_gmail_batch(4, DAY), DAY, "r1")
     (finding,) = check(con, lake)
     assert not finding.repaired and finding.command == rerun_command(DAY)
     assert "raw file is from run r3, persons_anonymized rows from r1" in finding.line()
@@ -107,7 +106,7 @@ def test_a_date_whose_layers_disagree_names_the_command(con, tmp_path) -> None:
 
 
 def test_rows_without_a_lake_file_name_the_command(con, tmp_path) -> None:
-    load_batch(con, german_gmail_batch(4, DAY), DAY, "r1")
+    committed_batch(con, german_gmail_batch(4, DAY), DAY, "r1")
     (tmp_path / "lake").mkdir()
     (finding,) = check(con, tmp_path / "lake")
     assert "there is no raw file, persons_anonymized rows from r1" in finding.line()
