@@ -16,7 +16,7 @@ export UV_PYTHON_DOWNLOADS ?= never
 # (a million-record run peaks at ~1.1 GB instead of ~1.5 GB; tasks/common/allocator.py).
 export ARROW_DEFAULT_MEMORY_POOL ?= jemalloc
 
-.PHONY: help setup uv venv browser run test lint fmt clean serve trigger stop bench
+.PHONY: help setup uv venv browser run test test-fast lint fmt clean serve trigger stop bench
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -63,6 +63,10 @@ stop: ## Stop what `make serve` started, by its recorded process ids
 TEST_WORKERS ?= 2
 test: setup ## Run the test suite on TEST_WORKERS=2 workers (PYTEST_ARGS="-k ..." to narrow)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+
+# The tests not marked slow (the marks and the slow folders are in tests/conftest.py).
+test-fast: setup ## Unit and component tests for the inner loop: no e2e, browser, drills, bench
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow" $(PYTEST_ARGS)
 
 bench: setup ## Benchmark 1k, 30k, 100k and 1M records and the waits users feel (bench/results.md)
 	$(PY) -m bench.run

@@ -29,6 +29,18 @@ pytest_plugins = ["tests.reliability.matrix_table"]
 # xdist 3.8 carries a mark's group in a node id suffix that pytest 9.2 drops, pytest-xdist#1386.)
 ONE_WORKER_GROUPS = {"tests/e2e/": "e2e"}
 
+# `make test-fast` runs `-m "not slow"`. A test is fast unless it lives under a SLOW_PATHS prefix
+# (the e2e service, whole-flow runs and drills, the benchmark) or carries @pytest.mark.slow (a
+# real browser, a process or pytest session of its own).
+SLOW_PATHS = ("tests/e2e/", "tests/flows/", "tests/reliability/", "tests/test_bench.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests under SLOW_PATHS slow."""
+    for item in items:
+        if item.nodeid.startswith(SLOW_PATHS):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log):

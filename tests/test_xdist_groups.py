@@ -37,6 +37,7 @@ def test_loose(i):
 """
 
 
+@pytest.mark.slow
 def test_a_group_runs_on_one_worker_and_the_rest_anywhere(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -38,6 +38,7 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 20) -> None:
     pytest.fail("local_api did not become healthy")
 
 
+@pytest.mark.slow
 def test_cli_serves_and_exits_on_sigterm() -> None:
     port = free_port()
     proc = subprocess.Popen(

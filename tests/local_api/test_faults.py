@@ -385,6 +385,7 @@ def test_redirect_points_at_the_same_query_elsewhere(
     assert [q["path"] for q in srv.served()] == ["/moved/api/v2/persons"]
 
 
+@pytest.mark.slow
 def test_gzip_bomb_is_the_page_behind_a_gibibyte_of_whitespace(
     start_server: Start, server: LocalApiServer, get: Get, http: httpx.Client
 ) -> None:

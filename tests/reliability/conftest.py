@@ -65,6 +65,25 @@ def paths(pipeline_env: Path) -> tuple[Path, Path]:
     return pipeline_env / "lake", pipeline_env / "db" / "faker.duckdb"
 
 
+@dataclasses.dataclass(frozen=True)
+class Site:
+    """Where a drill's in-process runs write, and how it sets more of their environment."""
+
+    lake: Path
+    db: Path
+    set_env: Callable[..., None]  # set env values and clear the settings caches
+
+
+@pytest.fixture
+def site(
+    reliability_env: Callable[..., None], paths: tuple[Path, Path], prefect_storage: Path
+) -> Site:
+    """What a drill that runs the flow in this process needs: the pipeline's env without a
+    browser, the session's Prefect harness, and the lake and DuckDB file the run writes."""
+    lake, db = paths
+    return Site(lake, db, reliability_env)
+
+
 def lake_file(lake: Path, run_date: dt.date) -> Path:
     """The run date's raw lake file."""
     return lake / "raw" / f"{run_date:%Y}" / f"{run_date:%m}" / f"{run_date:%d}" / "persons.parquet"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import socket
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
@@ -17,7 +16,7 @@ from flows.cli import main
 from flows.user_metrics import user_metrics_pipeline
 from local_api.server import LocalApiServer
 from tasks.common.inputs import InputError, RunOptions
-from tests.reliability.conftest import error_lines
+from tests.reliability.conftest import Site, error_lines
 
 TODAY = dt.datetime.now(dt.UTC).date()
 FUTURE = TODAY + dt.timedelta(days=3)
@@ -39,9 +38,7 @@ def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, 
     return code, capsys.readouterr().err
 
 
-def assert_refused(
-    code: int, err: str, names: list[str], api: LocalApiServer, paths: tuple[Path, Path]
-) -> None:
+def assert_refused(code: int, err: str, names: list[str], api: LocalApiServer, site: Site) -> None:
     """Exit 2, exactly one `error:` line naming every given value, no request, nothing on disk."""
     lines = error_lines(err)
     assert code == 2, (code, err)
@@ -49,32 +46,26 @@ def assert_refused(
     assert lines[0].startswith("error: ") or ": error: " in lines[0], lines[0]
     for name in names:
         assert name.lower() in lines[0].lower(), f"{name!r} not named in {lines[0]!r}"
-    assert_untouched(api, paths)
+    assert_untouched(api, site)
 
 
-def assert_untouched(api: LocalApiServer, paths: tuple[Path, Path]) -> None:
+def assert_untouched(api: LocalApiServer, site: Site) -> None:
     """No request reached the API and nothing was written to the lake or DuckDB."""
-    lake, db = paths
     assert api.stats()["total"] == 0, "a request was made"
-    assert not lake.exists() and not db.exists(), "something was written"
+    assert not site.lake.exists() and not site.db.exists(), "something was written"
 
 
 Refused = Callable[[list[str], list[str]], None]
 
 
 @pytest.fixture
-def cli_refuses(
-    api: LocalApiServer,
-    reliability_env,
-    paths: tuple[Path, Path],
-    capsys: pytest.CaptureFixture[str],
-) -> Refused:
+def cli_refuses(api: LocalApiServer, site: Site, capsys: pytest.CaptureFixture[str]) -> Refused:
     """`cli_refuses(argv, names)`: the CLI exits 2 naming every name, before any request or
     write."""
 
     def check(argv: list[str], names: list[str]) -> None:
         code, err = run_main(argv, capsys)
-        assert_refused(code, err, names, api, paths)
+        assert_refused(code, err, names, api, site)
 
     return check
 
@@ -179,19 +170,17 @@ def test_cli_refuses_a_url_carrying_secrets_before_any_flow_run(
     names: list[str],
     secrets: list[str],
     api: LocalApiServer,
-    reliability_env,
-    paths: tuple[Path, Path],
+    site: Site,
     capsys: pytest.CaptureFixture[str],
-    prefect_storage,
 ) -> None:
     hostport = api.base_url.split("://", 1)[1].split("/", 1)[0]
-    reliability_env(**{k: v.format(hostport=hostport) for k, v in env.items()})
+    site.set_env(**{k: v.format(hostport=hostport) for k, v in env.items()})
     argv = ["--records", "100"] + (["--api-url", url.format(hostport=hostport)] if url else [])
     runs_before = flow_run_count()
     capsys.readouterr()
     code = main(argv)
     out, err = capsys.readouterr()
-    assert_refused(code, err, [n.format(hostport=hostport) for n in names], api, paths)
+    assert_refused(code, err, [n.format(hostport=hostport) for n in names], api, site)
     for secret in secrets:
         assert secret not in out + err, f"{secret!r} echoed: {out + err!r}"
     assert flow_run_count() == runs_before, "a flow run was created (it would keep the URL)"
@@ -206,7 +195,7 @@ FLOW_SECRET_URLS = {
 
 @pytest.mark.parametrize("url", FLOW_SECRET_URLS.values(), ids=FLOW_SECRET_URLS.keys())
 def test_flow_parameter_url_carrying_secrets_fails_first_without_echoing_them(
-    url: str, api: LocalApiServer, reliability_env, paths: tuple[Path, Path], prefect_storage
+    url: str, api: LocalApiServer, site: Site
 ) -> None:
     """A deployment run keeps the parameter as typed; its first step refuses it, and nothing
     the run writes (error, state, logs, artifacts) repeats the secret."""
@@ -230,7 +219,7 @@ def test_flow_parameter_url_carrying_secrets_fails_first_without_echoing_them(
     assert logs and "run-failure" in artifacts, (logs, artifacts)
     written = [str(error), str(state.message), *logs, *artifacts.values()]
     assert not [text for text in written if "s3cret" in text], written
-    assert_untouched(api, paths)
+    assert_untouched(api, site)
 
 
 def test_cli_unreachable_url(cli_refuses: Refused) -> None:
@@ -270,10 +259,10 @@ def test_env_value(
     env: dict[str, str],
     names: list[str],
     api: LocalApiServer,
-    reliability_env,
+    site: Site,
     cli_refuses: Refused,
 ) -> None:
-    reliability_env(**env)
+    site.set_env(**env)
     # FAKER_API_URL is the case under test there, so no --api-url overrides it.
     argv = ["--records", "100"] if "FAKER_API_URL" in env else ["--api-url", api.base_url]
     cli_refuses(argv, names)
@@ -296,9 +285,7 @@ def test_flow_parameter(
     params: dict,
     names: list[str],
     api: LocalApiServer,
-    reliability_env,
-    paths: tuple[Path, Path],
-    prefect_storage,
+    site: Site,
 ) -> None:
     kwargs = {"api_url": api.base_url, "records": 100, "run_date": dt.date(2026, 5, 1), **params}
     state = user_metrics_pipeline(**kwargs, return_state=True)
@@ -308,12 +295,10 @@ def test_flow_parameter(
     for name in names:
         assert name in str(error), (name, str(error))
     assert "\n" not in str(error).strip()
-    assert_untouched(api, paths)
+    assert_untouched(api, site)
 
 
-def test_flow_parameter_malformed_date_string(
-    api: LocalApiServer, reliability_env, paths: tuple[Path, Path], prefect_storage
-) -> None:
+def test_flow_parameter_malformed_date_string(api: LocalApiServer, site: Site) -> None:
     """A deployment run may pass a string: Prefect's parameter check must name it."""
     state = user_metrics_pipeline(
         api_url=api.base_url, records=100, run_date="2026-13-01", return_state=True
@@ -321,25 +306,20 @@ def test_flow_parameter_malformed_date_string(
     assert state.is_failed()
     error = state.result(raise_on_failure=False)
     assert "2026-13-01" in str(error) or "run_date" in str(error), repr(error)
-    assert_untouched(api, paths)
+    assert_untouched(api, site)
 
 
-def test_flow_unreachable_url(
-    api: LocalApiServer, reliability_env, paths: tuple[Path, Path], prefect_storage
-) -> None:
-    lake, db = paths
+def test_flow_unreachable_url(api: LocalApiServer, site: Site) -> None:
     url = f"http://127.0.0.1:{closed_port()}/api/v2"
     state = user_metrics_pipeline(
         api_url=url, records=100, run_date=dt.date(2026, 5, 1), return_state=True
     )
     error = state.result(raise_on_failure=False)
     assert isinstance(error, InputError) and url in str(error), repr(error)
-    assert not lake.exists() and not db.exists()
+    assert not site.lake.exists() and not site.db.exists()
 
 
-def test_backfill_flow_backward_range(
-    api: LocalApiServer, reliability_env, paths: tuple[Path, Path], prefect_storage
-) -> None:
+def test_backfill_flow_backward_range(api: LocalApiServer, site: Site) -> None:
     from flows.user_metrics import user_metrics_backfill
 
     state = user_metrics_backfill(
@@ -351,4 +331,4 @@ def test_backfill_flow_backward_range(
     error = state.result(raise_on_failure=False)
     assert isinstance(error, InputError), repr(error)
     assert "2026-06-03" in str(error) and "2026-06-01" in str(error)
-    assert_untouched(api, paths)
+    assert_untouched(api, site)

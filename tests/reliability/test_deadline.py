@@ -11,6 +11,7 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from tests.reliability.conftest import (
+    Site,
     db_query,
     error_lines,
     lake_file,
@@ -70,8 +71,6 @@ def test_a_cli_run_past_its_deadline_stops_and_names_the_limit(
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "1.5", "soon"])
-def test_a_bad_deadline_is_refused_as_input(
-    value: str, api, reliability_env, paths: tuple[Path, Path], capsys
-) -> None:
+def test_a_bad_deadline_is_refused_as_input(value: str, api, site: Site, capsys) -> None:
     code, err = run_main(["--api-url", api.base_url, "--deadline-seconds", value], capsys)
-    assert_refused(code, err, ["--deadline-seconds", value], api, paths)
+    assert_refused(code, err, ["--deadline-seconds", value], api, site)

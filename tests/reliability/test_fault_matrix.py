@@ -31,6 +31,7 @@ from flows.user_metrics import user_metrics_pipeline
 from local_api.server import LocalApiServer
 from tests.reliability.conftest import (
     Baseline,
+    Site,
     db_query,
     lake_file,
     run_status,
@@ -269,19 +270,17 @@ def classify(
 def test_fault(
     case: Case,
     start_api: Callable[..., LocalApiServer],
-    reliability_env: Callable[..., None],
-    paths: tuple[Path, Path],
-    prefect_storage,
+    site: Site,
     record_fault_row: Callable[[MatrixRow], None],
     baseline: Baseline,
 ) -> None:
-    lake, db = paths
+    lake, db = site.lake, site.db
     baseline.restore(lake, db)
     before = snapshot(lake, db, RUN_DATE)
     assert len(before.rows) == BASELINE_RECORDS and before.lake_bytes
-    reliability_env(**FAST_RETRIES)
+    site.set_env(**FAST_RETRIES)
 
-    reliability_env(**case.env)
+    site.set_env(**case.env)
     server = start_api(fault_seed=7, **case.faults)
     watcher = _stop_when(server, case.stop_after) if case.stop_after else None
     started = time.perf_counter()
@@ -310,13 +309,11 @@ def test_fault(
 
 def test_failed_fetch_leaves_no_rows_for_a_new_date(
     start_api: Callable[..., LocalApiServer],
-    reliability_env: Callable[..., None],
-    paths: tuple[Path, Path],
-    prefect_storage,
+    site: Site,
 ) -> None:
     """With no previous batch, a failed run writes nothing for the date and records the failure."""
-    lake, db = paths
-    reliability_env(**FAST_RETRIES)
+    lake, db = site.lake, site.db
+    site.set_env(**FAST_RETRIES)
     server = start_api(down=True)
     state = user_metrics_pipeline(
         api_url=server.base_url, records=300, page_size=100, run_date=RUN_DATE, return_state=True

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from pathlib import Path
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter
 
 from flows.user_metrics import user_metrics_pipeline
-from tests.reliability.conftest import ROOT, db_query
+from tests.reliability.conftest import ROOT, Site, db_query
 
 RUN_DATE = dt.date(2026, 4, 10)
 FAST = {"RETRY_MAX_ATTEMPTS": "3"}
@@ -35,11 +34,9 @@ class _Lines(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def test_failed_run_publishes_a_failure_artifact_and_logs_one_line(
-    start_api, reliability_env, paths: tuple[Path, Path], prefect_storage
-) -> None:
-    _, db = paths
-    reliability_env(**FAST)
+def test_failed_run_publishes_a_failure_artifact_and_logs_one_line(start_api, site: Site) -> None:
+    db = site.db
+    site.set_env(**FAST)
     good = start_api()
     user_metrics_pipeline(api_url=good.base_url, records=200, page_size=100, run_date=RUN_DATE)
     down = start_api(down=True)
@@ -70,10 +67,8 @@ def test_failed_run_publishes_a_failure_artifact_and_logs_one_line(
     assert row[0] == "failed" and row[1] == "fetch" and row[2].startswith("FetchError: page ")
 
 
-def test_additive_drift_is_reported_and_the_run_continues(
-    start_api, reliability_env, paths: tuple[Path, Path], prefect_storage
-) -> None:
-    _, db = paths
+def test_additive_drift_is_reported_and_the_run_continues(start_api, site: Site) -> None:
+    db = site.db
     good = start_api()
     user_metrics_pipeline(api_url=good.base_url, records=200, page_size=100, run_date=RUN_DATE)
     drifted = start_api(drift=("extra-field",))

@@ -11,7 +11,7 @@ import pytest
 from flows.user_metrics import user_metrics_pipeline
 from local_api.server import LocalApiServer
 from tasks.common.inputs import RunOptions
-from tests.reliability.conftest import db_query, error_lines, lake_file, run_cli, snapshot
+from tests.reliability.conftest import Site, db_query, error_lines, lake_file, run_cli, snapshot
 
 DAYS = [dt.date(2026, 6, 1), dt.date(2026, 6, 2), dt.date(2026, 6, 3)]
 
@@ -34,10 +34,8 @@ def completed_runs(db: Path) -> list[tuple]:
     )
 
 
-def test_rerun_replaces_the_date_exactly(
-    api: LocalApiServer, reliability_env, paths: tuple[Path, Path], prefect_storage
-) -> None:
-    lake, db = paths
+def test_rerun_replaces_the_date_exactly(api: LocalApiServer, site: Site) -> None:
+    lake, db = site.lake, site.db
     day = DAYS[0]
     user_metrics_pipeline(api_url=api.base_url, records=400, page_size=100, run_date=day)
     second = user_metrics_pipeline(api_url=api.base_url, records=250, page_size=100, run_date=day)
@@ -49,12 +47,10 @@ def test_rerun_replaces_the_date_exactly(
     assert [r[-1] for r in state.reports] == [second["flow_run_id"]]
 
 
-def test_backfill_loads_skips_and_forces(
-    api: LocalApiServer, reliability_env, paths: tuple[Path, Path], prefect_storage
-) -> None:
+def test_backfill_loads_skips_and_forces(api: LocalApiServer, site: Site) -> None:
     from flows.user_metrics import user_metrics_backfill
 
-    lake, db = paths
+    lake, db = site.lake, site.db
     kwargs = {"options": RunOptions(api_url=api.base_url, records=200, page_size=100)}
     first = user_metrics_backfill(start_date=DAYS[0], end_date=DAYS[-1], **kwargs)
     assert first == {d.isoformat(): "loaded" for d in DAYS}
@@ -77,12 +73,10 @@ def test_backfill_loads_skips_and_forces(
         assert snapshot(lake, db, day).flow_run_ids == {run_id}
 
 
-def test_backfill_fills_only_the_gaps(
-    api: LocalApiServer, reliability_env, paths: tuple[Path, Path], prefect_storage
-) -> None:
+def test_backfill_fills_only_the_gaps(api: LocalApiServer, site: Site) -> None:
     from flows.user_metrics import user_metrics_backfill
 
-    _, db = paths
+    db = site.db
     user_metrics_pipeline(api_url=api.base_url, records=200, page_size=100, run_date=DAYS[1])
     options = RunOptions(api_url=api.base_url, records=200, page_size=100)
     outcome = user_metrics_backfill(start_date=DAYS[0], end_date=DAYS[-1], options=options)
@@ -94,10 +88,8 @@ def test_backfill_fills_only_the_gaps(
     assert batches(db) == [(d, 200, 1) for d in DAYS]
 
 
-def test_late_rerun_of_an_old_date_leaves_the_others_alone(
-    api: LocalApiServer, reliability_env, paths: tuple[Path, Path], prefect_storage
-) -> None:
-    lake, db = paths
+def test_late_rerun_of_an_old_date_leaves_the_others_alone(api: LocalApiServer, site: Site) -> None:
+    lake, db = site.lake, site.db
     for day in DAYS:
         user_metrics_pipeline(api_url=api.base_url, records=200, page_size=100, run_date=day)
     others = {d: snapshot(lake, db, d) for d in DAYS[1:]}
@@ -140,12 +132,10 @@ def test_backfill_cli_in_a_subprocess(
     # --force is covered in-process above; one more subprocess here would only add ~15 s.
 
 
-def test_backward_range_is_bad_input(
-    api: LocalApiServer, reliability_env, paths: tuple[Path, Path], capsys
-) -> None:
+def test_backward_range_is_bad_input(api: LocalApiServer, site: Site, capsys) -> None:
     from flows.cli import main
 
-    lake, db = paths
+    lake, db = site.lake, site.db
     code = main(
         ["--api-url", api.base_url, "--start-date", "2026-06-03", "--end-date", "2026-06-01"]
     )

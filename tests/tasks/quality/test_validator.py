@@ -66,6 +66,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 def test_it_gives_the_summaries_validation_here_gives(running: validator.Validator) -> None:
     for name, (layer, table, rows) in CASES.items():
         there = validator.validate(layer, table, rows)
@@ -74,6 +75,7 @@ def test_it_gives_the_summaries_validation_here_gives(running: validator.Validat
     assert running.alive()  # failing batches are answers, not failures of the process
 
 
+@pytest.mark.slow
 def test_it_holds_no_key(running: validator.Validator) -> None:
     assert validator.validate("masked", make_raw(), ROWS) is not None
     assert running.pid is not None
@@ -100,6 +102,7 @@ def test_replies_carry_counts_never_values() -> None:
         assert secret.encode() not in line
 
 
+@pytest.mark.slow
 def test_when_it_has_died_the_batch_is_validated_here(running: validator.Validator) -> None:
     assert running.pid is not None
     os.kill(running.pid, signal.SIGKILL)
@@ -111,6 +114,7 @@ def test_when_it_has_died_the_batch_is_validated_here(running: validator.Validat
     assert not summary.success
 
 
+@pytest.mark.slow
 def test_a_failure_it_answers_stops_it_and_leaves_validation_here(
     running: validator.Validator,
 ) -> None:
@@ -120,6 +124,7 @@ def test_a_failure_it_answers_stops_it_and_leaves_validation_here(
     assert validator.validate("masked", make_raw(), ROWS) is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ending", ["exits", "is killed"])
 def test_it_ends_with_the_process_that_started_it(ending: str) -> None:
     # Started, then the starting process exits (atexit stops it) or is SIGKILLed (its pipes

@@ -41,6 +41,7 @@ def test_the_limit_is_found_only_on_a_server_that_has_it(limit):
     assert server_limit(limit, decaying=True) is None  # the request budget needs a slot decay
 
 
+@pytest.mark.slow
 def test_a_holder_elsewhere_makes_us_wait_through_the_limit(limit, tmp_path):
     from prefect.settings import PREFECT_API_URL
 

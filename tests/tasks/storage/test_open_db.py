@@ -18,6 +18,7 @@ with open_db(Path(sys.argv[1]), 5) as con:
 """
 
 
+@pytest.mark.slow
 def test_second_process_waits_then_proceeds(tmp_path):
     db = tmp_path / "db" / "x.duckdb"
     holder = subprocess.Popen(
@@ -43,6 +44,7 @@ def test_second_process_waits_then_proceeds(tmp_path):
         holder.wait()
 
 
+@pytest.mark.slow
 def test_lock_is_released_when_the_holder_is_killed(tmp_path):
     db = tmp_path / "x.duckdb"
     holder = subprocess.Popen(
