@@ -34,7 +34,6 @@ from tasks.common.concurrency import server_limit
 from tasks.common.errors import PipelineError, display_url, failure_text, redact, value_free
 from tasks.common.run_config import RunConfig
 from tasks.common.secrets import hash_key
-from tasks.common.settings import get_settings
 from tasks.ingest import (
     MaskedRange,
     PageRange,
@@ -54,6 +53,7 @@ from tasks.privacy import (
     scan_for_leaks_task,
 )
 from tasks.quality.drift import accepts, compare_signatures, drift_markdown, enforce_policy
+from tasks.quality.gx_validation import ValidationSummary
 from tasks.quality.validate import (
     ValidationError,
     validate_analytical_task,
@@ -129,6 +129,7 @@ class Staged:
     raw: AtomicParquetWriter
     stack: ExitStack  # drops whatever is staged and not committed when the run ends
     artifacts: list[Artifact] = field(default_factory=list)
+    validations: list[ValidationSummary] = field(default_factory=list)
     con: duckdb.DuckDBPyConnection | None = None
     protected: Protected | None = None
     published: Published | None = None
@@ -159,14 +160,12 @@ def start(cfg: RunConfig, run: RunRecord) -> tuple[RunConfig, str | None]:
     source schema of the last committed run.
     """
     # The DuckDB file's cross-host lock, held from the first time the run opens the file.
-    cfg = dataclasses.replace(cfg, duckdb_limit=server_limit(get_settings().duckdb_limit_name))
-    previous_schema, findings = record_start(
-        cfg, run.run_id, get_settings().duckdb_lock_timeout_seconds
-    )
+    cfg = dataclasses.replace(cfg, duckdb_limit=server_limit(cfg.duckdb_limit_name))
+    previous_schema, findings = record_start(cfg, run.run_id, cfg.duckdb_lock_timeout)
     more, notes = repair_leftovers(f"the start of run {run.run_id}", cfg.duckdb_path, run.run_id)
     for line in [finding.line() for finding in findings + more] + notes:
         get_run_logger().warning("check: %s", line)
-    shared = shared_rate_limit(cfg.fetch.requests_per_minute)
+    shared = shared_rate_limit(cfg)
     if cfg.fetch.requests_per_minute:
         where = f"shared through concurrency limit {shared!r}" if shared else "in this process"
         get_run_logger().info(
@@ -176,7 +175,7 @@ def start(cfg: RunConfig, run: RunRecord) -> tuple[RunConfig, str | None]:
     return dataclasses.replace(cfg, fetch=fetch), previous_schema
 
 
-def shared_rate_limit(requests_per_minute: int) -> str | None:
+def shared_rate_limit(cfg: RunConfig) -> str | None:
     """The Prefect concurrency limit every process draws requests from, if there is one.
 
     Only a real Prefect server (PREFECT_API_URL, as under `make serve` or a worker) can share a
@@ -184,9 +183,9 @@ def shared_rate_limit(requests_per_minute: int) -> str | None:
     and the compose worker create it from REQUESTS_PER_MINUTE). A temporary server per process
     shares nothing: the in-process limiter applies.
     """
-    if requests_per_minute <= 0:
+    if cfg.fetch.requests_per_minute <= 0:
         return None
-    return server_limit(get_settings().rate_limit_name, decaying=True)
+    return server_limit(cfg.rate_limit_name, decaying=True)
 
 
 @contextmanager
@@ -247,7 +246,7 @@ def fetch_and_mask(cfg: RunConfig, run: RunRecord, staged: Staged) -> pa.Table:
     with run.timed("lake"):
         # The domain rule needs the whole batch (how many persons share a domain), so it is
         # applied here, before the first layer is written; the analytical layer inherits it.
-        shared = keep_shared_domains(pa.concat_tables(tables), get_settings().privacy_k)
+        shared = keep_shared_domains(pa.concat_tables(tables), cfg.privacy_k)
         del tables  # the ranges in source order: only the sorted batch lives on
         run.figures.domains_collapsed = shared.domains_replaced
         run.figures.records_domain_collapsed = shared.records_replaced
@@ -281,7 +280,7 @@ def take_range(run: RunRecord, part: MaskedRange, total: int) -> pa.Table:
 def check_drift(cfg: RunConfig, run: RunRecord, staged: Staged, previous: str | None) -> None:
     """Compare the source's shape with the last committed run's; compose the report, apply the
     policy (a stopped run reports the change in its failure report instead)."""
-    policy = get_settings().schema_drift_policy
+    policy = cfg.schema_drift_policy
     change = compare_signatures(previous, run.figures.source_schema or "")
     if change is None:
         return
@@ -295,19 +294,19 @@ def check_drift(cfg: RunConfig, run: RunRecord, staged: Staged, previous: str | 
 
 
 @in_stage("validate")
-def validate(cfg: RunConfig, run: RunRecord, staged: Staged, batch: pa.Table) -> pa.Table:
-    """Both GX suites and the generalization between them; a failing batch is quarantined."""
-    k = get_settings().privacy_k
-    summaries = [validate_masked_task(batch, cfg.records)]
-    analytical = None
-    if summaries[0].success:
-        # generalize refuses batches the raw suite rejects (e.g. null keys), so only run it after.
-        with run.timed("generalize"):
-            analytical = generalize_persons_task(batch, cfg.run_date, k).table
-        summaries.append(validate_analytical_task(analytical, cfg.records))
-    failed = [s for s in summaries if not s.success]
-    if failed or analytical is None:
-        run.details += [f"Validation: {s.failures_text()}" for s in summaries]
+def validate(
+    cfg: RunConfig, run: RunRecord, staged: Staged, batch: pa.Table, generalized: pa.Table | None
+) -> None:
+    """One GX suite: the raw one on the masked batch, or (`generalized` given) the analytical
+    one on its generalization; a failing batch is quarantined and the run stops. Once both
+    passed, the validation artifact is staged."""
+    if generalized is None:
+        summary = validate_masked_task(batch, cfg.records)
+    else:
+        summary = validate_analytical_task(generalized, cfg.records)
+    staged.validations.append(summary)
+    if not summary.success:
+        run.details += [f"Validation: {s.failures_text()}" for s in staged.validations]
         scanner = run.scanner(cfg.run_date)
         path = quarantine(batch, cfg.lake_dir, cfg.run_date, scanner)
         if path is None:
@@ -318,17 +317,22 @@ def validate(cfg: RunConfig, run: RunRecord, staged: Staged, batch: pa.Table) ->
         get_run_logger().error(
             "batch failed validation; %s", f"quarantined at {path}" if path else "not quarantined"
         )
-        raise ValidationError(failed[0])
-    staged.artifacts.append(validation_artifact(summaries, cfg.run_date))
-    return analytical
+        raise ValidationError(summary)
+    if generalized is not None:
+        staged.artifacts.append(validation_artifact(staged.validations, cfg.run_date))
+
+
+@in_stage("generalize")
+def generalize(cfg: RunConfig, run: RunRecord, batch: pa.Table) -> pa.Table:
+    """The analytical layer: ages to bands, rare domains to `other` (after the raw suite
+    passed: generalization refuses batches it rejects, e.g. null keys)."""
+    return generalize_persons_task(batch, cfg.run_date, cfg.privacy_k).table
 
 
 @contextmanager
 def open_transaction(cfg: RunConfig) -> Iterator[duckdb.DuckDBPyConnection]:
     """The DuckDB file under its lock with a transaction open: rolled back unless committed."""
-    with open_db(
-        cfg.duckdb_path, get_settings().duckdb_lock_timeout_seconds, cfg.duckdb_limit
-    ) as con:
+    with open_db(cfg.duckdb_path, cfg.duckdb_lock_timeout, cfg.duckdb_limit) as con:
         con.begin()
         try:
             yield con
@@ -338,26 +342,38 @@ def open_transaction(cfg: RunConfig) -> Iterator[duckdb.DuckDBPyConnection]:
                 con.rollback()
 
 
-def stage(cfg: RunConfig, run: RunRecord, staged: Staged, analytical: pa.Table) -> None:
-    """Stage the batch, the extract and the reports: DuckDB in one open transaction, the
-    extract as a temp file, the report artifacts composed in memory."""
-    settings = get_settings()
-    k = settings.privacy_k
+@in_stage("load")
+def load(cfg: RunConfig, run: RunRecord, staged: Staged, analytical: pa.Table) -> None:
+    """Finish the staged lake file, take the DuckDB file (its locks) and stage the batch in one
+    open transaction, rolled back unless the run commits."""
     with run.timed("lake"):
         staged.raw.finish()
     con = staged.con = staged.stack.enter_context(open_transaction(cfg))
-    with run.entered("load"):
-        run.figures.records_loaded = stage_batch_task(con, analytical, cfg.run_date, run.run_id)
-    with run.entered("privacy"):
-        qis = settings.quasi_identifiers
-        staged.protected = protect_privacy_task(
-            con, cfg.lake_dir, analytical, cfg.run_date, run.run_id, k, qis
-        )
-        staged.stack.enter_context(staged.protected.writer)
+    run.figures.records_loaded = stage_batch_task(con, analytical, cfg.run_date, run.run_id)
+
+
+@in_stage("privacy")
+def protect(cfg: RunConfig, run: RunRecord, staged: Staged, analytical: pa.Table) -> None:
+    """Stage the shareable extract (k-anonymous, a temp file) and the privacy figures."""
+    staged.protected = protect_privacy_task(
+        staged.connection(),
+        cfg.lake_dir,
+        analytical,
+        cfg.run_date,
+        run.run_id,
+        cfg.privacy_k,
+        cfg.quasi_identifiers,
+    )
+    staged.stack.enter_context(staged.protected.writer)
     protected, collapsed = staged.protected, run.figures.domains_collapsed or 0
     run.figures.update(privacy_run_columns(protected.metrics, protected.extract, collapsed))
-    with run.entered("reports"):
-        staged.published = compose_user_metrics_task(con, cfg.run_date, cfg.records, k)
+
+
+@in_stage("reports")
+def compose(cfg: RunConfig, run: RunRecord, staged: Staged) -> None:
+    """Compose the report artifacts in memory from the staged rows."""
+    con = staged.connection()
+    staged.published = compose_user_metrics_task(con, cfg.run_date, cfg.records, cfg.privacy_k)
     run.figures.seconds["charts"] = staged.published.seconds_charts
     staged.artifacts += staged.published.artifacts
 
@@ -449,7 +465,7 @@ def finish(cfg: RunConfig, run: RunRecord, staged: Staged) -> dict[str, Any]:
     """Mark the run completed; return what the CLI prints."""
     run.stop_clock()
     figures = run.figures.as_columns()
-    record_end(cfg, run.run_id, "completed", figures, get_settings().duckdb_lock_timeout_seconds)
+    record_end(cfg, run.run_id, "completed", figures, cfg.duckdb_lock_timeout)
     assert staged.protected is not None and staged.published is not None
     get_run_logger().info(
         "loaded %d records for %s; lake file %s; %.1fs",
@@ -507,7 +523,7 @@ def _record_failure(cfg: RunConfig, run: RunRecord, error: str, busy: bool) -> d
     """Read back what the date holds and record it with the failure; returns what was read."""
     # The database may be what failed: wait for it briefly, never a whole lock timeout.
     wait = BUSY_WAIT_SECONDS if busy else READ_BACK_SECONDS
-    wait = min(wait, get_settings().duckdb_lock_timeout_seconds)
+    wait = min(wait, cfg.duckdb_lock_timeout)
     held = read_back(cfg, wait)
     if run.stage == "start":
         return held  # the run never got its pipeline_runs row

@@ -35,13 +35,16 @@ from flows.runners import (
 from flows.stages import (
     check_drift,
     commit,
+    compose,
     fetch_and_mask,
     finish,
+    generalize,
+    load,
     log_crash,
     log_failure,
+    protect,
     publish,
     report_failure,
-    stage,
     staged_outputs,
     start,
     validate,
@@ -169,10 +172,14 @@ def user_metrics_pipeline(
         with capture_logs() as log_lines, prestart_charts(), staged_outputs(cfg, run) as staged:
             batch = fetch_and_mask(cfg, run, staged)
             check_drift(cfg, run, staged, previous_schema)
-            analytical = validate(cfg, run, staged, batch)
+            validate(cfg, run, staged, batch, None)
+            analytical = generalize(cfg, run, batch)
+            validate(cfg, run, staged, batch, analytical)
             del batch  # staged in the lake file; keep memory for what follows
-            stage(cfg, run, staged, analytical)
+            load(cfg, run, staged, analytical)
+            protect(cfg, run, staged, analytical)
             del analytical  # staged in DuckDB and summarized; the leak scan reads what was staged
+            compose(cfg, run, staged)
             verify(cfg, run, staged, log_lines)
             commit(cfg, run, staged)
         publish(cfg, run, staged)

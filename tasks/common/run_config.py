@@ -65,8 +65,15 @@ class RunConfig:
     lake_dir: Path
     duckdb_path: Path
     max_fetch_tasks: int
-    # The Prefect concurrency limit held with the DuckDB file, when the run found it on its
-    # server (flows/stages.py `start`); None: the file lock alone.
+    privacy_k: int
+    quasi_identifiers: tuple[str, ...]
+    schema_drift_policy: str
+    duckdb_lock_timeout: float
+    # The names of the Prefect concurrency limits the settings give (the request budget's and
+    # the DuckDB file's); a run uses each only if its server has it (flows/stages.py `start`).
+    rate_limit_name: str
+    duckdb_limit_name: str
+    # The DuckDB file's limit when the run found it on its server; None: the file lock alone.
     duckdb_limit: str | None = None
 
     @property
@@ -114,6 +121,12 @@ def resolve_run_config(
         lake_dir=settings.data_lake_dir,
         duckdb_path=settings.duckdb_path,
         max_fetch_tasks=settings.fetch_max_tasks,
+        privacy_k=settings.privacy_k,
+        quasi_identifiers=settings.quasi_identifiers,
+        schema_drift_policy=settings.schema_drift_policy,
+        duckdb_lock_timeout=settings.duckdb_lock_timeout_seconds,
+        rate_limit_name=settings.rate_limit_name,
+        duckdb_limit_name=settings.duckdb_limit_name,
     )
 
 

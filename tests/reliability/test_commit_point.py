@@ -183,6 +183,8 @@ def test_a_fault_after_the_load(
     rows = len(after.tables["persons_anonymized"])
     (db_run,) = after.runs("persons_anonymized")
     row = run_row(db, run_id)
+    # Every case names the step it stopped in, the lock's too (its row is written later).
+    assert f"- **Stage:** {case.failed_stage}\n" in failure, failure
     if case.stage == "lock-load":
         assert held["DuckDB rows (persons_anonymized)"].startswith("not read"), failure
         # The test still held the lock when the run reported: its row is written by the check.
