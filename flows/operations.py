@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,6 @@ from tasks.common.settings import get_settings
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 AUTOMATIONS_FILE = PROJECT_DIR / "automations.yaml"
 WEBHOOK_ENV = "ALERT_WEBHOOK_URL"
-# Test-only: a short window for the "daily is late" trigger (26 hours otherwise).
-LATE_WITHIN_ENV = "ALERT_LATE_WITHIN_SECONDS"
 # The name automations.yaml gives the notification block; it is saved under this name.
 BLOCK_NAME = "alert-webhook"
 # Slack incoming webhooks read `text`; a generic receiver gets subject and body apart as well.
@@ -53,9 +50,6 @@ def apply_alerts(path: Path = AUTOMATIONS_FILE) -> str:
 def _automation(spec: dict[str, Any], block_id: Any) -> AutomationCore:
     """An Automation from its automations.yaml entry; disabled when there is no webhook."""
     spec = copy.deepcopy(spec)
-    late = os.environ.get(LATE_WITHIN_ENV)
-    if late and spec["trigger"].get("posture") == "Proactive":
-        spec["trigger"]["within"] = float(late)
     for action in spec["actions"]:
         if action.pop("block", None) is not None:
             # A placeholder id when alerts are off: the automation is kept, but disabled.

@@ -10,6 +10,9 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The bounds of the inputs are declared once, beside their checks.
+from tasks.common.inputs import MAX_PAGE_SIZE, MAX_RECORDS, MAX_SEED
+
 PUBLIC_API_URL = "https://fakerapi.it/api/v2"
 # Names the dotenv file the settings read (default `.env` in the working directory); an empty
 # value reads none. Only the process environment sets it: the test session empties it, so a
@@ -42,9 +45,14 @@ class Settings(BaseSettings):
     faker_api_url: str = Field(
         PUBLIC_API_URL, description="Base URL of the Faker API, up to the version (…/api/v2)."
     )
-    faker_records: int = Field(30_000, description="Records to fetch per run.", ge=1, le=10_000_000)
+    faker_records: int = Field(
+        30_000, description="Records to fetch per run.", ge=1, le=MAX_RECORDS
+    )
     faker_page_size: int = Field(
-        1000, description="Records per request; the API clamps above 1000.", ge=1, le=1000
+        MAX_PAGE_SIZE,
+        description=f"Records per request; the API clamps above {MAX_PAGE_SIZE}.",
+        ge=1,
+        le=MAX_PAGE_SIZE,
     )
     faker_locale: str = Field("en_US", description="Faker locale sent as `_locale`.")
     faker_seed: int | None = Field(
@@ -52,7 +60,7 @@ class Settings(BaseSettings):
         description="Run seed; page seeds derive from it so a run is reproducible. "
         "Unset: derived from the run date, so each day differs and a rerun repeats its day.",
         ge=1,
-        le=2**31 - 1,
+        le=MAX_SEED,
     )
     fetch_concurrency: int = Field(8, description="Requests in flight at once.", ge=1, le=64)
     fetch_max_tasks: int = Field(

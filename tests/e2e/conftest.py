@@ -8,6 +8,7 @@ retries, and a "daily is late" window of seconds instead of 26 hours.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import os
 import re
@@ -114,6 +115,32 @@ def run_service_cli(env: dict[str, str], *args: str, timeout: float = 400) -> st
     return done.stdout
 
 
+def _shorten_late_alert(server_url: str) -> None:
+    """The "daily is late" alert as applied, with a window of LATE_WITHIN_SECONDS (a day
+    otherwise), so the session sees it fire; changed through Prefect's client, as a user would."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.schemas.automations import AutomationCore
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    settings = {PREFECT_API_URL: server_url, PREFECT_API_AUTH_STRING: AUTH}
+    with temporary_settings(settings), get_client(sync_client=True) as client:
+        late = [
+            a for a in client.read_automations() if getattr(a.trigger, "posture", "") == "Proactive"
+        ]
+        assert len(late) == 1, late
+        (automation,) = late
+        trigger = automation.trigger.model_copy(
+            update={"within": dt.timedelta(seconds=LATE_WITHIN_SECONDS)}
+        )
+        # What an update takes: the automation's own fields, without the server-side owner.
+        fields = automation.model_dump(
+            include=set(AutomationCore.model_fields), exclude={"owner_resource"}
+        )
+        client.update_automation(
+            automation.id, AutomationCore.model_validate({**fields, "trigger": trigger})
+        )
+
+
 @pytest.fixture(scope="session")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """Server on a free loopback port, isolated PREFECT_HOME, local API, pool, deploy, worker."""
@@ -133,7 +160,6 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         DUCKDB_PATH=str(data / "db" / "faker.duckdb"),
         PREFECT_SERVER_API_AUTH_STRING=AUTH,
         ALERT_WEBHOOK_URL=webhook.url,
-        ALERT_LATE_WITHIN_SECONDS=str(LATE_WITHIN_SECONDS),
         REQUESTS_PER_MINUTE=str(REQUESTS_PER_MINUTE),
         FETCH_RANGE_RETRIES="1",
         FETCH_RANGE_RETRY_DELAY_SECONDS="1",
@@ -146,6 +172,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     try:
         output = run_service_cli(env, "serve")
         urls = state.urls()
+        _shorten_late_alert(urls["server"])
         yield Service(
             env=env,
             home=home,

@@ -8,7 +8,7 @@ from uuid import uuid4
 import pytest
 import yaml
 
-from flows.operations import AUTOMATIONS_FILE, LATE_WITHIN_ENV, _automation
+from flows.operations import AUTOMATIONS_FILE, _automation
 
 
 @pytest.fixture
@@ -38,10 +38,3 @@ def test_the_file_holds_the_failure_and_the_late_automation(specs) -> None:
 
 def test_without_a_webhook_the_automations_are_kept_but_off(specs) -> None:
     assert not any(_automation(spec, None).enabled for spec in specs)
-
-
-def test_the_late_window_can_be_shortened_for_tests(specs, monkeypatch) -> None:
-    monkeypatch.setenv(LATE_WITHIN_ENV, "12")
-    late = _automation(specs[1], uuid4())
-    assert late.trigger.within == dt.timedelta(seconds=12)
-    assert _automation(specs[0], uuid4()).trigger.within == dt.timedelta(0)  # reactive: as is
