@@ -432,6 +432,10 @@ def markdown(results: dict[str, Any]) -> str:
             f"{wall['make_run_repeat_s']} s; a 1,000-record CLI run, repeat "
             f"{wall['cli_1k_repeat_s']} s.",
         ]
+    if deployment := results.get("deployment"):
+        from bench.wall import deployment_markdown
+
+        lines += ["", deployment_markdown(deployment)]
     if parsed := results.get("bytes_to_rows"):
         steps = ("columns", "mask", "generalize")
         split = ", ".join(f"{step} {parsed[f'ms_{step}']} ms" for step in steps)
@@ -478,7 +482,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--page-size", type=int, default=1000)
     parser.add_argument("--out-dir", type=Path, default=BENCH_DIR, help="where results go")
     parser.add_argument("--skip-throughput", action="store_true", help="skip the 200 ms check")
-    parser.add_argument("--skip-wall", action="store_true", help="skip the user wall times")
+    parser.add_argument(
+        "--skip-wall",
+        action="store_true",
+        help="skip the user wall times (`python -m bench.wall` times the deployment runs alone)",
+    )
     # Internal: one size in this process.
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--api-url", help=argparse.SUPPRESS)
@@ -516,6 +524,10 @@ def main(argv: list[str] | None = None) -> int:
             results["wall"] = wall.measure(url)
     finally:
         stop(proc)
+    if not args.skip_wall:
+        # Its own local service with its own local API: what `make serve` users run.
+        print("wall times: 30,000-record deployment runs on a warm worker", flush=True)
+        results["deployment"] = wall.measure_deployment()
     if not args.skip_throughput:
         results["fetch_throughput"] = fetch_throughput()
     # The stage on its own, without fetch threads competing for the cores (bench/transform.py).

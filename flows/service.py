@@ -14,12 +14,17 @@ every client (CLI, worker, flow runs) sends it.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
+import re
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+
+import anyio
 
 from flows.processes import PROJECT_DIR, ServiceError, State, answers, free_port, wait_until
 from flows.server import (
@@ -35,6 +40,8 @@ from tasks.common.secrets import DEMO_KEY_FILE, ensure_demo_key, without_key
 
 POOL = "faker-pool"
 DAILY = "user-metrics-pipeline/daily"
+# How long `trigger` watches a run before it says the run goes on without it.
+WATCH_TIMEOUT_SECONDS = 1800
 # prefect.yaml puts the backfill deployments on this queue; the daily one is on the pool's
 # `default` queue (priority 1), whose runs a worker picks first when both have some waiting.
 BACKFILL_QUEUE = "backfill"
@@ -114,7 +121,9 @@ def _start_worker(state: State, env: dict[str, str], api: str) -> None:
         return
     state.stop("worker")  # it points at an API that is gone
     worker_env = {**env, "FAKER_API_URL": api}
-    worker_env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "5")
+    # A run waits for the worker's next poll before anything starts: a poll a second (one small
+    # query to a local server) keeps that wait short where users watch the run.
+    worker_env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "1")
     if not env.get("PII_HASH_KEY") and not env.get("PII_HASH_KEY_BLOCK"):
         # As `make run`: a random local key in the git-ignored .secrets/, never one in the repo.
         worker_env.setdefault("PII_HASH_KEY_FILE", str(ensure_demo_key(DEMO_KEY_FILE)))
@@ -168,15 +177,80 @@ def _not_running(state: State, env: Mapping[str, str]) -> str:
 
 
 def trigger(extra: Sequence[str] = ()) -> int:
-    """Run the daily deployment on the local service and wait; the exit code is Prefect's."""
+    """Run the daily deployment on the local service and wait: 0 once it completed, 1 if it
+    ended otherwise, Prefect's code if the run was refused."""
     env = base_env()
     state = State(Path(env["PREFECT_HOME"]))
     server = running_server(state, env)
     if server is None:
         print(f"error: {_not_running(state, env)}", file=sys.stderr)
         return 2
-    cmd = [prefect_bin(), "deployment", "run", DAILY, "--watch", "--watch-timeout", "1800", *extra]
-    return subprocess.run(cmd, env=base_env(server), cwd=PROJECT_DIR, check=False).returncode
+    # `prefect deployment run` creates the run (its --param parsing and refusals as users know
+    # them); the run is watched here, while Prefect's client loads beside that command.
+    cmd = [prefect_bin(), "deployment", "run", DAILY, *extra]
+    created = subprocess.Popen(
+        cmd, env=base_env(server), cwd=PROJECT_DIR, stdout=subprocess.PIPE, text=True
+    )
+    import prefect.cli.flow_runs_watching  # noqa: F401  (loads while the run is created)
+
+    output, _ = created.communicate()
+    print(output, end="", flush=True)
+    found = re.search(r"UUID: ([0-9a-f-]{36})", output)
+    if created.returncode != 0 or found is None:
+        return created.returncode or 1
+    try:
+        return asyncio.run(_watch(uuid.UUID(found.group(1)), base_env(server)))
+    except KeyboardInterrupt:
+        print(f"\nstopped watching; the run goes on: {found.group(1)}", file=sys.stderr)
+        return 130
+
+
+async def _watch(flow_run_id: uuid.UUID, env: Mapping[str, str]) -> int:
+    """Print the run's events until it ends, as `prefect deployment run --watch` does, but stop
+    at its final state: `--watch` then waits 3 s more for logs, which the server never streams
+    (PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED is off)."""
+    from prefect.cli.flow_runs_watching import FlowRunFormatter
+    from prefect.client.orchestration import get_client
+    from prefect.events.subscribers import FlowRunSubscriber
+    from rich.console import Console
+
+    console = Console()
+    formatter = FlowRunFormatter()  # type: ignore[no-untyped-call]  # Prefect's, unannotated
+    stream_error: Exception | None = None
+    with _client_settings(env):
+        async with get_client() as client:
+            with anyio.move_on_after(WATCH_TIMEOUT_SECONDS) as watching:
+                try:
+                    async with FlowRunSubscriber(flow_run_id, straggler_timeout=0) as events:
+                        # Subscribed first, then asked: a run that ended before is not waited for.
+                        state = (await client.read_flow_run(flow_run_id)).state
+                        if state is None or not state.is_final():
+                            async for item in events:
+                                console.print(formatter.format(item))
+                except Exception as exc:  # the stream broke: the run's state below says the rest
+                    stream_error = exc
+            # A final event may come before the state reads back as final.
+            for _ in range(50):
+                state = (await client.read_flow_run(flow_run_id)).state
+                if state is None or state.is_final():
+                    break
+                await anyio.sleep(0.1)
+    if state is not None and state.is_completed():
+        print(f"Flow run finished successfully in {state.name!r}.")
+        return 0
+    if state is None or not state.is_final():
+        why = (
+            f"had not ended after {WATCH_TIMEOUT_SECONDS} s"
+            if watching.cancelled_caught
+            else f"could not be followed ({type(stream_error).__name__} from the event stream)"
+        )
+        print(
+            f"error: flow run {flow_run_id} {why}; it goes on: see it in the Prefect UI",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"Flow run finished in state {state.name!r}.", file=sys.stderr)
+    return 1
 
 
 def stop() -> int:

@@ -6,18 +6,28 @@ python -m flows.user_metrics --api-url URL --records N --page-size P --run-date 
 
 from __future__ import annotations
 
+import sys
+
 from tasks.quality import validator
 
-if __name__ == "__main__":
-    # The CLI. GX's import (~4 s of CPU here) starts first, in the validator process on the other
-    # core, while this one imports Prefect and the stages below and sets the run up; the imports
-    # below therefore come after a statement (E402 is ignored for this file in pyproject.toml).
+
+def _in_engine_process() -> bool:
+    """Whether this process is `python -m prefect.engine`: what a worker starts for a run."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    return getattr(spec, "name", None) == "prefect.engine"
+
+
+if __name__ == "__main__" or _in_engine_process():
+    # The CLI, or the process a worker started for a deployment run (which loads this module as
+    # its entrypoint). GX's import (~4 s of CPU here) starts first, in the validator process on
+    # the other core, while this one imports Prefect and the stages below and sets the run up;
+    # the imports below therefore come after a statement (E402 is ignored for this file in
+    # pyproject.toml).
     validator.start()
 
 import asyncio
 import datetime as dt
 import os
-import sys
 import time
 import uuid
 from typing import Any

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench import run as bench
+from bench import wall
 
 
 def _run(records: int, stages: dict[str, float]) -> dict:
@@ -92,3 +93,63 @@ def test_smoke_run_writes_json_and_markdown(tmp_path: Path, capsys: pytest.Captu
     assert results["transform"]["mask_generalize_records_per_s"] > 0
     assert "Mask + generalize alone on 2,000 records" in table
     assert table in capsys.readouterr().out
+
+
+def test_deployment_breakdown_splits_the_wait_at_the_first_state_of_each_kind():
+    # Epoch seconds: the command starts at 100 and exits at 121; a second PENDING (a retry
+    # would give one) must not move the worker pick-up.
+    states = [
+        ("COMPLETED", 117.5),
+        ("RUNNING", 108.0),
+        ("PENDING", 103.5),
+        ("SCHEDULED", 102.0),
+        ("PENDING", 110.0),
+    ]
+    split = wall.breakdown(100.0, 121.0, states)
+    assert split == {
+        "cli_to_created": 2.0,
+        "created_to_pending": 1.5,
+        "pending_to_running": 4.5,
+        "running_to_completed": 9.5,
+        "completed_to_exit": 3.5,
+        "total": 21.0,
+    }
+    assert sum(split[key] for key, _ in wall.SEGMENTS) == pytest.approx(split["total"])
+
+
+def test_deployment_breakdown_fails_loudly_without_a_completed_state():
+    with pytest.raises(RuntimeError, match="no COMPLETED state"):
+        wall.breakdown(0.0, 9.0, [("SCHEDULED", 1.0), ("PENDING", 2.0), ("RUNNING", 3.0)])
+
+
+def test_deployment_figures_in_markdown():
+    def run(total: float, gx: float | None) -> dict:
+        split = dict.fromkeys((key for key, _ in wall.SEGMENTS), 1.0)
+        return {**split, "total": total, "validate_masked": gx, "flow_run_cpu": 12.0}
+
+    runs = {"prefect": [run(20.0, 3.0), run(24.0, 2.0), run(22.0, 4.0)]}
+    runs["trigger"] = [run(18.0, None), run(17.0, 2.0), run(19.0, 2.0)]
+    result = {"records": 30000, "runs": runs}
+    result["median"] = {how: wall.median_of(done) for how, done in runs.items()}
+    # A figure one run lacks is left out of the median, not counted as 0.
+    assert result["median"]["prefect"]["validate_masked"] == 3.0
+    assert "validate_masked" not in result["median"]["trigger"]
+    text = wall.deployment_markdown(result)
+    assert "A 30,000-record run of the daily deployment" in text
+    assert "median of 3" in text
+    prefect_line, trigger_line = text.splitlines()[1:]
+    assert prefect_line.startswith(f"- {wall.COMMANDS['prefect']}: **22.0 s** (20.0, 24.0, 22.0)")
+    assert "worker pick-up 1.0 s" in prefect_line
+    assert "validate_masked (waiting for GX) 3.0 s" in prefect_line
+    assert "CPU of the flow-run processes 12.0 s" in prefect_line
+    assert trigger_line.startswith(f"- {wall.COMMANDS['trigger']}: **18.0 s**")
+    assert "validate_masked" not in trigger_line
+    table = bench.markdown(
+        {
+            "machine": {"cores": 2, "python": "3.11"},
+            "started_at": "t",
+            "runs": [_run(2000, {"total": 2.0})],
+            "deployment": result,
+        }
+    )
+    assert text in table
