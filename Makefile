@@ -12,8 +12,8 @@ PY := $(VENV)/bin/python
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export UV_PYTHON_DOWNLOADS ?= never
-# Arrow's default pool (mimalloc) keeps freed memory; jemalloc hands it back between stages
-# (a million-record run peaks at ~1.1 GB instead of ~1.5 GB; tasks/common/allocator.py).
+# Arrow's default pool (mimalloc) keeps freed memory; jemalloc hands it back between stages,
+# so a large run peaks lower (tasks/common/allocator.py).
 export ARROW_DEFAULT_MEMORY_POOL ?= jemalloc
 
 .PHONY: help setup uv venv browser run test test-fast lint fmt clean serve trigger stop bench
@@ -27,7 +27,7 @@ uv: ## Install uv from PyPI if it is missing
 
 # --compile-bytecode writes every installed module's .pyc once, here. Where PYTHONDONTWRITEBYTECODE
 # is set (CI runners, containers, this project's machines) Python never writes them itself, and
-# each run compiled Prefect and GX from source again: GX's import took 8 s instead of 3.7.
+# each run compiled Prefect and GX from source again: GX's import took about twice as long.
 $(VENV)/.synced: uv.lock pyproject.toml | uv
 	$(UV) sync --frozen --compile-bytecode --python $(PYTHON)
 	@touch $@

@@ -31,8 +31,9 @@ from tasks.common.run_config import checked_run_config
 from tasks.common.secrets import withhold_key
 from tasks.common.settings import get_settings
 
-# Prefect gives its temporary API server 20 s to start; a first run took 21-33 s on a busy
-# 2-core machine. The CLI, `make run` and backfills give it this long unless the user says.
+# Prefect gives its temporary API server 20 s to start, which a busy 2-core machine misses
+# (`start-up: Prefect first run s` in bench/results.md). The CLI, `make run` and backfills give
+# it this long unless the user says.
 STARTUP_BUDGET_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 STARTUP_BUDGET_SECONDS = 180
 

@@ -29,7 +29,8 @@ def start_local_api() -> tuple[subprocess.Popen[str], str]:
 
 def main() -> int:
     """Run the pipeline once against the local API and stop the API afterwards."""
-    # GX's import (~4 s of CPU) first, on the other core, while the API and the CLI start.
+    # GX's import, the longest part of start-up, first, on the other core, while the API and the
+    # CLI start.
     validator.start()
     if not os.environ.get("PII_HASH_KEY") and not os.environ.get("PII_HASH_KEY_BLOCK"):
         # Offline demo only: a random key kept in a git-ignored file, never a key in the repo.

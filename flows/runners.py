@@ -87,7 +87,7 @@ def make_task_runner(
         check_dask_address(address, trusted_network)
     if workers < 1:
         raise DaskSettingError(f"DASK_WORKERS={workers} must be >= 1")
-    # Imported here: dask/distributed cost ~1 s to import and the default runner never needs them.
+    # Imported here: dask/distributed are slow to import and the default runner never needs them.
     from prefect_dask.task_runners import DaskTaskRunner
 
     if address:
@@ -173,10 +173,10 @@ def runner_from_env() -> TaskRunner[Any]:
         return RefusedTaskRunner(error)
 
 
-# A 30,000-record run takes about 20 s against a nearby API and about 90 s against the public
-# one at 25 requests a minute; a million records at that rate take about 40 minutes. An hour
-# covers the largest run we plan for with room to spare, and stops a hung run long before the
-# next day's schedule.
+# Against the public API the rate limit sets a run's length: at 25 requests a minute the 30
+# pages of 30,000 records take over a minute, the 1,000 pages of a million records 40 minutes.
+# An hour covers the largest run we plan for with room to spare, and stops a hung run long
+# before the next day's schedule.
 DEFAULT_FLOW_TIMEOUT_SECONDS = 3600
 # One backfill runs its dates one after another: a day of them.
 DEFAULT_BACKFILL_TIMEOUT_SECONDS = 86_400

@@ -31,7 +31,8 @@ from tasks.common.inputs import InputError
 from tasks.common.secrets import without_key
 
 DEFAULT_PORT = 4200
-# Sized for a busy 2-core machine: the server's first start (a fresh SQLite) took ~12 s quiet.
+# Generous, for a busy 2-core machine and a server's first start (a fresh SQLite): giving up
+# early fails the run, waiting longer for a process that does start costs nothing.
 START_SECONDS = {"server": 180.0, "api": 120.0, "worker": 120.0}
 LABELS = {"server": "Prefect server", "api": "Local Faker API", "worker": "Worker"}
 MODE_ENV = "CLI_PREFECT_SERVER"
@@ -193,7 +194,7 @@ def choose_server(
     if running_server(state, env):
         return "recorded"
     # Only `make run` (or a user who asks) keeps a server: a CI job, a cron entry or a test
-    # harness with a fresh PREFECT_HOME each time would leave one ~300 MB server per home.
+    # harness with a fresh PREFECT_HOME each time would leave one server process per home.
     return "background" if mode == "background" else "temporary"
 
 

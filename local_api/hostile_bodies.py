@@ -20,15 +20,15 @@ _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"
 @functools.cache
 def _pad_block() -> bytes:
     """One MiB of padding as raw deflate ending in a full flush: it refers to nothing before it,
-    so repeating it n times is a valid deflate stream of n MiB (compressing a GiB takes ~5 s)."""
+    so repeating it n times is a valid deflate stream of n MiB (compressing a GiB would be slow)."""
     compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     return compressor.compress(_PAD) + compressor.flush(zlib.Z_FULL_FLUSH)
 
 
 @functools.lru_cache(maxsize=4)
 def _padding(mebibytes: int) -> tuple[bytes, int]:
-    """`mebibytes` MiB of padding as deflate blocks (~1 KB a MiB), and its CRC-32 (~0.5 s a GiB,
-    so once per size)."""
+    """`mebibytes` MiB of padding as deflate blocks (~1 KB a MiB), and its CRC-32 (slow for a
+    GiB, so once per size)."""
     crc = 0
     for _ in range(mebibytes):
         crc = zlib.crc32(_PAD, crc)

@@ -1,6 +1,6 @@
 """Per-locale pools of faker-generated values, built once so requests only pick from lists.
 
-Calling faker per field costs tens of microseconds; a 1000-record page would take ~0.3 s. Pools
+Calling faker per field is slow enough that a 1000-record page would keep a client waiting. Pools
 are generated lazily (first use of a locale), under a lock, from a seed derived from the locale
 name with a stable hash, so they are identical across processes and restarts.
 """

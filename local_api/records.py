@@ -1,8 +1,9 @@
 """Query normalization and composition of person records from the locale pools.
 
-Every field is a vectorised numpy draw of pool indices or numbers, so a 1000-record page costs a
-few milliseconds. Seeded requests derive their generator from a SHA-256 of the normalized query,
-never from Python's salted ``hash()``, so the same query gives the same records in any process.
+Every field is a vectorised numpy draw of pool indices or numbers, so a 1000-record page costs
+little next to the pipeline's own work. Seeded requests derive their generator from a SHA-256 of
+the normalized query, never from Python's salted ``hash()``, so the same query gives the same
+records in any process.
 """
 
 from __future__ import annotations

@@ -194,7 +194,8 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "local-faker-api/1.0"
     timeout = 60  # idle keep-alive connections must not pin threads forever
-    # Headers and body go out in two writes; with Nagle on, small responses stall ~40 ms.
+    # Headers and body go out in two writes; with Nagle on, small responses wait for the
+    # client's delayed ACK.
     disable_nagle_algorithm = True
     server: _HttpServer
 

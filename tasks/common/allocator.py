@@ -1,12 +1,13 @@
 """Arrow's memory pool for pipeline processes: one that hands freed memory back to the OS.
 
 pyarrow's default pool on Linux is mimalloc, which keeps freed pages for reuse. A run's stages
-each allocate and free a few hundred MB of Arrow buffers at a million records, and mimalloc
-carried that into every later stage: peak RSS 1.5 GB. With ARROW_DEFAULT_MEMORY_POOL=jemalloc
-in the process environment (Makefile, prefect.yaml, Dockerfile) the same run peaks at ~1.1 GB
-and is ~10 % faster. pyarrow reads that variable once, when it loads, so for a process started
-without it (`python -m flows.user_metrics` by hand) the flow switches the default pool itself:
-that covers most allocations (~1.35 GB), not those Arrow's C++ makes from its own default.
+each allocate and free large Arrow buffers at a million records, and mimalloc carried that
+into every later stage, raising the run's peak RSS. With ARROW_DEFAULT_MEMORY_POOL=jemalloc in
+the process environment (Makefile, prefect.yaml, Dockerfile) each stage's freed memory goes back
+and the run peaks lower (bench/results.md has the peaks). pyarrow reads that variable once,
+when it loads, so for a process started without it (`python -m flows.user_metrics` by hand) the
+flow switches the default pool itself: that covers most allocations, not those Arrow's C++
+makes from its own default.
 """
 
 from __future__ import annotations

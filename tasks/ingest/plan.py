@@ -85,8 +85,8 @@ def plan_pages(records: int, page_size: int, run_seed: int, key: bytes) -> list[
     ]
 
 
-# Pages per fetch task worth a task run: a task run costs ~20-40 ms of the flow's own time (state
-# changes, events, a mask task after it), as much as fetching a page from a nearby server.
+# Pages per fetch task worth a task run: a task run costs the flow's own time (state changes,
+# events, a mask task after it) about as much as fetching a page from a nearby server does.
 PAGES_PER_RANGE = 4
 
 

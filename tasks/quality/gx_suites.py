@@ -1,8 +1,8 @@
 """Great Expectations plumbing: one lazy import, one ephemeral context, strict suite loading.
 
-`import great_expectations` takes 4-9 s on 2 cores (3.7 s with compiled bytecode), so nothing here
-imports it at module import time; the first caller pays once per process and everyone after
-reuses the module, the context and the suites.
+`import great_expectations` is the longest import of a run (`start-up: GX s` in bench/results.md),
+so nothing here imports it at module import time; the first caller pays once per process and
+everyone after reuses the module, the context and the suites.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def _skip_data_fingerprint() -> None:
     """Turn off GX's md5 fingerprint of every pandas batch (hashes each row of the frame).
 
     It is only a batch marker, which we never read (results are reduced to counts), yet on a
-    million rows it costs ~2 s and a transient copy of the frame (~400 MB). GX hashes frames whose
+    million rows it costs seconds and a transient copy of the frame. GX hashes frames whose
     memory_usage() is below HASH_THRESHOLD, so a threshold of 0 skips it; if a GX release drops
     the constant, validation still works, only slower.
     """

@@ -111,7 +111,7 @@ class ValidationSummary:
 # row, which keeps a million-row validation within memory bounds. Unique keys stay plain strings.
 _DICTIONARY_MAX_SHARE = 0.5
 # Rows looked at first: a column already mostly distinct there (the person keys) is not worth
-# dictionary-encoding whole, which for a million unique keys costs ~0.3 s and a transient copy.
+# dictionary-encoding whole, which for a million unique keys costs time and a transient copy.
 _DISTINCT_SAMPLE_ROWS = 8192
 
 
@@ -278,8 +278,8 @@ def warm_up_batches(rows: int = _WARM_UP_ROWS) -> tuple[pa.Table, pa.Table]:
 def warm_up() -> None:
     """Pay GX's one-time costs now: import, context, both suites and assets, a first validation.
 
-    After GX's 4-9 s import, the first validation in a process still costs tens of milliseconds
-    more than later ones (GX and pandas set up metric and string code paths on first use). This
+    After GX's import, the first validation in a process still costs more than later ones (GX
+    and pandas set up metric and string code paths on first use). This
     runs both suites once on a small made-up batch, so a run can do all of it ahead of time
     (the validator process does it as it starts).
     A suite file GX cannot fully load raises SuiteLoadError here, as it would in validation.

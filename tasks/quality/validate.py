@@ -60,6 +60,6 @@ def validation_artifact(summaries: list[ValidationSummary], run_date: date) -> A
 
 def prewarm() -> None:
     """Start the validator process (tasks/quality/validator.py), unless one runs: GX's import and
-    first validation (~4-5 s of CPU on 2 cores) then happen on the other core while the run
+    first validation (seconds of CPU) then happen on the other core while the run
     imports, sets up and fetches."""
     validator.start()

@@ -1,9 +1,9 @@
 """Great Expectations in a process of its own, so that its import runs beside the run's own.
 
-GX's import is ~4 s of CPU on this project's 2-core machine, 8 s where bytecode is not compiled
-(scipy, altair, sqlalchemy and pandas come with it), and an import holds the GIL: a warm-up
-thread can only interleave it with the run's own imports and set-up, never overlap them. A
-child process runs it on the other core.
+GX's import is the longest of a run (`start-up: GX s` in bench/results.md; about twice that
+where bytecode is not compiled: scipy, altair, sqlalchemy and pandas come with it), and an
+import holds the GIL: a warm-up thread can only interleave it with the run's own imports and
+set-up, never overlap them. A child process runs it on the other core.
 `start()` launches `python -m tasks.quality.validator`, which imports GX, loads both suites and
 validates a made-up batch, then serves validations over its pipes: one JSON header line and an
 Arrow IPC stream in, one JSON line of counts out (a ValidationSummary, which holds no values).

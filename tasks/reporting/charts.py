@@ -1,7 +1,8 @@
 """Plotly charts for the report, rendered to static PNGs by kaleido (headless Chromium).
 
-Chromium takes ~2 s to start, the charts ~0.2 s each: `prestart()` starts kaleido's sync server
-(one browser) early in a run, and `render_pngs` later renders every chart in it, then stops it.
+Chromium is slow to start and each chart quick to render in it: `prestart()` starts kaleido's
+sync server (one browser) early in a run, and `render_pngs` later renders every chart in it,
+then stops it.
 """
 
 from __future__ import annotations
