@@ -1,4 +1,4 @@
-"""Operations: what a failed run leaves for a person to read (artifact, log line, README)."""
+"""Operations: what a failed run leaves for a person to read (artifact, log line, docs)."""
 
 from __future__ import annotations
 
@@ -88,6 +88,8 @@ def test_additive_drift_is_reported_and_the_run_continues(start_api, site: Site)
     assert "1 unexpected field(s)" in row[2] and "title" not in row[1] + row[2], row
 
 
-def test_readme_has_a_when_it_fails_section() -> None:
+def test_readme_links_to_a_when_it_fails_section() -> None:
+    operations = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    assert "\n## When it fails\n" in operations
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert "\n## When it fails\n" in readme
+    assert "(docs/operations.md#when-it-fails)" in readme
