@@ -14,6 +14,8 @@ import threading
 
 import duckdb
 
+from tasks.common.emails import DOMAIN_MACRO
+
 _local = threading.local()
 _database: tuple[int, duckdb.DuckDBPyConnection] | None = None
 _database_lock = threading.Lock()
@@ -28,7 +30,9 @@ def cursor() -> duckdb.DuckDBPyConnection:
         return current
     with _database_lock:
         if _database is None or _database[0] != pid:
-            _database = (pid, duckdb.connect(config={"preserve_insertion_order": True}))
+            database = duckdb.connect(config={"preserve_insertion_order": True})
+            database.execute(DOMAIN_MACRO).fetchall()  # the e-mail domain rule, for SQL files
+            _database = (pid, database)
         current = _database[1].cursor()
         _local.cursor, _local.pid = current, pid
     return current

@@ -15,6 +15,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
+from tasks.common.emails import local_part
 from tasks.common.errors import EMAIL_PATTERN, PHONE_PATTERN
 from tasks.privacy.leak_index import LOWER_KINDS, SECRET_KINDS, SecretIndex, hash_strings, tokens
 
@@ -99,8 +100,8 @@ class TextScanner:
             yield token
             lower = token.lower()
             yield lower
-            if "@" in lower:
-                yield lower.rpartition("@")[0]
+            if (local := local_part(lower)) is not None:
+                yield local
             for n in self._ngram_lengths(words, i):
                 yield " ".join(words[i : i + n])
 
@@ -111,7 +112,7 @@ class TextScanner:
                 counts[kind] += n
             lower = token.lower()
             # A whole address, else the local part of an address at any domain.
-            local = lower.rpartition("@")[0] if "@" in lower else ""
+            local = local_part(lower) or ""
             for probe in (lower, local):
                 if probe and found.get(probe) in LOWER_KINDS:
                     counts[found[probe]] += n

@@ -21,8 +21,8 @@ select
     sha256($opad || unhex(sha256($ipad || encode(identity)))) as person_key,
     case
         when email is null then null
-        -- the last part: everything after the last "@", as the regex it replaced, at half the cost
-        when contains(email, '@') then '****@' || split_part(email, '@', -1)
+        -- email_domain: the macro of tasks/common/emails.py (everything after the last "@")
+        when contains(email, '@') then '****@' || email_domain(email)
         else '****'
     end as email,
     -- whole years at the run date; a birthday not yet reached this year does not count yet
