@@ -14,17 +14,15 @@ every client (CLI, worker, flow runs) sends it.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import re
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-
-import anyio
 
 from flows.processes import PROJECT_DIR, ServiceError, State, answers, free_port, wait_until
 from flows.server import (
@@ -40,8 +38,10 @@ from tasks.common.secrets import DEMO_KEY_FILE, ensure_demo_key, without_key
 
 POOL = "faker-pool"
 DAILY = "user-metrics-pipeline/daily"
-# How long `trigger` watches a run before it says the run goes on without it.
+# How long `trigger` watches a run before it says the run goes on without it, and how often it
+# asks for the run's state.
 WATCH_TIMEOUT_SECONDS = 1800
+FOLLOW_POLL_SECONDS = 0.5
 # prefect.yaml puts the backfill deployments on this queue; the daily one is on the pool's
 # `default` queue (priority 1), whose runs a worker picks first when both have some waiting.
 BACKFILL_QUEUE = "backfill"
@@ -186,70 +186,51 @@ def trigger(extra: Sequence[str] = ()) -> int:
         print(f"error: {_not_running(state, env)}", file=sys.stderr)
         return 2
     # `prefect deployment run` creates the run (its --param parsing and refusals as users know
-    # them); the run is watched here, while Prefect's client loads beside that command.
+    # them); the run is then followed here, through Prefect's client, until its final state
+    # (`--watch` waits a few seconds more for log lines this server never streams).
     cmd = [prefect_bin(), "deployment", "run", DAILY, *extra]
-    created = subprocess.Popen(
-        cmd, env=base_env(server), cwd=PROJECT_DIR, stdout=subprocess.PIPE, text=True
+    created = subprocess.run(
+        cmd, env=base_env(server), cwd=PROJECT_DIR, stdout=subprocess.PIPE, text=True, check=False
     )
-    import prefect.cli.flow_runs_watching  # noqa: F401  (loads while the run is created)
-
-    output, _ = created.communicate()
-    print(output, end="", flush=True)
-    found = re.search(r"UUID: ([0-9a-f-]{36})", output)
+    print(created.stdout, end="", flush=True)
+    found = re.search(r"UUID: ([0-9a-f-]{36})", created.stdout)
     if created.returncode != 0 or found is None:
         return created.returncode or 1
     try:
-        return asyncio.run(_watch(uuid.UUID(found.group(1)), base_env(server)))
+        return _follow(uuid.UUID(found.group(1)), base_env(server))
     except KeyboardInterrupt:
         print(f"\nstopped watching; the run goes on: {found.group(1)}", file=sys.stderr)
         return 130
 
 
-async def _watch(flow_run_id: uuid.UUID, env: Mapping[str, str]) -> int:
-    """Print the run's events until it ends, as `prefect deployment run --watch` does, but stop
-    at its final state: `--watch` then waits 3 s more for logs, which the server never streams
-    (PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED is off)."""
-    from prefect.cli.flow_runs_watching import FlowRunFormatter
+def _follow(flow_run_id: uuid.UUID, env: Mapping[str, str]) -> int:
+    """Print the run's state as it changes until it is final; 0 if it completed."""
     from prefect.client.orchestration import get_client
-    from prefect.events.subscribers import FlowRunSubscriber
-    from rich.console import Console
 
-    console = Console()
-    formatter = FlowRunFormatter()  # type: ignore[no-untyped-call]  # Prefect's, unannotated
-    stream_error: Exception | None = None
-    with _client_settings(env):
-        async with get_client() as client:
-            with anyio.move_on_after(WATCH_TIMEOUT_SECONDS) as watching:
-                try:
-                    async with FlowRunSubscriber(flow_run_id, straggler_timeout=0) as events:
-                        # Subscribed first, then asked: a run that ended before is not waited for.
-                        state = (await client.read_flow_run(flow_run_id)).state
-                        if state is None or not state.is_final():
-                            async for item in events:
-                                console.print(formatter.format(item))
-                except Exception as exc:  # the stream broke: the run's state below says the rest
-                    stream_error = exc
-            # A final event may come before the state reads back as final.
-            for _ in range(50):
-                state = (await client.read_flow_run(flow_run_id)).state
-                if state is None or state.is_final():
-                    break
-                await anyio.sleep(0.1)
-    if state is not None and state.is_completed():
+    deadline = time.monotonic() + WATCH_TIMEOUT_SECONDS
+    shown = None
+    with _client_settings(env), get_client(sync_client=True) as client:
+        while True:
+            state = client.read_flow_run(flow_run_id).state
+            if state is not None and state.name != shown:
+                shown = state.name
+                print(
+                    f"{time.strftime('%H:%M:%S')} flow run {flow_run_id}: {state.name}", flush=True
+                )
+            if state is not None and state.is_final():
+                break
+            if time.monotonic() >= deadline:
+                print(
+                    f"error: flow run {flow_run_id} had not ended after {WATCH_TIMEOUT_SECONDS} s;"
+                    " it goes on: see it in the Prefect UI",
+                    file=sys.stderr,
+                )
+                return 1
+            time.sleep(FOLLOW_POLL_SECONDS)  # a poll of the state: one small local request
+    if state.is_completed():
         print(f"Flow run finished successfully in {state.name!r}.")
         return 0
-    if state is None or not state.is_final():
-        why = (
-            f"had not ended after {WATCH_TIMEOUT_SECONDS} s"
-            if watching.cancelled_caught
-            else f"could not be followed ({type(stream_error).__name__} from the event stream)"
-        )
-        print(
-            f"error: flow run {flow_run_id} {why}; it goes on: see it in the Prefect UI",
-            file=sys.stderr,
-        )
-        return 1
-    print(f"Flow run finished in state {state.name!r}.", file=sys.stderr)
+    print(f"Flow run finished in state {state.name!r}: {state.message or ''}", file=sys.stderr)
     return 1
 
 
