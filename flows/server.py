@@ -74,6 +74,9 @@ def ensure_process(
 
 def _port_free(host: str, port: int) -> bool:
     with socket.socket() as sock:
+        # As the server binds it: connections of a stopped server left in TIME-WAIT do not hold
+        # the port (a listener still does).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

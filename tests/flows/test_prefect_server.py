@@ -214,3 +214,19 @@ def test_a_bad_server_mode_is_refused_up_front(api, tmp_path: Path) -> None:
     assert done.stderr.strip().splitlines() == [
         "error: CLI_PREFECT_SERVER='cloud' is not one of background, temporary"
     ]
+
+
+def test_a_port_left_in_time_wait_is_free_but_a_listener_holds_it() -> None:
+    import socket
+
+    from flows.server import _port_free
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    assert not _port_free("127.0.0.1", port)  # a listener holds it
+    client = socket.create_connection(("127.0.0.1", port))
+    served, _ = listener.accept()
+    served.close()  # the server's side closes first: its port stays in TIME-WAIT
+    client.close()
+    listener.close()
+    assert _port_free("127.0.0.1", port)
