@@ -246,6 +246,4 @@ def test_unknown_report_is_rejected(con: duckdb.DuckDBPyConnection) -> None:
     # A report's SQL name is no key: keys alone pick a registered declaration.
     with pytest.raises(KeyError):
         report_rows(con, "report_gmail_users_over_60", DAY_1)
-    assert list(report_rows(con, "gmail-users-over-60", DAY_1).columns) == [
-        "gmail_users_over_60"
-    ]
+    assert list(report_rows(con, "gmail-users-over-60", DAY_1).columns) == ["gmail_users_over_60"]
