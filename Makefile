@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export UV_PYTHON_DOWNLOADS ?= never
-# Arrow's default pool (mimalloc) keeps freed memory; jemalloc hands it back between stages,
+# Arrow's default pool (mimalloc) keeps freed memory; jemalloc hands it back between steps,
 # so a large run peaks lower (tasks/common/allocator.py).
 export ARROW_DEFAULT_MEMORY_POOL ?= jemalloc
 

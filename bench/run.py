@@ -1,4 +1,4 @@
-"""`make bench`: the flow against a warm local API at several sizes; per-stage seconds, records/s,
+"""`make bench`: the flow against a warm local API at several sizes; per-step seconds, records/s,
 peak RSS of the flow process, task runs and core count, written to bench/results.{json,md}.
 
 Each size runs in a child process of its own (`--child`), so its peak RSS is that run's alone, and
@@ -29,7 +29,7 @@ DEFAULT_SIZES = (1_000, 30_000, 100_000, 1_000_000)
 RUN_DATE = dt.date(2026, 11, 26)
 SEED = 20261126
 BENCH_KEY = "bench-only-hmac-key-0123456789"  # synthetic data only; never a real key
-# Stage rows of the table, in pipeline order; any other seconds_* key the flow reports is
+# Step rows of the table, in pipeline order; any other seconds_* key the flow reports is
 # appended after these.
 STAGES = (
     "fetch",
@@ -210,21 +210,21 @@ def child(args: argparse.Namespace) -> int:
     sampling = threading.Event()
     main_thread = threading.get_ident()
 
-    def current_stage() -> str:
-        # The stage the flow is in: `run.stage` of the running flow's frame (the flow body
+    def current_step() -> str:
+        # The step the flow is in: `run.step` of the running flow's frame (the flow body
         # runs in this, the main, thread). Benchmark-only introspection.
         frame = sys._current_frames().get(main_thread)
         while frame is not None:
             if frame.f_code.co_name == "user_metrics_pipeline":
-                return str(getattr(frame.f_locals.get("run"), "stage", "?"))
+                return str(getattr(frame.f_locals.get("run"), "step", "?"))
             frame = frame.f_back
         return "start/end"
 
     def sample_rss() -> None:
-        # RSS over the run, to see which stage sets the peak (ru_maxrss only gives its height).
+        # RSS over the run, to see which step sets the peak (ru_maxrss only gives its height).
         while not sampling.wait(0.25):
             kib = _status_kib(os.getpid(), "VmRSS")
-            samples.append((time.perf_counter() - started, kib / 1024, current_stage()))
+            samples.append((time.perf_counter() - started, kib / 1024, current_step()))
 
     started = time.perf_counter()
     sampler = threading.Thread(target=sample_rss, name="rss-sampler", daemon=True)
@@ -265,7 +265,7 @@ def child(args: argparse.Namespace) -> int:
             "seconds_gx": seconds_gx,
             "seconds_prefect_first_run": seconds_prefect,
         },
-        "stages": {
+        "steps": {
             key.removeprefix("seconds_"): value
             for key, value in summary.items()
             if key.startswith("seconds_") and isinstance(value, int | float)
@@ -273,9 +273,9 @@ def child(args: argparse.Namespace) -> int:
         "task_runs": task_runs,
         "peak_rss_mib": peak_kib / 1024,
         "validator_peak_rss_mib": validator_kib / 1024,
-        # (seconds since the flow started, RSS MiB, stage), every 0.25 s.
-        "rss_timeline": [(round(t, 2), round(mib), stage) for t, mib, stage in samples],
-        "peak_rss_mib_by_stage": _peaks(samples),
+        # (seconds since the flow started, RSS MiB, step), every 0.25 s.
+        "rss_timeline": [(round(t, 2), round(mib), step) for t, mib, step in samples],
+        "peak_rss_mib_by_step": _peaks(samples),
     }
     Path(args.result_file).write_text(json.dumps(result, indent=2))
     return 0
@@ -290,10 +290,10 @@ def _status_kib(pid: int, field: str) -> int:
 
 
 def _peaks(samples: list[tuple[float, float, str]]) -> dict[str, int]:
-    """Highest sampled RSS (MiB) per stage, in the order the stages ran."""
+    """Highest sampled RSS (MiB) per step, in the order the steps ran."""
     peaks: dict[str, int] = {}
-    for _, mib, stage in samples:
-        peaks[stage] = max(peaks.get(stage, 0), round(mib))
+    for _, mib, step in samples:
+        peaks[step] = max(peaks.get(step, 0), round(mib))
     return peaks
 
 
@@ -335,9 +335,9 @@ def derive(run: dict[str, Any]) -> dict[str, Any]:
     """Records/s end to end and for mask + generalize, from a child's raw figures."""
     if run.get("failed"):
         return run
-    stages, records = run["stages"], run["records"]
-    total = stages.get("total", run["seconds_flow_wall"])
-    masking = stages.get("mask", 0.0) + stages.get("generalize", 0.0)
+    steps, records = run["steps"], run["records"]
+    total = steps.get("total", run["seconds_flow_wall"])
+    masking = steps.get("mask", 0.0) + steps.get("generalize", 0.0)
     return {
         **run,
         "records_per_second": records / total if total else None,
@@ -352,7 +352,7 @@ def marginal(runs: list[dict[str, Any]]) -> dict[str, float]:
     """µs per extra record between consecutive sizes (flow seconds, start-up excluded), e.g.
     `1,000->100,000`: what each record costs once the fixed costs are paid."""
     done = sorted(
-        (run["records"], run["stages"]["total"]) for run in runs if "total" in run["stages"]
+        (run["records"], run["steps"]["total"]) for run in runs if "total" in run["steps"]
     )
     return {
         f"{a:,}->{b:,}": round(1e6 * (tb - ta) / (b - a), 1)
@@ -360,9 +360,9 @@ def marginal(runs: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-def stage_names(runs: list[dict[str, Any]]) -> list[str]:
-    """Known stages in pipeline order, then whatever else the flow reported, then total."""
-    seen = {name for run in runs for name in run["stages"]}
+def step_names(runs: list[dict[str, Any]]) -> list[str]:
+    """Known steps in pipeline order, then whatever else the flow reported, then total."""
+    seen = {name for run in runs for name in run["steps"]}
     extra = sorted(seen - set(STAGES) - {"total"})
     return [name for name in (*STAGES, *extra) if name in seen] + (
         ["total"] if "total" in seen else []
@@ -384,7 +384,7 @@ def markdown(results: dict[str, Any]) -> str:
     header = "| | " + " | ".join(f"{run['records']:,} records" for run in runs) + " |"
     lines = [
         f"Benchmark on {results['machine']['cores']} cores, {results['machine']['python']}, "
-        f"{results['started_at']}. Seconds per stage are of the flow run (start-up excluded); "
+        f"{results['started_at']}. Seconds per step are of the flow run (start-up excluded); "
         "fetch and mask are summed over their overlapping task runs.",
         "",
         header,
@@ -394,8 +394,8 @@ def markdown(results: dict[str, Any]) -> str:
     def row(label: str, values: list[Any], digits: int = 2) -> None:
         lines.append(f"| {label} | " + " | ".join(_fmt(v, digits) for v in values) + " |")
 
-    for name in stage_names(runs):
-        row(f"seconds {name}", [run["stages"].get(name) for run in runs])
+    for name in step_names(runs):
+        row(f"seconds {name}", [run["steps"].get(name) for run in runs])
     row("flow wall seconds", [run["seconds_flow_wall"] for run in runs])
     row("start-up: imports s", [run["startup"]["seconds_imports"] for run in runs])
     row("start-up: GX s", [run["startup"]["seconds_gx"] for run in runs])
@@ -416,9 +416,9 @@ def markdown(results: dict[str, Any]) -> str:
     row("pages", [run["pages"] for run in runs])
     row("cores", [results["machine"]["cores"] for _ in runs])
     for run in runs:
-        if peaks := run.get("peak_rss_mib_by_stage"):
-            text = ", ".join(f"{stage} {mib:,}" for stage, mib in peaks.items())
-            lines += ["", f"Peak RSS by stage, {run['records']:,} records (MiB): {text}."]
+        if peaks := run.get("peak_rss_mib_by_step"):
+            text = ", ".join(f"{step} {mib:,}" for step, mib in peaks.items())
+            lines += ["", f"Peak RSS by step, {run['records']:,} records (MiB): {text}."]
     for run in failed:
         lines += ["", f"The {run['records']:,}-record run FAILED: {run['error']}"]
     if steps := marginal(runs):
@@ -530,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         results["deployment"] = wall.measure_deployment()
     if not args.skip_throughput:
         results["fetch_throughput"] = fetch_throughput()
-    # The stage on its own, without fetch threads competing for the cores (bench/transform.py).
+    # The step on its own, without fetch threads competing for the cores (bench/transform.py).
     from bench import transform
 
     results["transform"] = transform.measure(max(sizes))

@@ -1,11 +1,11 @@
-"""What a run has done so far: its stage, its figures (one field per pipeline_runs column), the
+"""What a run has done so far: its step, its figures (one field per pipeline_runs column), the
 artifacts it published, and the hashes of its raw values for the leak scan.
 
-It lives with the flow, above the stage packages, because it holds the privacy package's leak
+It lives with the flow, above the concern packages, because it holds the privacy package's leak
 scanner; `tasks/` never sees it (steps get plain values and return their figures).
 
-The figures are a typed record, not a dict passed around: each stage sets the fields it owns,
-and the record turns into pipeline_runs columns in one place. Stage timings come from one
+The figures are a typed record, not a dict passed around: each step sets the fields it owns,
+and the record turns into pipeline_runs columns in one place. Step timings come from one
 helper (`RunRecord.entered` / `timed`), never from hand-written timer pairs.
 """
 
@@ -26,7 +26,7 @@ from tasks.privacy.leak_scan import LeakScanner, SecretHashes
 
 @dataclass
 class RunFigures:
-    """A run's figures; None until the stage that measures one has run."""
+    """A run's figures; None until the step that measures one has run."""
 
     hash_key_id: str | None = None
     records_fetched: int | None = None
@@ -58,11 +58,11 @@ class RunFigures:
     leak_outputs_scanned: int | None = None
     leak_hits: int | None = None
     leak_hit_fields: str | None = None
-    # stage -> seconds, stored as seconds_<stage> columns
+    # step -> seconds, stored as seconds_<step> columns
     seconds: dict[str, float] = field(default_factory=dict)
 
     def update(self, columns: Mapping[str, Any]) -> None:
-        """Set figures from pipeline_runs column names (a stage's own `as_run_columns()`)."""
+        """Set figures from pipeline_runs column names (a step's own `as_run_columns()`)."""
         for name, value in columns.items():
             if name == "seconds" or not hasattr(self, name):
                 raise AttributeError(f"RunFigures has no figure {name!r}")
@@ -75,7 +75,7 @@ class RunFigures:
             for f in dataclasses.fields(self)
             if f.name != "seconds" and getattr(self, f.name) is not None
         }
-        columns.update({f"seconds_{stage}": value for stage, value in self.seconds.items()})
+        columns.update({f"seconds_{step}": value for step, value in self.seconds.items()})
         return columns
 
 
@@ -84,7 +84,7 @@ class RunRecord:
     """A run in progress: where it is, what it measured, what it published."""
 
     run_id: str
-    stage: str = "start"
+    step: str = "start"
     figures: RunFigures = field(default_factory=RunFigures)
     published: list[str] = field(default_factory=list)  # artifact keys, as created
     details: list[str] = field(default_factory=list)  # value-free lines for a failure report
@@ -95,13 +95,13 @@ class RunRecord:
     _scanner: LeakScanner | None = None
 
     @contextmanager
-    def entered(self, stage: str) -> Iterator[None]:
-        """Run a stage: a failure report names it, and its seconds add up in the figures."""
+    def entered(self, step: str) -> Iterator[None]:
+        """Enter a step: a failure names it, its seconds add up, freed Arrow memory returns."""
         # Arrow's allocators keep freed pages for reuse (mimalloc for good, jemalloc for a
-        # while): without handing them back, a stage's transient peak is carried into the next.
+        # while): without handing them back, a step's transient peak is carried into the next.
         pa.default_memory_pool().release_unused()
-        self.stage = stage
-        with self.timed(stage):
+        self.step = step
+        with self.timed(step):
             yield
 
     @contextmanager

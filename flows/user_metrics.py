@@ -1,6 +1,6 @@
 """The `user-metrics-pipeline` and `user-metrics-backfill` flows: wiring and parameters only.
 
-The stages are in flows/stages.py, the work in tasks/, the command line in flows/cli.py:
+The steps are in flows/steps.py, the work in tasks/, the command line in flows/cli.py:
 python -m flows.user_metrics --api-url URL --records N --page-size P --run-date YYYY-MM-DD
 """
 
@@ -20,7 +20,7 @@ def _in_engine_process() -> bool:
 if __name__ == "__main__" or _in_engine_process():
     # The CLI, or the process a worker started for a deployment run (which loads this module as
     # its entrypoint). GX's import (~4 s of CPU here) starts first, in the validator process on
-    # the other core, while this one imports Prefect and the stages below and sets the run up;
+    # the other core, while this one imports Prefect and the steps below and sets the run up;
     # the imports below therefore come after a statement (E402 is ignored for this file in
     # pyproject.toml).
     validator.start()
@@ -42,7 +42,7 @@ from flows.runners import (
     flow_timeout_seconds,
     runner_from_env,
 )
-from flows.stages import (
+from flows.steps import (
     check_drift,
     commit,
     compose,
@@ -159,7 +159,7 @@ def user_metrics_pipeline(
     Nothing the run writes is visible until every check has passed: it stages, verifies,
     commits, then publishes. Unset parameters take their settings (FAKER_RECORDS, ...).
     """
-    use_returning_pool()  # Arrow memory freed by a stage goes back to the OS (common/allocator.py)
+    use_returning_pool()  # Arrow memory freed by a step goes back to the OS (common/allocator.py)
     options = RunOptions(
         api_url=api_url, records=records, page_size=page_size, seed=seed, locale=locale
     )

@@ -11,7 +11,7 @@ from bench import run as bench
 from bench import wall
 
 
-def _run(records: int, stages: dict[str, float]) -> dict:
+def _run(records: int, steps: dict[str, float]) -> dict:
     return bench.derive(
         {
             "records": records,
@@ -23,22 +23,22 @@ def _run(records: int, stages: dict[str, float]) -> dict:
                 "seconds_gx": 2.0,
                 "seconds_prefect_first_run": 3.0,
             },
-            "stages": stages,
+            "steps": steps,
             "task_runs": 12,
             "peak_rss_mib": 400.0,
         }
     )
 
 
-def test_table_lists_every_reported_stage_in_pipeline_order():
-    stages = {"total": 2.0, "validate": 0.3, "fetch": 0.5, "leak_scan": 0.1, "new_stage": 0.2}
-    runs = [_run(2000, stages), _run(4000, {**stages, "mask": 0.25})]
-    assert bench.stage_names(runs) == [
+def test_table_lists_every_reported_step_in_pipeline_order():
+    steps = {"total": 2.0, "validate": 0.3, "fetch": 0.5, "leak_scan": 0.1, "new_step": 0.2}
+    runs = [_run(2000, steps), _run(4000, {**steps, "mask": 0.25})]
+    assert bench.step_names(runs) == [
         "fetch",
         "mask",
         "validate",
         "leak_scan",
-        "new_stage",
+        "new_step",
         "total",
     ]
     table = bench.markdown(
@@ -61,7 +61,7 @@ def test_smoke_run_writes_json_and_markdown(tmp_path: Path, capsys: pytest.Captu
     (run,) = results["runs"]
     assert run["records"] == run["records_loaded"] == 2000
     assert {"fetch", "mask", "lake", "generalize", "validate", "load", "reports", "total"} <= set(
-        run["stages"]
+        run["steps"]
     )
     assert set(run["startup"]) == {"seconds_imports", "seconds_gx", "seconds_prefect_first_run"}
     # 2 pages: 1-2 fetch-and-mask task runs, plus validate x2, generalize, publish x2 and load.
@@ -71,7 +71,7 @@ def test_smoke_run_writes_json_and_markdown(tmp_path: Path, capsys: pytest.Captu
     table = (tmp_path / "results.md").read_text()
     assert "| | 2,000 records |" in table
     assert "peak RSS MiB (flow process)" in table
-    # The sampler (every 0.25 s) names the flow's stages in the order they ran.
+    # The sampler (every 0.25 s) names the flow's steps in the order they ran.
     order = [
         "start",
         "fetch",
@@ -85,10 +85,10 @@ def test_smoke_run_writes_json_and_markdown(tmp_path: Path, capsys: pytest.Captu
         "publish",
         "finish",
     ]
-    seen = [stage for stage in run["peak_rss_mib_by_stage"] if stage != "start/end"]
+    seen = [step for step in run["peak_rss_mib_by_step"] if step != "start/end"]
     assert seen and seen == sorted(seen, key=order.index)
-    assert max(run["peak_rss_mib_by_stage"].values()) <= run["peak_rss_mib"]
-    assert "Peak RSS by stage, 2,000 records (MiB): " in table
+    assert max(run["peak_rss_mib_by_step"].values()) <= run["peak_rss_mib"]
+    assert "Peak RSS by step, 2,000 records (MiB): " in table
     assert results["transform"]["records"] == 2000
     assert results["transform"]["mask_generalize_records_per_s"] > 0
     assert "Mask + generalize alone on 2,000 records" in table

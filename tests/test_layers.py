@@ -1,5 +1,5 @@
-"""Arrows point down: `tasks/common/` under the stage packages, the stage packages under `flows/`,
-and no import circles among the modules of `tasks/`.
+"""Arrows point down: `tasks/common/` under the concern packages, those under `flows/`, and no
+import circles among the modules of `tasks/`.
 
 Read from the source with `ast`, so an import inside a function or under `TYPE_CHECKING` counts
 as much as one at the top of a file.
@@ -117,7 +117,7 @@ def test_the_graph_sees_every_kind_of_import() -> None:
 
 
 def test_common_imports_no_stage_package() -> None:
-    """`tasks/common/` is the bottom layer: it imports nothing from the stage packages."""
+    """`tasks/common/` is the bottom layer: it imports nothing from the concern packages."""
     upward = {
         f"{name} -> {dep}"
         for name, deps in import_graph().items()

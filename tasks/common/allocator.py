@@ -1,9 +1,9 @@
 """Arrow's memory pool for pipeline processes: one that hands freed memory back to the OS.
 
-pyarrow's default pool on Linux is mimalloc, which keeps freed pages for reuse. A run's stages
+pyarrow's default pool on Linux is mimalloc, which keeps freed pages for reuse. A run's steps
 each allocate and free large Arrow buffers at a million records, and mimalloc carried that
-into every later stage, raising the run's peak RSS. With ARROW_DEFAULT_MEMORY_POOL=jemalloc in
-the process environment (Makefile, prefect.yaml, Dockerfile) each stage's freed memory goes back
+into every later step, raising the run's peak RSS. With ARROW_DEFAULT_MEMORY_POOL=jemalloc in
+the process environment (Makefile, prefect.yaml, Dockerfile) each step's freed memory goes back
 and the run peaks lower (bench/results.md has the peaks). pyarrow reads that variable once,
 when it loads, so for a process started without it (`python -m flows.user_metrics` by hand) the
 flow switches the default pool itself: that covers most allocations, not those Arrow's C++

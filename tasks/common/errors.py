@@ -65,7 +65,7 @@ class PipelineError(RuntimeError):
 
 
 class BatchError(PipelineError, ValueError):
-    """A batch breaks a contract between stages; the message names columns and counts."""
+    """A batch breaks a contract between steps; the message names columns and counts."""
 
 
 class StageError(PipelineError):

@@ -6,10 +6,10 @@ import pyarrow as pa
 
 
 class HandsOverTable:
-    """Mixin for a task result with a `table` the next stage takes exactly once.
+    """Mixin for a task result with a `table` the next step takes exactly once.
 
     Prefect keeps every task's future, and with it the result, until the flow run ends; letting
-    go of the rows when the next stage takes them keeps a million of them (raw ones included)
+    go of the rows when the next step takes them keeps a million of them (raw ones included)
     from staying in memory that long.
     """
 

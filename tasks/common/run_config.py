@@ -42,7 +42,7 @@ class FetchConfig:
     backoff_max: float = 30.0
     retry_after_max: float = 60.0
     # A range whose pages ran out of attempts for a cause that can clear is fetched again, whole,
-    # by its task's retries (flows/stages.py): this many times, this long after the failure.
+    # by its task's retries (flows/steps.py): this many times, this long after the failure.
     range_retries: int = 2
     range_retry_delay: float = 60.0
     # The Prefect global concurrency limit that spaces requests across processes, when the run
@@ -70,7 +70,7 @@ class RunConfig:
     schema_drift_policy: str
     duckdb_lock_timeout: float
     # The names of the Prefect concurrency limits the settings give (the request budget's and
-    # the DuckDB file's); a run uses each only if its server has it (flows/stages.py `start`).
+    # the DuckDB file's); a run uses each only if its server has it (flows/steps.py `start`).
     rate_limit_name: str
     duckdb_limit_name: str
     # The DuckDB file's limit when the run found it on its server; None: the file lock alone.

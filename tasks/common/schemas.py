@@ -1,4 +1,4 @@
-"""Arrow schemas of the datasets the stages hand to each other (the contracts between modules)."""
+"""Arrow schemas of the datasets the steps hand to each other (the contracts between modules)."""
 
 from __future__ import annotations
 

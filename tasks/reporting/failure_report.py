@@ -36,7 +36,7 @@ def _verdict(held: dict[str, Any], run_id: str) -> str:
 def failure_markdown(
     run_date: dt.date | None,
     run_id: str,
-    stage: str,
+    step: str,
     error: str,
     held: dict[str, Any],
     published: Sequence[str] = (),
@@ -52,7 +52,7 @@ def failure_markdown(
         "",
         f"- **Run date:** {ui_text(run_date or 'not resolved (bad input)')}",
         f"- **Flow run:** {ui_text(run_id)}",
-        f"- **Stage:** {ui_text(stage)}",
+        f"- **Step:** {ui_text(step)}",
         f"- **Error:** {ui_text(error)}",
     ]
     if held:

@@ -1,4 +1,4 @@
-"""Privacy stages in a real run: a planted leak fails the run; a clean run scans clean."""
+"""Privacy steps in a real run: a planted leak fails the run; a clean run scans clean."""
 
 from __future__ import annotations
 
@@ -48,8 +48,8 @@ def test_a_raw_value_in_the_log_fails_the_run(api, pipeline_env, prefect_storage
     assert isinstance(error, LeakError)
     assert "run log" in str(error) and "email" in str(error)
     assert "@" not in str(error)  # the leaked address itself is never repeated
-    status, hits, fields, stage = failed_run_row(pipeline_env / "db/faker.duckdb")
-    assert (status, stage) == ("failed", "verify") and hits >= 1 and "email" in fields
+    status, hits, fields, step = failed_run_row(pipeline_env / "db/faker.duckdb")
+    assert (status, step) == ("failed", "verify") and hits >= 1 and "email" in fields
 
 
 def test_a_raw_value_in_an_artifact_fails_the_run(api, pipeline_env, prefect_storage, monkeypatch):

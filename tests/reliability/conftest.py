@@ -288,10 +288,10 @@ def start_cli(args: list[str], env: dict[str, str]) -> subprocess.Popen:
 
 
 def start_runner(
-    stage: str, marker: Path, env: dict[str, str], cli_args: list[str], release: Path | None = None
+    hook: str, marker: Path, env: dict[str, str], cli_args: list[str], release: Path | None = None
 ) -> subprocess.Popen:
-    """The pipeline CLI in a subprocess with a drill hook at `stage` (crash_runner.py)."""
-    head = [stage, str(marker)] + ([str(release)] if release else [])
+    """The pipeline CLI in a subprocess with a drill hook `hook` (crash_runner.py)."""
+    head = [hook, str(marker)] + ([str(release)] if release else [])
     return subprocess.Popen(
         [PYTHON, str(ROOT / "tests" / "reliability" / "crash_runner.py"), *head, "--", *cli_args],
         cwd=ROOT,
@@ -303,11 +303,11 @@ def start_runner(
 
 
 def wait_for_marker(proc: subprocess.Popen, marker: Path, timeout: float = 180) -> None:
-    """Wait until the subprocess reached its stage; fail with its output if it exited first."""
+    """Wait until the subprocess reached its hook; fail with its output if it exited first."""
     wait_for(lambda: marker.exists() or proc.poll() is not None, timeout, f"marker {marker.name}")
     if not marker.exists():
         out, err = proc.communicate()
-        raise AssertionError(f"runner exited {proc.returncode} before its stage:\n{out}\n{err}")
+        raise AssertionError(f"runner exited {proc.returncode} before its hook:\n{out}\n{err}")
 
 
 def kill(proc: subprocess.Popen) -> None:

@@ -16,8 +16,8 @@ file RELEASE, or raises, as listed:
   between-renames     block after the raw lake file's rename, before the extract's
   before-publish      block after the commit, before the first artifact is created
   mid-publish         block after the first artifact was created
-  raise-privacy       raise in the privacy stage
-  raise-reports       raise in the report stage
+  raise-privacy       raise in the privacy step
+  raise-reports       raise in the report step
   raise-publish       raise while creating the second artifact (the first one exists)
   skip-vocabulary     let every value through the vocabulary check (a gap in it), so only the
                       leak scan stands between a hostile source and the outputs
@@ -64,8 +64,8 @@ def _on_call(owner: Any, name: str, nth: int, act: Any) -> None:
     setattr(owner, name, hooked)
 
 
-def _install(stage: str, marker: Path, release: Path | None) -> None:
-    import flows.stages
+def _install(hook: str, marker: Path, release: Path | None) -> None:
+    import flows.steps
     import tasks.ingest.ranges
     import tasks.privacy.extract
     import tasks.reporting.artifacts
@@ -75,15 +75,15 @@ def _install(stage: str, marker: Path, release: Path | None) -> None:
     import tasks.storage.lake
 
     def mark_and_block(*_: Any) -> None:
-        marker.write_text(stage)
+        marker.write_text(hook)
         _block_forever()
 
     def mark_and_wait(*_: Any) -> None:
-        marker.write_text(stage)
+        marker.write_text(hook)
         assert release is not None
         _wait_for(release)
 
-    if stage == "lake-write":
+    if hook == "lake-write":
         write = tasks.storage.lake.AtomicParquetWriter.write
 
         def write_then_block(self: Any, table: Any) -> None:
@@ -92,19 +92,19 @@ def _install(stage: str, marker: Path, release: Path | None) -> None:
             _block_forever()
 
         tasks.storage.lake.AtomicParquetWriter.write = write_then_block
-    elif stage in ("duckdb-load", "hold-load"):
+    elif hook in ("duckdb-load", "hold-load"):
         store_reports = tasks.storage.batches.store_reports
 
         def store_then_stop(con: Any, *args: Any, **kwargs: Any) -> None:
             store_reports(con, *args, **kwargs)
             marker.write_text("in load transaction")
-            if stage == "duckdb-load":
+            if hook == "duckdb-load":
                 _block_forever()
             assert release is not None
             _wait_for(release)
 
         tasks.storage.batches.store_reports = store_then_stop
-    elif stage == "mark-connect":
+    elif hook == "mark-connect":
         # open_db is where a run queues for the DuckDB file lock; mark the first attempt.
         open_db = tasks.storage.database.open_db
 
@@ -120,38 +120,38 @@ def _install(stage: str, marker: Path, release: Path | None) -> None:
                 and getattr(module, "open_db", None) is open_db
             ):
                 module.open_db = marked_open_db
-    elif stage == "lock-load":
-        _on_call(flows.stages, "open_transaction", 1, mark_and_wait)
-    elif stage == "db-committed":
+    elif hook == "lock-load":
+        _on_call(flows.steps, "open_transaction", 1, mark_and_wait)
+    elif hook == "db-committed":
         _on_call(tasks.storage.lake.AtomicParquetWriter, "commit", 1, mark_and_block)
-    elif stage == "between-renames":
+    elif hook == "between-renames":
         _on_call(tasks.storage.lake.AtomicParquetWriter, "commit", 2, mark_and_block)
-    elif stage == "before-publish":
+    elif hook == "before-publish":
         _on_call(tasks.reporting.artifacts.Artifact, "create", 1, mark_and_block)
-    elif stage == "mid-publish":
+    elif hook == "mid-publish":
         _on_call(tasks.reporting.artifacts.Artifact, "create", 2, mark_and_block)
-    elif stage == "raise-privacy":
+    elif hook == "raise-privacy":
         tasks.privacy.extract.shareable_extract = _raise
-    elif stage == "raise-reports":
+    elif hook == "raise-reports":
         tasks.reporting.compose.build_charts = _raise
-    elif stage == "raise-publish":
+    elif hook == "raise-publish":
         _on_call(tasks.reporting.artifacts.Artifact, "create", 2, _raise)
-    elif stage == "skip-vocabulary":
+    elif hook == "skip-vocabulary":
         tasks.ingest.ranges.check_vocabulary = lambda *_: None
     else:
-        raise SystemExit(f"unknown stage {stage!r}")
+        raise SystemExit(f"unknown hook {hook!r}")
 
 
 def main(argv: list[str]) -> int:
-    """Install the stage hook, then run the real CLI."""
+    """Install the drill hook, then run the real CLI."""
     split = argv.index("--")
     head, cli_args = argv[:split], argv[split + 1 :]
-    stage, marker = head[0], Path(head[1])
+    hook, marker = head[0], Path(head[1])
     release = Path(head[2]) if len(head) > 2 else None
     import flows.cli
     import flows.user_metrics  # import first, so the hooks also replace names it imported
 
-    _install(stage, marker, release)
+    _install(hook, marker, release)
     return flows.cli.main(cli_args)
 
 

@@ -3,7 +3,7 @@
 Each case loads the date cleanly first, then runs the CLI in a subprocess with one fault after
 the load: a raw e-mail in a kept field (past a gap in the vocabulary check, so only the leak scan
 can stop it), an exception in the
-privacy or report stage, the DuckDB lock held past its timeout, an exception while creating the
+privacy or report step, the DuckDB lock held past its timeout, an exception while creating the
 artifacts (after the commit). Then, read back from disk and through the Prefect client:
 
 - before the commit, the date's lake files (bytes), DuckDB rows (every column), extract and the
@@ -64,8 +64,8 @@ class Case:
     """One fault after the load, where it stops the run, and whether the batch got committed."""
 
     name: str
-    stage: str  # the runner's hook (crash_runner.py), or "" for a plain CLI run
-    failed_stage: str
+    hook: str  # the runner's hook (crash_runner.py), or "" for a plain CLI run
+    failed_step: str
     error: str  # the start of the error line after "error: "
     faults: tuple[str, ...] = ()  # local API drifts
     committed: bool = False
@@ -81,8 +81,8 @@ CASES = [
         "LeakError: leak scan",
         ("email-in-country",),
     ),
-    Case("exception in the privacy stage", "raise-privacy", "privacy", "StageError: RuntimeError"),
-    Case("exception in the report stage", "raise-reports", "reports", "StageError: RuntimeError"),
+    Case("exception in the privacy step", "raise-privacy", "privacy", "StageError: RuntimeError"),
+    Case("exception in the report step", "raise-reports", "reports", "StageError: RuntimeError"),
     Case("DuckDB lock held past its timeout", "lock-load", "load", "DatabaseBusyError"),
     Case(
         "exception while creating artifacts",
@@ -110,12 +110,12 @@ def run_faulty(
         "--run-date",
         RUN_DATE.isoformat(),
     ]
-    if not case.stage:
+    if not case.hook:
         return run_cli(cli, env)
     marker, release = tmp_path / "marker", tmp_path / "release"
     env = {**env, "DUCKDB_LOCK_TIMEOUT_SECONDS": "3"}
-    proc = start_runner(case.stage, marker, env, cli, release)
-    if case.stage == "lock-load":
+    proc = start_runner(case.hook, marker, env, cli, release)
+    if case.hook == "lock-load":
         # Another run takes the DuckDB file as this one is about to stage its batch, and keeps
         # it until this one has given up and reported.
         wait_for_marker(proc, marker)
@@ -184,8 +184,8 @@ def test_a_fault_after_the_load(
     (db_run,) = after.runs("persons_anonymized")
     row = run_row(db, run_id)
     # Every case names the step it stopped in, the lock's too (its row is written later).
-    assert f"- **Stage:** {case.failed_stage}\n" in failure, failure
-    if case.stage == "lock-load":
+    assert f"- **Step:** {case.failed_step}\n" in failure, failure
+    if case.hook == "lock-load":
         assert held["DuckDB rows (persons_anonymized)"].startswith("not read"), failure
         # The test still held the lock when the run reported: its row is written by the check.
         assert run_cli(["--check"], subprocess_env).returncode == 0
@@ -193,7 +193,7 @@ def test_a_fault_after_the_load(
     else:
         shown = held["DuckDB rows (persons_anonymized)"]
         assert shown.startswith(f"run {db_run}") and f"({rows:,} rows)" in shown, failure
-        assert (row["status"], row["failed_stage"]) == ("failed", case.failed_stage), row
+        assert (row["status"], row["failed_stage"]) == ("failed", case.failed_step), row
         assert row["kept_lake_run"].startswith(f"run {lake_run}")
         assert row["kept_db_run"].startswith(f"run {db_run} ({rows:,} rows)")
         assert row["error"] == line.removeprefix("error: ")

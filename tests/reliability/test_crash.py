@@ -63,9 +63,9 @@ WINDOWS = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", WINDOWS)
+@pytest.mark.parametrize("hook", WINDOWS)
 def test_sigkill_in_each_crash_window(
-    stage: str,
+    hook: str,
     api: LocalApiServer,
     reliability_env,
     subprocess_env: dict[str, str],
@@ -75,12 +75,12 @@ def test_sigkill_in_each_crash_window(
     lake, db, before = restored.lake, restored.db, restored.before
     assert before.runs("persons_anonymized") == {restored.baseline.flow_run_id}
 
-    marker = tmp_path / f"{stage}.marker"
+    marker = tmp_path / f"{hook}.marker"
     cli = ["--api-url", api.base_url, "--records", str(NEW_RECORDS), "--page-size", "100"]
-    proc = start_runner(stage, marker, subprocess_env, [*cli, "--run-date", str(RUN_DATE)])
+    proc = start_runner(hook, marker, subprocess_env, [*cli, "--run-date", str(RUN_DATE)])
     try:
         wait_for_marker(proc, marker)
-        if stage == "lake-write":
+        if hook == "lake-write":
             # The kill must land while a half-written staged file is on disk, or it proves little.
             assert Path(marker.read_text()).exists()
     finally:
@@ -88,14 +88,14 @@ def test_sigkill_in_each_crash_window(
             kill(proc)
     killed = latest_run_id(db)
     assert killed != restored.baseline.flow_run_id
-    committed = WINDOWS[stage]
+    committed = WINDOWS[hook]
 
     if not committed:
         # Nothing of the killed run is visible, before any repair.
         assert stored_date(lake, db, RUN_DATE) == before
         assert latest_artifacts() == restored.published
     check = run_cli(["--check"], subprocess_env)
-    print(f"{stage}: --check said:\n{check.stdout}")
+    print(f"{hook}: --check said:\n{check.stdout}")
     after = stored_date(lake, db, RUN_DATE)
     assert not temp_files(lake), f"staged files left after the check: {temp_files(lake)}"
     row = run_row(db, killed)

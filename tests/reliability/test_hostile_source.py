@@ -60,7 +60,7 @@ def _planted_keys(records: list[dict]) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class Drill:
-    """One hostile fault, the stage it stops the run in, and how to find its planted values."""
+    """One hostile fault, the step it stops the run in, and how to find its planted values."""
 
     name: str
     faults: dict

@@ -40,7 +40,7 @@ def served(records: int, seed: int = 7) -> list[dict]:
 
 
 def source_table(records: list[dict]) -> pa.Table:
-    """The typed raw page the fetch stage holds in memory (SOURCE_SCHEMA)."""
+    """The typed raw page the fetch step holds in memory (SOURCE_SCHEMA)."""
     pages = [records[i : i + 1000] for i in range(0, len(records), 1000)]
     return pa.concat_tables([to_source_table(p, i)[0] for i, p in enumerate(pages)])
 

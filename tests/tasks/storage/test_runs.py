@@ -22,7 +22,7 @@ def committed(con: duckdb.DuckDBPyConnection, run_id: str, day: dt.date, status:
 
 
 def decide(con: duckdb.DuckDBPyConnection, day: dt.date) -> bool:
-    """The decision as the commit stage takes it: this run's row exists, its transaction open."""
+    """The decision as the commit step takes it: this run's row exists, its transaction open."""
     start_run(con, "this-run", day, 10)
     con.begin()
     try:

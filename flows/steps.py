@@ -1,4 +1,4 @@
-"""The stages of one pipeline run, in the order the flow calls them; the work lives in tasks/.
+"""The steps of one pipeline run, in the order the flow calls them; the work lives in tasks/.
 
 A run stages every output where no reader sees it (temp files beside their targets, DuckDB
 writes in one open transaction, artifacts composed in memory), verifies what it staged, and
@@ -101,23 +101,25 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def in_stage(
+def in_step(
     name: str,
 ) -> Callable[
     [Callable[Concatenate[RunConfig, RunRecord, P], R]],
     Callable[Concatenate[RunConfig, RunRecord, P], R],
 ]:
-    """Decorator: the function runs as stage `name` of its run (`RunRecord.entered`)."""
+    """Decorator: the function runs as step `name` of its run (`RunRecord.entered`)."""
 
     def decorate(
         fn: Callable[Concatenate[RunConfig, RunRecord, P], R],
     ) -> Callable[Concatenate[RunConfig, RunRecord, P], R]:
-        def staged(cfg: RunConfig, run: RunRecord, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        def in_named_step(
+            cfg: RunConfig, run: RunRecord, /, *args: P.args, **kwargs: P.kwargs
+        ) -> R:
             with run.entered(name):
                 return fn(cfg, run, *args, **kwargs)
 
-        functools.update_wrapper(staged, fn)
-        return staged
+        functools.update_wrapper(in_named_step, fn)
+        return in_named_step
 
     return decorate
 
@@ -219,7 +221,7 @@ def plan(cfg: RunConfig) -> list[PageRange]:
     return ranges
 
 
-@in_stage("fetch")
+@in_step("fetch")
 def fetch_and_mask(cfg: RunConfig, run: RunRecord, staged: Staged) -> pa.Table:
     """Fetch and mask every range, report progress as pages land, then stage the lake file
     sorted by person_key: source order (and so the seeded page a row came from) is not kept."""
@@ -276,7 +278,7 @@ def take_range(run: RunRecord, part: MaskedRange, total: int) -> pa.Table:
     return table
 
 
-@in_stage("schema-drift")
+@in_step("schema-drift")
 def check_drift(cfg: RunConfig, run: RunRecord, staged: Staged, previous: str | None) -> None:
     """Compare the source's shape with the last committed run's; compose the report, apply the
     policy (a stopped run reports the change in its failure report instead)."""
@@ -293,7 +295,7 @@ def check_drift(cfg: RunConfig, run: RunRecord, staged: Staged, previous: str | 
     staged.artifacts.append(Artifact(DRIFT_ARTIFACT_KEY, description, markdown=markdown))
 
 
-@in_stage("validate")
+@in_step("validate")
 def validate(
     cfg: RunConfig, run: RunRecord, staged: Staged, batch: pa.Table, generalized: pa.Table | None
 ) -> None:
@@ -322,7 +324,7 @@ def validate(
         staged.artifacts.append(validation_artifact(staged.validations, cfg.run_date))
 
 
-@in_stage("generalize")
+@in_step("generalize")
 def generalize(cfg: RunConfig, run: RunRecord, batch: pa.Table) -> pa.Table:
     """The analytical layer: ages to bands, rare domains to `other` (after the raw suite
     passed: generalization refuses batches it rejects, e.g. null keys)."""
@@ -342,7 +344,7 @@ def open_transaction(cfg: RunConfig) -> Iterator[duckdb.DuckDBPyConnection]:
                 con.rollback()
 
 
-@in_stage("load")
+@in_step("load")
 def load(cfg: RunConfig, run: RunRecord, staged: Staged, analytical: pa.Table) -> None:
     """Finish the staged lake file, take the DuckDB file (its locks) and stage the batch in one
     open transaction, rolled back unless the run commits."""
@@ -352,7 +354,7 @@ def load(cfg: RunConfig, run: RunRecord, staged: Staged, analytical: pa.Table) -
     run.figures.records_loaded = stage_batch_task(con, analytical, cfg.run_date, run.run_id)
 
 
-@in_stage("privacy")
+@in_step("privacy")
 def protect(cfg: RunConfig, run: RunRecord, staged: Staged, analytical: pa.Table) -> None:
     """Stage the shareable extract (k-anonymous, a temp file) and the privacy figures."""
     staged.protected = protect_privacy_task(
@@ -369,7 +371,7 @@ def protect(cfg: RunConfig, run: RunRecord, staged: Staged, analytical: pa.Table
     run.figures.update(privacy_run_columns(protected.metrics, protected.extract, collapsed))
 
 
-@in_stage("reports")
+@in_step("reports")
 def compose(cfg: RunConfig, run: RunRecord, staged: Staged) -> None:
     """Compose the report artifacts in memory from the staged rows."""
     con = staged.connection()
@@ -378,7 +380,7 @@ def compose(cfg: RunConfig, run: RunRecord, staged: Staged) -> None:
     staged.artifacts += staged.published.artifacts
 
 
-@in_stage("verify")
+@in_step("verify")
 def verify(cfg: RunConfig, run: RunRecord, staged: Staged, log_lines: list[str]) -> None:
     """Check what is staged: row counts, then the leak scan of every staged output."""
     for name, writer in staged.files.items():
@@ -416,7 +418,7 @@ def verify(cfg: RunConfig, run: RunRecord, staged: Staged, log_lines: list[str])
     staged.artifacts.append(privacy_artifact(redact(markdown), cfg.run_date))
 
 
-@in_stage("commit")
+@in_step("commit")
 def commit(cfg: RunConfig, run: RunRecord, staged: Staged) -> None:
     """Make the staged outputs the date's: DuckDB first, then the file renames.
 
@@ -446,7 +448,7 @@ def commit(cfg: RunConfig, run: RunRecord, staged: Staged) -> None:
     )
 
 
-@in_stage("publish")
+@in_step("publish")
 def publish(cfg: RunConfig, run: RunRecord, staged: Staged) -> None:
     """Create the composed artifacts, in order (each key is recorded as it is created): under
     the plain keys, or under `<key>-<run date>` when a newer date is committed."""
@@ -460,7 +462,7 @@ def publish(cfg: RunConfig, run: RunRecord, staged: Staged) -> None:
     create_artifacts(staged.artifacts, run.published, cfg.run_date if staged.dated_keys else None)
 
 
-@in_stage("finish")
+@in_step("finish")
 def finish(cfg: RunConfig, run: RunRecord, staged: Staged) -> dict[str, Any]:
     """Mark the run completed; return what the CLI prints."""
     run.stop_clock()
@@ -507,7 +509,7 @@ def report_failure(cfg: RunConfig | None, run: RunRecord, exc: BaseException) ->
             markdown=failure_markdown(
                 cfg.run_date if cfg else None,
                 run.run_id,
-                run.stage,
+                run.step,
                 error,
                 held,
                 run.published,
@@ -525,11 +527,11 @@ def _record_failure(cfg: RunConfig, run: RunRecord, error: str, busy: bool) -> d
     wait = BUSY_WAIT_SECONDS if busy else READ_BACK_SECONDS
     wait = min(wait, cfg.duckdb_lock_timeout)
     held = read_back(cfg, wait)
-    if run.stage == "start":
+    if run.step == "start":
         return held  # the run never got its pipeline_runs row
     figures = {**run.figures.as_columns(), **kept_columns(held), "error": error}
     try:
-        record_end(cfg, run.run_id, "failed", {**figures, "failed_stage": run.stage}, wait)
+        record_end(cfg, run.run_id, "failed", {**figures, "failed_stage": run.step}, wait)
     except DatabaseBusyError:
         run.details.append(
             "The run's pipeline_runs row could not be updated: another run held the "
