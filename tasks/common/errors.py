@@ -68,8 +68,8 @@ class BatchError(PipelineError, ValueError):
     """A batch breaks a contract between steps; the message names columns and counts."""
 
 
-class StageError(PipelineError):
-    """A library error inside a stage, by type only (its own message may quote a value)."""
+class LibraryError(PipelineError):
+    """A library error inside a step, by type only (its own message may quote a value)."""
 
 
 def display_url(url: object) -> str:
@@ -137,10 +137,10 @@ def failure_text(exc: BaseException, scanner: ValueScanner | None = None) -> str
 
 
 def value_free(exc: BaseException, text: str | None = None) -> BaseException:
-    """The exception to raise in place of `exc`: ours with a redacted message, else a StageError.
+    """The exception to raise in place of `exc`: ours with a redacted message, else a LibraryError.
 
     Our own errors keep their type (callers and tests tell failures apart by it); a library's
-    error becomes a StageError naming only its type. Either way the result has no chained
+    error becomes a LibraryError naming only its type. Either way the result has no chained
     cause, so no traceback prints the original message. `text` is the failure text already
     worked out for it (by `failure_text`, with the run's scanner), if any.
     """
@@ -154,7 +154,7 @@ def value_free(exc: BaseException, text: str | None = None) -> BaseException:
         if str(exc) == message:
             exc.__cause__, exc.__context__, exc.__suppress_context__ = None, None, True
             return exc
-    error = StageError(text)
+    error = LibraryError(text)
     error.__suppress_context__ = True
     return error
 

@@ -16,7 +16,7 @@ from prefect.client.schemas.objects import State
 from tasks.common.handoff import HandsOverTable
 from tasks.common.run_config import FetchConfig
 from tasks.common.secrets import hash_key
-from tasks.common.stage import stage_task
+from tasks.common.tasks import as_task
 from tasks.common.vocabulary import check_vocabulary
 from tasks.ingest.fetch import fetch_range
 from tasks.ingest.mask import mask_pii
@@ -67,7 +67,7 @@ def fetch_and_mask_range(
     )
 
 
-fetch_and_mask_range_task = stage_task(
+fetch_and_mask_range_task = as_task(
     fetch_and_mask_range, task_run_name="fetch and mask {page_range.label}"
 )
 

@@ -45,7 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tasks.common.schemas import ArrayLike
-from tasks.common.stage import stage_task
+from tasks.common.tasks import as_task
 from tasks.common.vocabulary import OTHER_DOMAIN
 from tasks.privacy.domains import KEEP_DOMAINS, collapse_rare_domains
 from tasks.privacy.regions import map_codes
@@ -385,4 +385,4 @@ def protect_privacy(
     return Protected(metrics=metrics, extract=extract, writer=writer)
 
 
-protect_privacy_task = stage_task(protect_privacy)
+protect_privacy_task = as_task(protect_privacy)

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tasks.common.schemas import AGE_BAND_YEARS, AGE_GROUPS, ANALYTICAL_SCHEMA, MASK, ArrayLike
-from tasks.common.stage import stage_task
+from tasks.common.tasks import as_task
 from tasks.privacy.domains import collapse_rare_domains, email_domain
 
 _AGE_GROUP_LABELS = pa.array(AGE_GROUPS, pa.string())
@@ -98,4 +98,4 @@ def generalize_persons(masked: pa.Table, run_date: datetime.date, k: int) -> Gen
     return Generalized(table)
 
 
-generalize_persons_task = stage_task(generalize_persons)
+generalize_persons_task = as_task(generalize_persons)

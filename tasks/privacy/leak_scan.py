@@ -19,7 +19,7 @@ import duckdb
 import pyarrow as pa
 
 from tasks.common.errors import PipelineError
-from tasks.common.stage import stage_task
+from tasks.common.tasks import as_task
 from tasks.privacy.leak_index import (
     MIN_CELL_LENGTH,
     MIN_TEXT_LENGTH,
@@ -215,4 +215,4 @@ def scan_for_leaks(
     return scanner.report
 
 
-scan_for_leaks_task = stage_task(scan_for_leaks)
+scan_for_leaks_task = as_task(scan_for_leaks)

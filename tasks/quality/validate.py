@@ -13,7 +13,7 @@ from datetime import date
 import pyarrow as pa
 
 from tasks.common.errors import PipelineError
-from tasks.common.stage import stage_task
+from tasks.common.tasks import as_task
 from tasks.quality import validator
 from tasks.quality.gx_validation import ValidationSummary, validate_here
 from tasks.reporting.artifacts import VALIDATION_ARTIFACT_KEY, Artifact
@@ -38,7 +38,7 @@ def validate_masked(table: pa.Table, expected_rows: int) -> ValidationSummary:
     return _validate(table, "masked", expected_rows)
 
 
-validate_masked_task = stage_task(validate_masked)
+validate_masked_task = as_task(validate_masked)
 
 
 def validate_analytical(table: pa.Table, expected_rows: int) -> ValidationSummary:
@@ -46,7 +46,7 @@ def validate_analytical(table: pa.Table, expected_rows: int) -> ValidationSummar
     return _validate(table, "analytical", expected_rows)
 
 
-validate_analytical_task = stage_task(validate_analytical)
+validate_analytical_task = as_task(validate_analytical)
 
 
 def validation_artifact(summaries: list[ValidationSummary], run_date: date) -> Artifact:

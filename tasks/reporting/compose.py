@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import duckdb
 
 from tasks.common.reports import TOP_GMAIL_COUNTRIES
-from tasks.common.stage import stage_task
+from tasks.common.tasks import as_task
 from tasks.privacy.suppression import small_cell_note
 from tasks.reporting.artifacts import Artifact, answers, compose_reports
 from tasks.reporting.charts import build_charts, render_pngs
@@ -50,4 +50,4 @@ def compose_user_metrics(
     return Published(answers=answers(reports), artifacts=artifacts, seconds_charts=seconds_charts)
 
 
-compose_user_metrics_task = stage_task(compose_user_metrics)
+compose_user_metrics_task = as_task(compose_user_metrics)

@@ -12,7 +12,7 @@ from tasks.common.errors import BatchError
 from tasks.common.reports import parameters, stored_reports
 from tasks.common.schemas import ANALYTICAL_SCHEMA
 from tasks.common.sqlfiles import read_sql
-from tasks.common.stage import stage_task
+from tasks.common.tasks import as_task
 
 # Identifiers cannot be bound as parameters, so these two statements are formatted with a stored
 # report's table name (from the registry, which checks it) and its query read from its SQL file;
@@ -71,7 +71,7 @@ def stage_batch(
     return int(loaded)
 
 
-stage_batch_task = stage_task(stage_batch)
+stage_batch_task = as_task(stage_batch)
 
 
 def stage_shareable(

@@ -81,14 +81,14 @@ CASES = [
         "LeakError: leak scan",
         ("email-in-country",),
     ),
-    Case("exception in the privacy step", "raise-privacy", "privacy", "StageError: RuntimeError"),
-    Case("exception in the report step", "raise-reports", "reports", "StageError: RuntimeError"),
+    Case("exception in the privacy step", "raise-privacy", "privacy", "LibraryError: RuntimeError"),
+    Case("exception in the report step", "raise-reports", "reports", "LibraryError: RuntimeError"),
     Case("DuckDB lock held past its timeout", "lock-load", "load", "DatabaseBusyError"),
     Case(
         "exception while creating artifacts",
         "raise-publish",
         "publish",
-        "StageError: RuntimeError",
+        "LibraryError: RuntimeError",
         committed=True,
     ),
 ]

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 
 from tasks.common.errors import (
+    LibraryError,
     PipelineError,
-    StageError,
     display_url,
     failure_text,
     raises_value_free,
@@ -72,17 +72,17 @@ def test_value_free_keeps_our_type_and_drops_the_cause() -> None:
 
 def test_value_free_wraps_a_library_error() -> None:
     raised = value_free(arrow_error())
-    assert isinstance(raised, StageError) and SECRET not in str(raised)
+    assert isinstance(raised, LibraryError) and SECRET not in str(raised)
     assert value_free(KeyboardInterrupt()).__class__ is KeyboardInterrupt
 
 
 def test_a_task_body_raises_value_free() -> None:
     @raises_value_free
-    def stage() -> None:
+    def body() -> None:
         raise arrow_error()
 
-    with pytest.raises(StageError) as info:
-        stage()
+    with pytest.raises(LibraryError) as info:
+        body()
     printed = "".join(traceback.format_exception(info.value))
     assert SECRET not in printed
 

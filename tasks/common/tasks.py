@@ -1,6 +1,6 @@
-"""The one way a stage function becomes a Prefect task: `x_task = stage_task(x)`, beside `x`.
+"""The one way a function becomes a Prefect task: `x_task = as_task(x)`, beside `x`.
 
-Rule of the house: every stage is a plain typed function that tests call directly; its Prefect
+Rule of the house: every task is a plain typed function that tests call directly; its Prefect
 task is defined right below it, named `<function>_task`, with the function's name in the UI.
 """
 
@@ -18,11 +18,11 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def stage_task(fn: Callable[P, R], **options: Any) -> Task[P, R]:
+def as_task(fn: Callable[P, R], **options: Any) -> Task[P, R]:
     """A Prefect task running `fn`: results in memory only, errors free of source values.
 
-    Some stages hold raw records, and none needs Prefect's result persistence or cache: results
-    are never persisted and batches never hashed for cache keys. Any error leaving the stage is
+    Some tasks hold raw records, and none needs Prefect's result persistence or cache: results
+    are never persisted and batches never hashed for cache keys. Any error leaving the task is
     `tasks.common.errors.value_free` before Prefect logs it.
     """
     return task(
