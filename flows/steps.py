@@ -64,7 +64,7 @@ from tasks.reporting import (
     DRIFT_ARTIFACT_KEY,
     FAILURE_ARTIFACT_KEY,
     Artifact,
-    Published,
+    Composed,
     compose_user_metrics_task,
     create_artifacts,
     failure_markdown,
@@ -134,7 +134,7 @@ class Staged:
     validations: list[ValidationSummary] = field(default_factory=list)
     con: duckdb.DuckDBPyConnection | None = None
     protected: Protected | None = None
-    published: Published | None = None
+    composed: Composed | None = None
     scan: LeakScanReport | None = None
     # Decided at the commit: another run has committed a newer date, so this run's artifacts
     # go under per-date keys and the latest versions of the plain keys stay that date's.
@@ -375,9 +375,9 @@ def protect(cfg: RunConfig, run: RunRecord, staged: Staged, analytical: pa.Table
 def compose(cfg: RunConfig, run: RunRecord, staged: Staged) -> None:
     """Compose the report artifacts in memory from the staged rows."""
     con = staged.connection()
-    staged.published = compose_user_metrics_task(con, cfg.run_date, cfg.records, cfg.privacy_k)
-    run.figures.seconds["charts"] = staged.published.seconds_charts
-    staged.artifacts += staged.published.artifacts
+    staged.composed = compose_user_metrics_task(con, cfg.run_date, cfg.records, cfg.privacy_k)
+    run.figures.seconds["charts"] = staged.composed.seconds_charts
+    staged.artifacts += staged.composed.artifacts
 
 
 @in_step("verify")
@@ -468,7 +468,7 @@ def finish(cfg: RunConfig, run: RunRecord, staged: Staged) -> dict[str, Any]:
     run.stop_clock()
     figures = run.figures.as_columns()
     record_end(cfg, run.run_id, "completed", figures, cfg.duckdb_lock_timeout)
-    assert staged.protected is not None and staged.published is not None
+    assert staged.protected is not None and staged.composed is not None
     get_run_logger().info(
         "loaded %d records for %s; lake file %s; %.1fs",
         run.figures.records_loaded,
@@ -480,7 +480,7 @@ def finish(cfg: RunConfig, run: RunRecord, staged: Staged) -> dict[str, Any]:
         **figures,
         "lake_file": str(staged.raw.target),
         "extract_file": str(staged.protected.writer.target),
-        "answers": staged.published.answers,
+        "answers": staged.composed.answers,
         "artifacts": list(run.published),
         "flow_run_id": run.run_id,
         "run_date": cfg.run_date.isoformat(),

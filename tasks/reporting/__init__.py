@@ -7,7 +7,7 @@ from tasks.reporting.artifacts import (
     Artifact,
     create_artifacts,
 )
-from tasks.reporting.compose import Published, compose_user_metrics_task
+from tasks.reporting.compose import Composed, compose_user_metrics_task
 from tasks.reporting.failure_report import failure_markdown
 from tasks.reporting.privacy_report import privacy_artifact, privacy_markdown, privacy_run_columns
 
@@ -15,7 +15,7 @@ __all__ = [
     "DRIFT_ARTIFACT_KEY",
     "FAILURE_ARTIFACT_KEY",
     "Artifact",
-    "Published",
+    "Composed",
     "compose_user_metrics_task",
     "create_artifacts",
     "failure_markdown",

@@ -28,7 +28,7 @@ def shown_report(con: duckdb.DuckDBPyConnection, run_date: dt.date, k: int) -> S
 
 
 @dataclass
-class Published:
+class Composed:
     """The report artifacts composed for the run, and the answers for the CLI."""
 
     answers: list[str]
@@ -38,7 +38,7 @@ class Published:
 
 def compose_user_metrics(
     con: duckdb.DuckDBPyConnection, run_date: dt.date, records: int, k: int
-) -> Published:
+) -> Composed:
     """The report tables and the markdown report with charts, small counts hidden (not created)."""
     shown = shown_report(con, run_date, k)
     reports = shown.reports
@@ -47,7 +47,7 @@ def compose_user_metrics(
     images = render_pngs(figures)  # one browser session for every chart; never raises
     seconds_charts = time.perf_counter() - started
     artifacts = compose_reports(run_date, records, reports, images, note=small_cell_note(k))
-    return Published(answers=answers(reports), artifacts=artifacts, seconds_charts=seconds_charts)
+    return Composed(answers=answers(reports), artifacts=artifacts, seconds_charts=seconds_charts)
 
 
 compose_user_metrics_task = as_task(compose_user_metrics)

@@ -27,7 +27,7 @@ _AGE = "age:"
 _COUNTRY = "country:"
 
 
-def published(key: str, df: pd.DataFrame, k: int) -> pd.DataFrame:
+def small_counts_hidden(key: str, df: pd.DataFrame, k: int) -> pd.DataFrame:
     """A table as people see it: counts of 1..k-1 (and figures derived from them) as `<k`."""
     return _suppressed(report(key), df, k)
 
@@ -105,7 +105,7 @@ def shown_figures(
     def label(prefix: str, names: pd.Series) -> list[str | None]:
         return [labels.get(prefix + str(n)) for n in names]
 
-    reports = {key: published(key, df, k) for key, df in stored.items()}
+    reports = {key: small_counts_hidden(key, df, k) for key, df in stored.items()}
     reports[TOP_GMAIL_COUNTRIES.key] = _labelled(
         top, "gmail_users", label(_COUNTRY, top["country"])
     )

@@ -29,7 +29,7 @@ from tasks.privacy.suppression import small_cell_note
 from tasks.reporting.artifacts import compose_reports
 from tasks.reporting.charts import build_charts
 from tasks.reporting.compose import shown_report
-from tasks.reporting.disclosure import published
+from tasks.reporting.disclosure import small_counts_hidden
 from tasks.reporting.queries import gmail_by_age_group, report_history, report_results
 from tasks.storage.database import connect
 from tasks.storage.migrations import migrate
@@ -158,9 +158,9 @@ def view_of(table: pa.Table, tmp_path: Path, k: int, *, before: bool = False) ->
         if before:
             # The primary rule alone, as compose applied it before: every stored rank listed.
             stored = report_results(con, RUN_DATE)
-            reports = {key: published(key, df, k) for key, df in stored.items()}
-            by_age = published("gmail-by-age-group", gmail_by_age_group(con, RUN_DATE), k)
-            history = published(GERMANY_GMAIL_SHARE.key, report_history(con), k)
+            reports = {key: small_counts_hidden(key, df, k) for key, df in stored.items()}
+            by_age = small_counts_hidden("gmail-by-age-group", gmail_by_age_group(con, RUN_DATE), k)
+            history = small_counts_hidden(GERMANY_GMAIL_SHARE.key, report_history(con), k)
         else:
             shown = shown_report(con, RUN_DATE, k)
             reports, by_age, history = shown.reports, shown.by_age, shown.history
