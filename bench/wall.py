@@ -30,7 +30,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from flows.processes import State, free_port
+from flows.processes import ServiceState, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -203,7 +203,7 @@ def measure_deployment(records: int = 30_000, runs: int = 3) -> dict[str, Any]:
         timed: dict[str, list[dict[str, float | None]]] = {how: [] for how in COMMANDS}
         try:
             _timed([*service, "serve"], env)
-            state = State(Path(env["PREFECT_HOME"]))
+            state = ServiceState(Path(env["PREFECT_HOME"]))
             server, worker = state.urls()["server"], state.pid("worker")
             if worker is None:
                 raise RuntimeError("`flows.service serve` left no worker running")

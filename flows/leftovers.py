@@ -171,13 +171,13 @@ def check_api() -> Iterator[str | None]:
         temporary_settings,
     )
 
-    from flows.processes import State
+    from flows.processes import ServiceState
     from flows.server import base_env
 
     url = PREFECT_API_URL.value()
     if not url:
         env = base_env()
-        url = State(Path(env["PREFECT_HOME"])).urls().get("server")
+        url = ServiceState(Path(env["PREFECT_HOME"])).urls().get("server")
         if not url:
             yield (
                 "Prefect flow runs not checked: no Prefect API is set or running "

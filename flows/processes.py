@@ -75,14 +75,14 @@ def wait_until(ready: Callable[[], bool], what: str, timeout: float, proc: Any, 
         time.sleep(0.3)
 
 
-def answers(url: str) -> bool:
-    """Whether `url` answers 200 (health endpoints need no credentials)."""
+def responds(url: str) -> bool:
+    """Whether `url` responds 200 (health endpoints need no credentials)."""
     with contextlib.suppress(httpx.HTTPError):
         return httpx.get(url, timeout=2).status_code == 200
     return False
 
 
-class State:
+class ServiceState:
     """Pid files, logs and URLs of the local service under `$PREFECT_HOME/service`."""
 
     def __init__(self, prefect_home: Path) -> None:

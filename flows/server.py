@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from flows.processes import PROJECT_DIR, ServiceError, State, answers, free_port, wait_until
+from flows.processes import PROJECT_DIR, ServiceError, ServiceState, free_port, responds, wait_until
 from tasks.common.inputs import InputError
 from tasks.common.secrets import without_key
 
@@ -60,15 +60,15 @@ def base_env(api_url: str | None = None) -> dict[str, str]:
 
 
 def ensure_process(
-    state: State, name: str, cmd: list[str], env: Mapping[str, str], url: str, health: str
+    state: ServiceState, name: str, cmd: list[str], env: Mapping[str, str], url: str, health: str
 ) -> str:
     """Reuse our `name` if it still answers at `url`, else (re)start it and wait for `health`;
     returns one line saying which."""
-    if state.pid(name) is not None and state.urls().get(name) == url and answers(health):
+    if state.pid(name) is not None and state.urls().get(name) == url and responds(health):
         return f"{LABELS[name]:<18} already running (pid {state.pid(name)}) at {url}"
     state.stop(name)
     proc = state.launch(name, cmd, env, **{name: url})
-    wait_until(lambda: answers(health), name, START_SECONDS[name], proc, state.log(name))
+    wait_until(lambda: responds(health), name, START_SECONDS[name], proc, state.log(name))
     return f"{LABELS[name]:<18} started (pid {proc.pid}) at {url}, log {state.log(name)}"
 
 
@@ -105,7 +105,7 @@ def port_holder(host: str, port: int, env: Mapping[str, str]) -> str | None:
         return None
     client_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{client_host}:{port}/api"
-    if not answers(f"{url}/health"):
+    if not responds(f"{url}/health"):
         return f"a process that is not a Prefect server (nothing answers {url}/health)"
     home = served_home(url, env)
     if home is None:
@@ -124,16 +124,16 @@ def server_url(env: Mapping[str, str], port: int | None = None) -> tuple[str, st
     return host, port_text, f"http://{client_host}:{port_text}/api"
 
 
-def running_server(state: State, env: Mapping[str, str]) -> str | None:
+def running_server(state: ServiceState, env: Mapping[str, str]) -> str | None:
     """The API URL of the server recorded in `state` if its process lives and the server
     answering there is this PREFECT_HOME's, else None."""
     url = state.urls().get("server")
-    if state.pid("server") is None or not url or not answers(f"{url}/health"):
+    if state.pid("server") is None or not url or not responds(f"{url}/health"):
         return None
     return url if served_home(url, env) == Path(env["PREFECT_HOME"]).resolve() else None
 
 
-def ensure_server(state: State, env: Mapping[str, str]) -> tuple[str, str]:
+def ensure_server(state: ServiceState, env: Mapping[str, str]) -> tuple[str, str]:
     """The local Prefect server, started unless ours already answers; (API URL, its lines).
 
     Only a server this call started, or one recorded earlier that is still ours, is reported
@@ -186,7 +186,7 @@ def server_mode() -> str | None:
 
 
 def choose_server(
-    api_url: str | None, mode: str | None, state: State, env: Mapping[str, str]
+    api_url: str | None, mode: str | None, state: ServiceState, env: Mapping[str, str]
 ) -> str:
     """Which server a CLI run uses: `configured` (PREFECT_API_URL), `recorded` (ours, running),
     `background` (start one and keep it), or `temporary` (Prefect's, ends with the process)."""
@@ -207,7 +207,7 @@ def server_for_run() -> str | None:
     from prefect.settings import PREFECT_API_URL
 
     env = base_env()
-    state = State(Path(env["PREFECT_HOME"]))
+    state = ServiceState(Path(env["PREFECT_HOME"]))
     choice = choose_server(PREFECT_API_URL.value(), server_mode(), state, env)
     if choice in ("configured", "temporary"):
         return None

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from flows.processes import PROJECT_DIR, ServiceError, State, answers, free_port, wait_until
+from flows.processes import PROJECT_DIR, ServiceError, ServiceState, free_port, responds, wait_until
 from flows.server import (
     LABELS,
     START_SECONDS,
@@ -115,7 +115,7 @@ def _worker_online(env: Mapping[str, str]) -> bool:
     return False
 
 
-def _start_worker(state: State, env: dict[str, str], api: str) -> None:
+def _start_worker(state: ServiceState, env: dict[str, str], api: str) -> None:
     if state.pid("worker") is not None and state.urls().get("worker_api") == api:
         print(f"{LABELS['worker']:<18} already running (pid {state.pid('worker')}) on pool {POOL}")
         return
@@ -137,7 +137,7 @@ def _start_worker(state: State, env: dict[str, str], api: str) -> None:
 def serve() -> int:
     """Start whatever of server, local API, pool, deployments and worker is not running yet."""
     env = base_env()
-    state = State(Path(env["PREFECT_HOME"]))
+    state = ServiceState(Path(env["PREFECT_HOME"]))
     # Only the worker (and the flow runs it starts) may need the key: the rest never get it.
     server, line = ensure_server(state, env)
     print(line)
@@ -157,7 +157,7 @@ def serve() -> int:
     return 0
 
 
-def _not_running(state: State, env: Mapping[str, str]) -> str:
+def _not_running(state: ServiceState, env: Mapping[str, str]) -> str:
     """Why `trigger` has no server of this service to use, in one line."""
     url, pid = state.urls().get("server"), state.pid("server")
     if pid is None:
@@ -165,7 +165,7 @@ def _not_running(state: State, env: Mapping[str, str]) -> str:
             f"the local service is not running (no live server recorded in {state.dir}); "
             "start it with `make serve`"
         )
-    if not answers(f"{url}/health"):
+    if not responds(f"{url}/health"):
         return (
             f"the local service's server (pid {pid}) does not answer at {url}; "
             f"see {state.log('server')}, then `make stop` and `make serve`"
@@ -180,7 +180,7 @@ def trigger(extra: Sequence[str] = ()) -> int:
     """Run the daily deployment on the local service and wait: 0 once it completed, 1 if it
     ended otherwise, Prefect's code if the run was refused."""
     env = base_env()
-    state = State(Path(env["PREFECT_HOME"]))
+    state = ServiceState(Path(env["PREFECT_HOME"]))
     server = running_server(state, env)
     if server is None:
         print(f"error: {_not_running(state, env)}", file=sys.stderr)
@@ -236,7 +236,7 @@ def _follow(flow_run_id: uuid.UUID, env: Mapping[str, str]) -> int:
 
 def stop() -> int:
     """Stop the worker, local API and server that `serve` recorded, by process id."""
-    state = State(Path(base_env()["PREFECT_HOME"]))
+    state = ServiceState(Path(base_env()["PREFECT_HOME"]))
     for name in ("worker", "api", "server"):
         pid = state.stop(name)
         print(f"{name:<8} {'not running' if pid is None else f'stopped (pid {pid})'}")
@@ -251,8 +251,8 @@ def container_worker() -> int:
     if not server:
         print("error: PREFECT_API_URL is not set", file=sys.stderr)
         return 2
-    log = State(Path(env["PREFECT_HOME"])).log("worker")
-    wait_until(lambda: answers(f"{server.rstrip('/')}/health"), "server", 300, None, log)
+    log = ServiceState(Path(env["PREFECT_HOME"])).log("worker")
+    wait_until(lambda: responds(f"{server.rstrip('/')}/health"), "server", 300, None, log)
     set_up(env)
     # exec, so the container's stop signal reaches the worker itself.
     os.execve(prefect_bin(), [prefect_bin(), "worker", "start", "--pool", POOL], env)

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from flows.processes import PROJECT_DIR, State, free_port, stop_group
+from flows.processes import PROJECT_DIR, ServiceState, free_port, stop_group
 from tests.conftest import TEST_KEY
 
 E2E_RECORDS = 2000
@@ -168,7 +168,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         RETRY_BACKOFF_MAX_SECONDS="0.2",
         RETRY_AFTER_MAX_SECONDS="1",
     )
-    state = State(home)
+    state = ServiceState(home)
     try:
         output = run_service_cli(env, "serve")
         urls = state.urls()

@@ -8,7 +8,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from flows.processes import PROJECT_DIR, State
+from flows.processes import PROJECT_DIR, ServiceState
 from tasks.reporting.artifacts import run_artifact_keys
 from tests.e2e.conftest import E2E_RECORDS, Run, Service, run_service_cli
 
@@ -82,7 +82,7 @@ def test_deployments_are_those_of_prefect_yaml(service: Service):
 
 
 def test_serve_again_reuses_the_running_service(service: Service):
-    state = State(service.home)
+    state = ServiceState(service.home)
     before = {name: state.pid(name) for name in ("server", "api", "worker")}
     output = run_service_cli(service.env, "serve")
     assert all(before.values()), before
@@ -94,7 +94,7 @@ def test_serve_again_reuses_the_running_service(service: Service):
 def test_only_the_worker_of_the_service_holds_the_key(service: Service):
     """`make serve` starts the server and the local API without the key (issue 14, item 4); the
     worker has it only because this service was given PII_HASH_KEY in its environment."""
-    state = State(service.home)
+    state = ServiceState(service.home)
     key = service.env["PII_HASH_KEY"].encode()
     environs = {}
     for name in ("server", "api", "worker"):

@@ -17,7 +17,7 @@ import pytest
 
 from flows import server as server_module
 from flows import service
-from flows.processes import ServiceError, State, free_port, wait_until
+from flows.processes import ServiceError, ServiceState, free_port, wait_until
 from flows.server import choose_server, ensure_server, port_holder, prefect_bin, running_server
 from tasks.storage.recovery import process_alive
 from tests.helpers import run_watched
@@ -62,7 +62,7 @@ def _stop(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 def test_runs_share_one_background_server_until_make_stop(api, tmp_path: Path) -> None:
     key = secrets.token_hex(32)
     env = _env(tmp_path, key)
-    state = State(tmp_path / "prefect-home")
+    state = ServiceState(tmp_path / "prefect-home")
     try:
         first = _cli(api, {**env, "CLI_PREFECT_SERVER": "background"}, "2026-10-06")  # make run
         assert first.returncode == 0, first.stderr[-2000:]
@@ -96,7 +96,7 @@ def test_a_plain_cli_run_leaves_no_server_and_gives_it_no_key(api, tmp_path: Pat
     done, watcher = run_watched(cmd, env, ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Prefect server" not in done.stdout
-    assert State(tmp_path / "prefect-home").pid("server") is None
+    assert ServiceState(tmp_path / "prefect-home").pid("server") is None
     assert key.encode() in watcher.root_environ  # the reading works
     servers = {pid: s for (pid, _), s in watcher.seen.items() if "prefect.server" in s.cmdline}
     assert servers, [s.cmdline for s in watcher.seen.values()]
@@ -111,16 +111,16 @@ def test_five_runs_with_fresh_homes_keep_no_server(tmp_path: Path) -> None:
     """The decision for five CLI runs with fresh homes, as a CI job or a cron entry makes them."""
     for i in range(5):
         env = _env(tmp_path / str(i), "k")
-        state = State(Path(env["PREFECT_HOME"]))
+        state = ServiceState(Path(env["PREFECT_HOME"]))
         assert choose_server(None, None, state, env) == "temporary"
         assert not state.dir.exists()  # nothing was started or recorded
-    state = State(tmp_path / "fresh")
+    state = ServiceState(tmp_path / "fresh")
     env = _env(tmp_path / "fresh", "k")
     assert choose_server(None, "background", state, env) == "background"  # make run
     assert choose_server("http://127.0.0.1:1/api", "background", state, env) == "configured"
 
 
-def _start_foreign_server(state: State, port: int) -> None:
+def _start_foreign_server(state: ServiceState, port: int) -> None:
     """A real Prefect server of another checkout: its own PREFECT_HOME, on `port`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "PREFECT_"))}
     env.update(PREFECT_HOME=str(state.dir.parent), PREFECT_SERVER_ANALYTICS_ENABLED="false")
@@ -144,7 +144,10 @@ def test_a_port_held_by_another_server_is_named_and_never_reported_as_ours(
     port = free_port()
     env = _env(tmp_path, "k")
     env.update(PREFECT_SERVER_API_PORT=str(port), PREFECT_HOME=str(tmp_path.resolve() / "home"))
-    ours, foreign = State(Path(env["PREFECT_HOME"])), State(tmp_path / "other-checkout")
+    ours, foreign = (
+        ServiceState(Path(env["PREFECT_HOME"])),
+        ServiceState(tmp_path / "other-checkout"),
+    )
     try:
         _start_foreign_server(foreign, port)
         foreign_pid = foreign.pid("server")
