@@ -76,7 +76,8 @@ def test_smoke_run_writes_json_and_markdown(tmp_path: Path, capsys: pytest.Captu
         "start",
         "fetch",
         "schema-drift",
-        "validate",
+        "validate",  # first the raw suite; the analytical one follows generalize
+        "generalize",
         "load",
         "privacy",
         "reports",
