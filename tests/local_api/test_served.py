@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import httpx
@@ -38,6 +39,15 @@ def test_each_query_answered_with_200_is_listed_once_in_order(
     assert served_records(srv.url) == bodies[0] + bodies[1]
 
 
+def _settled_stats(srv: LocalApiServer) -> dict:
+    """The server's counters once no request is in flight: it counts a response out only after
+    sending it, so a client can read the stats a moment before that."""
+    deadline = time.monotonic() + 10
+    while (stats := srv.stats())["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling the counter the server lowers on its own thread
+    return stats
+
+
 def test_errors_are_not_listed_and_asking_again_is_neither_faulted_nor_counted(
     start_server: Start, http: httpx.Client
 ) -> None:
@@ -48,14 +58,14 @@ def test_errors_are_not_listed_and_asking_again_is_neither_faulted_nor_counted(
     served = http.get(url, params=FIRST)
     assert served.status_code == 200
     assert [q["params"] for q in srv.served()] == [FIRST]
-    stats = srv.stats()
+    stats = _settled_stats(srv)
 
     # SECOND was never served, so fail_first would answer 500: a replay gets the plain 200,
     # with the drift every 200 of this server carries.
     again = http.get(url, params=SECOND, headers={REPLAY_HEADER: "1"})
     assert again.status_code == 200 and "title" in again.json()["data"][0]
     assert served_records(srv) == served.json()["data"]
-    assert srv.stats() == stats and [q["params"] for q in srv.served()] == [FIRST]
+    assert _settled_stats(srv) == stats and [q["params"] for q in srv.served()] == [FIRST]
 
     srv.reset_stats()
     assert srv.served() == [] and served_records(srv) == []
