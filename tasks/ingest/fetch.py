@@ -455,7 +455,7 @@ def _get_body(
 ) -> bytes:
     """The page's 200 body, read within the size and nesting limits and the response deadline."""
     limit = config.response_deadline
-    run_left = _run_time_left(config)
+    run_left = run_time_left(config)
     if run_left is not None:
         if run_left <= 0:
             raise _run_over(page)
@@ -494,7 +494,7 @@ def _get_body(
             ) from None
 
 
-def _run_time_left(config: FetchConfig) -> float | None:
+def run_time_left(config: FetchConfig) -> float | None:
     """Seconds until the run's own deadline, if it has one."""
     return None if config.run_deadline is None else config.run_deadline - time.time()
 
@@ -564,7 +564,7 @@ def fetch_page(
                 if exc.retry_after is not None
                 else backoff_seconds(attempt, config, rng)
             )
-            run_left = _run_time_left(config)
+            run_left = run_time_left(config)
             if run_left is not None and run_left <= delay:
                 raise _run_over(page) from None
             # The run's logger: retries show in the flow run's logs in the UI.

@@ -18,7 +18,7 @@ from tasks.common.run_config import FetchConfig
 from tasks.common.secrets import hash_key
 from tasks.common.tasks import as_task
 from tasks.common.vocabulary import check_vocabulary
-from tasks.ingest.fetch import fetch_range
+from tasks.ingest.fetch import fetch_range, run_time_left
 from tasks.ingest.mask import mask_pii
 from tasks.ingest.plan import PageRange
 from tasks.privacy.leak_scan import SecretHashes, secret_hashes
@@ -82,7 +82,7 @@ def range_retry_options(config: FetchConfig) -> dict[str, Any]:
         except Exception as exc:  # the task's failure; anything else is not ours to retry
             if not getattr(exc, "transient", False):
                 return False
-            left = None if config.run_deadline is None else config.run_deadline - time.time()
+            left = run_time_left(config)
             return left is None or left > config.range_retry_delay
         return False
 
