@@ -28,8 +28,10 @@ uv: ## Install uv from PyPI if it is missing
 # --compile-bytecode writes every installed module's .pyc once, here. Where PYTHONDONTWRITEBYTECODE
 # is set (CI runners, containers, this project's machines) Python never writes them itself, and
 # each run compiled Prefect and GX from source again: GX's import took about twice as long.
+# --all-extras: the tests cover the Dask runner too (the `dask` extra, which users install only
+# to scale out).
 $(VENV)/.synced: uv.lock pyproject.toml | uv
-	$(UV) sync --frozen --compile-bytecode --python $(PYTHON)
+	$(UV) sync --frozen --all-extras --compile-bytecode --python $(PYTHON)
 	@touch $@
 
 venv: $(VENV)/.synced ## Create .venv from uv.lock
@@ -71,10 +73,12 @@ test-fast: setup ## Unit and component tests for the inner loop: no e2e, browser
 bench: setup ## Benchmark 1k, 30k, 100k and 1M records and the waits users feel (bench/results.md)
 	$(PY) -m bench.run
 
-lint: venv ## ruff (lint and format check) and mypy (strict on flows/ and tasks/)
+lint: venv ## ruff (lint and format check), mypy (strict on flows/ and tasks/), deptry (imports declared)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/deptry .
+	$(VENV)/bin/deptry tests --exclude __pycache__ --ignore DEP002,DEP004
 
 fmt: venv ## Format and fix with ruff
 	$(VENV)/bin/ruff format .
