@@ -89,6 +89,7 @@ from tasks.storage import (
     stage_batch_task,
     utc_now,
 )
+from tasks.storage.events import BatchCommitted, emit_batch_committed
 from tasks.storage.quarantine import quarantine
 
 PROGRESS_SECONDS = 1.0
@@ -445,6 +446,18 @@ def commit(cfg: RunConfig, run: RunRecord, staged: Staged) -> None:
         run.figures.records_loaded,
         cfg.run_date,
         run.figures.leak_outputs_scanned,
+    )
+    # After the commit, so whatever reacts to the event finds the date's batch in place.
+    measured = run.figures
+    emit_batch_committed(
+        BatchCommitted(
+            run_date=cfg.run_date,
+            flow_run_id=run.run_id,
+            records=measured.records_loaded or 0,
+            k_min=measured.k_min or 0,
+            leak_outputs_scanned=measured.leak_outputs_scanned or 0,
+            leak_hits=measured.leak_hits or 0,
+        )
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import decimal
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -413,26 +414,30 @@ class Artifact:
 
     def create(self, key: str | None = None) -> str:
         """Create the artifact in the current flow run, under `key` if given; return the key."""
-        from prefect.artifacts import create_markdown_artifact, create_table_artifact
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.actions import ArtifactCreate
+        from prefect.runtime import flow_run, task_run
 
         key = key or self.key
-
-        # _sync=True: the caller is sync, but Prefect would hand back an unawaited coroutine
-        # when it is called from an async flow or task.
-        if self.markdown is not None:
-            create_markdown_artifact(
-                markdown=self.markdown,
-                key=key,
-                description=self.shown_description,
-                _sync=True,  # type: ignore[call-arg]
-            )
-        else:
-            create_table_artifact(
-                table=self.shown_table,
-                key=key,
-                description=self.shown_description,
-                _sync=True,  # type: ignore[call-arg]
-            )
+        # Through Prefect's sync client, as its own sync artifact helpers do: those helpers hand
+        # a caller in an async flow or task a coroutine to await, and this caller is sync.
+        # Table data is JSON text, as create_table_artifact stores it (a NaN cell as null).
+        rows = [{c: json_safe(v) for c, v in row.items()} for row in self.shown_table]
+        kind, data = (
+            ("markdown", self.markdown)
+            if self.markdown is not None
+            else ("table", json.dumps(rows))
+        )
+        artifact = ArtifactCreate(
+            type=kind,
+            key=key,
+            description=self.shown_description,
+            data=data,
+            flow_run_id=flow_run.id,
+            task_run_id=task_run.id,
+        )
+        with get_client(sync_client=True) as client:
+            client.create_artifact(artifact)
         return key
 
 
