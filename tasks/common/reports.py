@@ -56,8 +56,14 @@ class Report:
         return read_sql(self.sql, self.sql_dir).strip().removesuffix(";")
 
 
+# How many ranks the top-countries report shows (dense ranks: ties can add rows); SQL binds it
+# as $top_ranks, disclosure re-ranks to it among shown counts.
+TOP_RANKS = 3
+
 # The values every report SQL may name besides $run_date and $flow_run_id: one definition each.
-REPORT_VALUES: Mapping[str, Any] = MappingProxyType({"older_age": OLDER_AGE})
+REPORT_VALUES: Mapping[str, Any] = MappingProxyType(
+    {"older_age": OLDER_AGE, "top_ranks": TOP_RANKS}
+)
 
 
 def parameters(sql: str, **values: Any) -> dict[str, Any]:
@@ -139,8 +145,8 @@ TOP_GMAIL_COUNTRIES = register(
         sql="report_top_gmail_countries",
         columns=("rank", "country", "gmail_users"),
         counts=("gmail_users",),
-        title="Top 3 countries by Gmail users",
-        description="Top 3 countries by Gmail users (dense rank), run {run_date}.",
+        title=f"Top {TOP_RANKS} countries by Gmail users",
+        description=f"Top {TOP_RANKS} countries by Gmail users (dense rank), run {{run_date}}.",
         charts=(CHART_TOP_COUNTRIES,),
         order_by=("rank", "country"),
     )

@@ -11,6 +11,7 @@ from tasks.common.reports import (
     GERMANY_GMAIL_SHARE,
     GMAIL_USERS_OVER_60,
     TOP_GMAIL_COUNTRIES,
+    TOP_RANKS,
     Report,
     report,
 )
@@ -21,7 +22,6 @@ from tasks.privacy.suppression import (
     suppress_small_counts,
 )
 
-TOP_RANKS = 3
 OVER_60_CELL = "over-60"
 _AGE = "age:"
 _COUNTRY = "country:"

@@ -1,5 +1,5 @@
--- Report 2: top 3 countries by Gmail users. dense_rank so ties share a rank and every country
--- tied for 3rd place is shown: more than 3 rows can come back.
+-- Report 2: top $top_ranks countries by Gmail users (tasks.common.reports.TOP_RANKS). dense_rank so
+-- ties share a rank and every country tied for the last rank is shown: more rows can come back.
 with gmail_users_by_country as (
     select
         country,
@@ -23,5 +23,5 @@ select
     country,
     gmail_users
 from ranked
-where rank <= 3
+where rank <= $top_ranks
 order by rank, country

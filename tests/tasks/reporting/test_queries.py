@@ -116,11 +116,11 @@ def gmail_people(counts: dict[str, int]) -> list[dict]:
     return people
 
 
-def dense_top3(counts: dict[str, int]) -> list[tuple[int, str, int]]:
-    """Independent dense rank <= 3 over gmail counts, ordered by rank then country."""
+def dense_top3(counts: dict[str, int], top: int = 3) -> list[tuple[int, str, int]]:
+    """Independent dense rank <= top over gmail counts, ordered by rank then country."""
     distinct = sorted({n for n in counts.values() if n > 0}, reverse=True)
     ranks = {n: i + 1 for i, n in enumerate(distinct)}
-    rows = [(ranks[n], country, n) for country, n in counts.items() if n > 0 and ranks[n] <= 3]
+    rows = [(ranks[n], country, n) for country, n in counts.items() if n > 0 and ranks[n] <= top]
     return sorted(rows)
 
 
@@ -148,6 +148,18 @@ def test_top_gmail_countries_tie_for_first(con: duckdb.DuckDBPyConnection) -> No
         (3, "Egypt", 1),
     ]
     assert top_rows(both(con, "top-gmail-countries", DAY_1)) == expected == dense_top3(counts)
+
+
+@pytest.mark.parametrize("top", [1, 2, 4])
+def test_top_gmail_countries_cut_at_the_bound(con: duckdb.DuckDBPyConnection, top: int) -> None:
+    # The cut is the bound $top_ranks (one definition, tasks.common.reports.TOP_RANKS), not a
+    # number written into the SQL: another value gives another cut.
+    counts = {"Brazil": 5, "Chile": 4, "Denmark": 2, "Austria": 2, "Egypt": 1, "Fiji": 0}
+    load(con, gmail_people(counts), DAY_1)
+    sql = report("top-gmail-countries").query()
+    result = con.execute(sql, parameters(sql, run_date=DAY_1, top_ranks=top)).df()
+    assert top_rows(result) == dense_top3(counts, top)
+    assert len({rank for rank, _, _ in top_rows(result)}) == top
 
 
 def test_top_gmail_countries_fewer_than_three(con: duckdb.DuckDBPyConnection) -> None:
