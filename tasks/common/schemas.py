@@ -60,9 +60,13 @@ MASKED_COLUMNS = (
 class AgeBand:
     """One age group of the analytical layer: ages lower..upper-1 in whole years."""
 
-    label: str
     lower: int
     upper: int | None  # exclusive; None for the open-ended last band
+
+    @property
+    def label(self) -> str:
+        """How the analytical layer writes the group: `[lower-upper]`, or `[lower+]` when open."""
+        return f"[{self.lower}+]" if self.upper is None else f"[{self.lower}-{self.upper}]"
 
 
 # The age groups (design.md): 10-year bands from 0, then one open band. The GX suite
@@ -72,10 +76,10 @@ AGE_BAND_YEARS = 10
 _OPEN_BAND_FROM = 90
 AGE_BANDS: tuple[AgeBand, ...] = (
     *(
-        AgeBand(f"[{lower}-{lower + AGE_BAND_YEARS}]", lower, lower + AGE_BAND_YEARS)
+        AgeBand(lower, lower + AGE_BAND_YEARS)
         for lower in range(0, _OPEN_BAND_FROM, AGE_BAND_YEARS)
     ),
-    AgeBand(f"[{_OPEN_BAND_FROM}+]", _OPEN_BAND_FROM, None),
+    AgeBand(_OPEN_BAND_FROM, None),
 )
 AGE_GROUPS: tuple[str, ...] = tuple(band.label for band in AGE_BANDS)
 

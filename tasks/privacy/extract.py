@@ -44,7 +44,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.common.schemas import ArrayLike
+from tasks.common.schemas import AGE_BAND_YEARS, AGE_BANDS, AgeBand, ArrayLike
 from tasks.common.tasks import as_task
 from tasks.common.vocabulary import OTHER_DOMAIN
 from tasks.privacy.domains import KEEP_DOMAINS, collapse_rare_domains
@@ -59,9 +59,11 @@ SUPPRESSED = "*"
 EXTRACT_COLUMN = {"country": "region", "country_code": "region"}
 SHAREABLE_COLUMNS: tuple[str, ...] = ("run_date", "gender", "age_group", "region", "email_domain")
 
+WIDER_AGE_YEARS = 2 * AGE_BAND_YEARS
+
 # Level names per quasi-identifier, most specific first; the last level is always `*`.
 HIERARCHY_LEVELS: dict[str, tuple[str, ...]] = {
-    "age_group": ("10-year groups", "20-year groups", SUPPRESSED),
+    "age_group": (f"{AGE_BAND_YEARS}-year groups", f"{WIDER_AGE_YEARS}-year groups", SUPPRESSED),
     "country": ("country", "sub-region (UN M49)", "continent", SUPPRESSED),
     "country_code": ("country", "sub-region (UN M49)", "continent", SUPPRESSED),
     "email_domain": ("domain (rare ones as other)", "gmail/hotmail/yahoo/other", SUPPRESSED),
@@ -69,19 +71,21 @@ HIERARCHY_LEVELS: dict[str, tuple[str, ...]] = {
 }
 _DEFAULT_LEVELS = ("as-is", SUPPRESSED)
 
-# 10-year label -> 20-year label; [90+] joins [80-90] because the open group has no upper bound.
-AGE_20_YEARS: dict[str, str] = {
-    "[0-10]": "[0-20]",
-    "[10-20]": "[0-20]",
-    "[20-30]": "[20-40]",
-    "[30-40]": "[20-40]",
-    "[40-50]": "[40-60]",
-    "[50-60]": "[40-60]",
-    "[60-70]": "[60-80]",
-    "[70-80]": "[60-80]",
-    "[80-90]": "[80+]",
-    "[90+]": "[80+]",
-}
+
+_OPEN_BAND = next(band for band in AGE_BANDS if band.upper is None)
+
+
+def _wider_group(band: AgeBand) -> str:
+    """The label of the group twice as wide that holds `band`."""
+    lower = band.lower - band.lower % WIDER_AGE_YEARS
+    upper = lower + WIDER_AGE_YEARS
+    # The open band has no upper bound to split: a wider group reaching into it is open too.
+    return AgeBand(lower, None if upper > _OPEN_BAND.lower else upper).label
+
+
+# Age group label -> the label of the group twice as wide that holds it ([60-70] -> [60-80],
+# [80-90] and [90+] -> [80+]), from the analytical bands (tasks.common.schemas.AGE_BANDS).
+WIDER_AGE_GROUPS: dict[str, str] = {band.label: _wider_group(band) for band in AGE_BANDS}
 
 
 # --- generalization hierarchies -------------------------------------------------------------------
@@ -115,7 +119,9 @@ def generalized(table: pa.Table, quasi_identifier: str, level: int) -> pa.Array:
     if level == 0:
         return _plain(values)
     if quasi_identifier == "age_group":
-        return _map_distinct(values, lambda v: AGE_20_YEARS.get(v, v) if v is not None else None)
+        return _map_distinct(
+            values, lambda v: WIDER_AGE_GROUPS.get(v, v) if v is not None else None
+        )
     if quasi_identifier == "email_domain":
         return _map_distinct(
             values, lambda v: v if v is None or v in KEEP_DOMAINS else OTHER_DOMAIN

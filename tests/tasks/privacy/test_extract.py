@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tasks.common.schemas import AGE_GROUPS
 from tasks.privacy.domains import KEEP_DOMAINS, collapse_rare_domains, rare_domains
 from tasks.privacy.extract import (
     SHAREABLE_COLUMNS,
@@ -180,6 +181,20 @@ def test_hierarchy_levels() -> None:
     assert set(generalized(SMALL, "gender", 1).to_pylist()) == {SUPPRESSED}
     with pytest.raises(ValueError):
         generalized(SMALL, "gender", 2)
+
+
+def test_age_groups_generalize_to_twenty_year_groups() -> None:
+    # Every analytical age group, derived from tasks.common.schemas, against the design's
+    # 20-year groups: [90+] has no upper bound, so it joins [80-90] in an open [80+].
+    groups = pa.table({"age_group": pa.array([*AGE_GROUPS, None], pa.string())})
+    assert generalized(groups, "age_group", 1).to_pylist() == [
+        *["[0-20]"] * 2,
+        *["[20-40]"] * 2,
+        *["[40-60]"] * 2,
+        *["[60-80]"] * 2,
+        *["[80+]"] * 2,
+        None,
+    ]
 
 
 def test_extract_generalizes_one_step_when_that_is_enough() -> None:
