@@ -16,6 +16,7 @@ import functools
 import re
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, Protocol, TypeVar
 from urllib.parse import urlsplit
@@ -26,9 +27,34 @@ WITHHELD = "message withheld: a library's message may quote source values"
 P = ParamSpec("P")
 R = TypeVar("R")
 
-# The leak scanner's two value-free patterns (tasks/privacy/leak_text.py scans text with them).
-EMAIL_PATTERN = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
-PHONE_PATTERN = re.compile(r"(?<![A-Za-z0-9+/=])\+[0-9]{8,15}(?![0-9])")
+
+@dataclass(frozen=True)
+class ValuePattern:
+    """A value shape in both regex dialects the pipeline matches with, written once."""
+
+    python: re.Pattern[str]  # for `re`: redaction here, the leak scan of text
+    re2: str  # for RE2 (Arrow's match over table cells): found or not, never replaced
+
+
+def value_pattern(core: str, not_preceded_by: str = "", not_followed_by: str = "") -> ValuePattern:
+    """`core` (in syntax `re` and RE2 share) with no character of the given classes beside it."""
+    # RE2 has no look-around: its borders are alternatives that take the character along, which
+    # says as well whether a cell holds the shape.
+    before, after = not_preceded_by, not_followed_by
+    python = (f"(?<![{before}])" if before else "") + core + (f"(?![{after}])" if after else "")
+    re2 = (f"(^|[^{before}])" if before else "") + core + (f"($|[^{after}])" if after else "")
+    return ValuePattern(re.compile(python), re2)
+
+
+# The leak scanner's two value-free patterns (tasks/privacy/leak_text.py): an e-mail address with a
+# real local part (its class has no `*`, so the masked `****@domain` never matches) and an E.164
+# phone number that is not part of a longer token (base64 in particular).
+EMAIL_PATTERN = value_pattern(
+    r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}"
+)
+PHONE_PATTERN = value_pattern(
+    r"\+[0-9]{8,15}", not_preceded_by="A-Za-z0-9+/=", not_followed_by="0-9"
+)
 
 
 class ScanHit(Protocol):
@@ -97,8 +123,8 @@ def display_url(url: object) -> str:
 
 def redact(text: str) -> str:
     """The text with anything shaped like an e-mail address or a phone number withheld."""
-    text = EMAIL_PATTERN.sub("<e-mail withheld>", text)
-    return PHONE_PATTERN.sub("<phone number withheld>", text)
+    text = EMAIL_PATTERN.python.sub("<e-mail withheld>", text)
+    return PHONE_PATTERN.python.sub("<phone number withheld>", text)
 
 
 def _first_line(text: str) -> str:

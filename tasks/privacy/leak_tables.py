@@ -30,7 +30,7 @@ from tasks.privacy.leak_index import (
     as_strings,
     hash_strings,
 )
-from tasks.privacy.leak_text import PATTERNS_RE2, TextScanner
+from tasks.privacy.leak_text import PATTERNS, TextScanner
 
 # Columns are scanned in chunks of this many rows, so a million-row column never sits in memory
 # whole (with its distinct values, their lower-case copies and hashes). Hits count cells, so the
@@ -155,8 +155,9 @@ class TableScanner:
                 entries = np.zeros(len(dictionary), bool)
                 entries[position] = True
                 mark(kind, entries)
-        for kind, pattern in PATTERNS_RE2:
-            mark(kind, pc.match_substring_regex(dictionary, pattern).to_numpy(zero_copy_only=False))
+        for kind, pattern in PATTERNS:
+            matched = pc.match_substring_regex(dictionary, pattern.re2)
+            mark(kind, matched.to_numpy(zero_copy_only=False))
         return Counter(
             {
                 kind: int(per_entry[entries].sum())

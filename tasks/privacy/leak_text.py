@@ -16,25 +16,18 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
 from tasks.common.emails import local_part
-from tasks.common.errors import EMAIL_PATTERN, PHONE_PATTERN
+from tasks.common.errors import EMAIL_PATTERN, PHONE_PATTERN, ValuePattern
 from tasks.privacy.leak_index import LOWER_KINDS, SECRET_KINDS, SecretIndex, hash_strings, tokens
 
 # --- value-free patterns --------------------------------------------------------------------------
 
 PATTERN_EMAIL = "pattern:email"
 PATTERN_PHONE = "pattern:e164_phone"
-# Values of these shapes are leaks whoever they belong to. The local part's class has no `*`,
-# so the masked `****@domain` never matches.
-PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+# Values of these shapes are leaks whoever they belong to. Each holds its `re` form (text) and
+# its RE2 form (Arrow's vectorized match over table cells, tasks.privacy.leak_tables).
+PATTERNS: tuple[tuple[str, ValuePattern], ...] = (
     (PATTERN_EMAIL, EMAIL_PATTERN),
     (PATTERN_PHONE, PHONE_PATTERN),
-)
-# The same two patterns in RE2, for Arrow's vectorized match over table cells; keep them in step
-# with tasks.common.errors.EMAIL_PATTERN and PHONE_PATTERN. RE2 has no look-around: a leading
-# alternative keeps the phone pattern from matching inside base64 or longer tokens.
-PATTERNS_RE2: tuple[tuple[str, str], ...] = (
-    (PATTERN_EMAIL, r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}"),
-    (PATTERN_PHONE, r"(^|[^A-Za-z0-9+/=])\+[0-9]{8,15}($|[^0-9])"),
 )
 _DATA_URI = re.compile(r"data:[\w/+.\-]+;base64,[A-Za-z0-9+/=\s]*")
 # What text is read as, before it is scanned: markup escapes undone (artifacts are escaped for
@@ -62,7 +55,7 @@ class TextScanner:
         text = readable(text)
         counts = self.counts([text])[0]
         for kind, pattern in PATTERNS:
-            counts[kind] += len(pattern.findall(text))
+            counts[kind] += len(pattern.python.findall(text))
         return counts
 
     def line_counts(self, lines: Iterable[str]) -> Counter[str]:
@@ -71,7 +64,7 @@ class TextScanner:
         counts: Counter[str] = Counter()
         for line, found in zip(cleaned, self.counts(cleaned), strict=True):
             kinds = set(found)
-            kinds.update(kind for kind, pattern in PATTERNS if pattern.search(line))
+            kinds.update(kind for kind, pattern in PATTERNS if pattern.python.search(line))
             counts.update(kinds)
         return counts
 
