@@ -10,12 +10,14 @@ import pytest
 
 from local_api.faults import FaultConfig
 from local_api.server import LocalApiServer
-from tasks.common.settings import ENV_FILE_VARIABLE
+from tasks.common.settings import ENV_FILE_VARIABLE, SECRETS_DIR_VARIABLE
 
 # No test reads a developer's `.env` (a key, REQUESTS_PER_MINUTE...). Set at conftest import,
 # before anything reads settings, so xdist workers (which import this conftest too) and the
-# subprocesses tests start (they inherit or copy this environment) read none either.
+# subprocesses tests start (they inherit or copy this environment) read none either. Nor a
+# host's file secrets (/run/secrets/pii_hash_key): a test names its own secrets folder.
 os.environ[ENV_FILE_VARIABLE] = ""
+os.environ[SECRETS_DIR_VARIABLE] = ""
 
 TEST_KEY = "test-hmac-key-0123456789abcdef"
 # Loaded here, where the xdist controller sees it too: the fault matrix's end-of-session table.

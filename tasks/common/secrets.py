@@ -1,4 +1,5 @@
-"""The HMAC key behind person_key: from the environment, a Prefect Secret block, or a demo file."""
+"""The HMAC key behind person_key: the setting PII_HASH_KEY (from the environment, `.env` or a file
+secret, all read by pydantic-settings), else a Prefect Secret block."""
 
 from __future__ import annotations
 
@@ -11,17 +12,25 @@ from functools import cache
 from pathlib import Path
 
 from tasks.common.errors import PipelineError
-from tasks.common.settings import Settings
+from tasks.common.settings import (
+    DEFAULT_SECRETS_DIR,
+    KEY_FILE_NAME,
+    KEY_FILE_VARIABLE,
+    SECRETS_DIR_VARIABLE,
+    Settings,
+)
 
 MIN_KEY_LENGTH = 16
 # The variable that holds the key itself; PII_HASH_KEY_BLOCK and _FILE only say where it is.
 KEY_ENV = "PII_HASH_KEY"
+# Where the setting comes from, for error messages: the settings do not say which source won.
+KEY_SETTING_ORIGIN = f"{KEY_ENV} (or its file secret {KEY_FILE_NAME})"
 # The key for the processes of a local Dask cluster, which compute pseudonyms: withhold_key()
 # fills it and flows/runners.py hands it to the workers as their environment (Dask's Nanny
 # `env`), the one place a child process gets the key.
 PSEUDONYM_WORKER_ENV: dict[str, str] = {}
 # The offline demo's key (`make run`, `make serve`): random, made on first use, git-ignored.
-DEMO_KEY_FILE = Path(__file__).resolve().parents[2] / ".secrets" / "pii_hash_key"
+DEMO_KEY_FILE = Path(__file__).resolve().parents[2] / ".secrets" / KEY_FILE_NAME
 
 
 class MissingKeyError(PipelineError):
@@ -39,28 +48,20 @@ def _checked(raw: str, origin: str) -> bytes:
 
 
 def resolve_hash_key(settings: Settings) -> bytes:
-    """The pseudonymization key: PII_HASH_KEY, else the Secret block, else the demo key file."""
-    key = settings.pii_hash_key
-    env_key = key.get_secret_value() if key is not None else None
-    # An empty PII_HASH_KEY next to a named block or file defers to it (.env.example's
-    # `PII_HASH_KEY=` beside make run's demo file, say); alone, it is a mistake worth a clear
-    # error rather than a silent fallback.
-    elsewhere = settings.pii_hash_key_block or settings.pii_hash_key_file
-    if env_key is not None and (env_key.strip() or not elsewhere):
-        return _checked(env_key, "PII_HASH_KEY")
+    """The pseudonymization key: the PII_HASH_KEY setting, else the Prefect Secret block."""
+    if settings.pii_hash_key is not None:
+        return _checked(settings.pii_hash_key.get_secret_value(), KEY_SETTING_ORIGIN)
     if settings.pii_hash_key_block:
         from prefect.blocks.system import Secret
 
         # A sync caller gets the block itself; Prefect types load() as "block or coroutine".
         value = Secret.load(settings.pii_hash_key_block).get()  # type: ignore[union-attr]
         return _checked(str(value), f"Prefect Secret block {settings.pii_hash_key_block!r}")
-    if settings.pii_hash_key_file is not None and settings.pii_hash_key_file.is_file():
-        return _checked(
-            settings.pii_hash_key_file.read_text(encoding="utf-8"), str(settings.pii_hash_key_file)
-        )
     raise MissingKeyError(
-        "no HMAC key for person_key: set PII_HASH_KEY (>= 16 characters), or name a Prefect "
-        "Secret block in PII_HASH_KEY_BLOCK; `make run` creates a local demo key for you"
+        f"no HMAC key for person_key: {KEY_ENV} is unset or empty, no file {KEY_FILE_NAME} is in "
+        f"{SECRETS_DIR_VARIABLE} (default {DEFAULT_SECRETS_DIR}) or named by {KEY_FILE_VARIABLE}, "
+        f"and PII_HASH_KEY_BLOCK names no Prefect Secret block: set one (>= {MIN_KEY_LENGTH} "
+        "characters, e.g. `openssl rand -hex 32`); `make run` creates a local demo key for you"
     )
 
 

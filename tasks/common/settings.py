@@ -11,7 +11,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The bounds of the inputs are declared once, beside their checks.
-from tasks.common.inputs import MAX_PAGE_SIZE, MAX_RECORDS, MAX_SEED
+from tasks.common.inputs import MAX_PAGE_SIZE, MAX_RECORDS, MAX_SEED, InputError
 
 PUBLIC_API_URL = "https://fakerapi.it/api/v2"
 # Names the dotenv file the settings read (default `.env` in the working directory); an empty
@@ -27,19 +27,56 @@ def env_file() -> Path | None:
     return Path(value) if value else None
 
 
+# File secrets, read by pydantic-settings (`secrets_dir`): a file per setting, named after it
+# (`pii_hash_key`). These variables say where the settings are read from, so only the process
+# environment sets them, as FAKER_DATAFLOW_ENV_FILE; the test session empties SECRETS_DIR.
+SECRETS_DIR_VARIABLE = "SECRETS_DIR"
+DEFAULT_SECRETS_DIR = Path("/run/secrets")  # where Docker and Compose mount file secrets
+KEY_FILE_VARIABLE = "PII_HASH_KEY_FILE"
+KEY_FILE_NAME = "pii_hash_key"
+
+
+def secrets_dirs() -> list[Path]:
+    """The folders settings read file secrets from, the last one winning: $SECRETS_DIR
+    (/run/secrets if unset, none if empty), then the folder of the file $PII_HASH_KEY_FILE."""
+    value = os.environ.get(SECRETS_DIR_VARIABLE)
+    if value is None:
+        folders = [DEFAULT_SECRETS_DIR]
+    else:
+        folders = [Path(value.strip())] if value.strip() else []
+    if key_file := os.environ.get(KEY_FILE_VARIABLE, "").strip():
+        path = Path(key_file)
+        if path.name.lower() != KEY_FILE_NAME:
+            raise InputError(
+                f"{KEY_FILE_VARIABLE} must name a file called {KEY_FILE_NAME} (file secrets are "
+                f"read by setting name): rename the file, or set {SECRETS_DIR_VARIABLE} to a "
+                f"folder holding {KEY_FILE_NAME}"
+            )
+        folders.append(path.parent)
+    # A missing folder holds no secret (pydantic-settings would warn about each).
+    return [folder for folder in folders if folder.is_dir()]
+
+
 class Settings(BaseSettings):
     """Every knob of the pipeline; flow parameters override these per run."""
 
     # The issue fixes the env names (FAKER_API_URL, DATA_LAKE_DIR, DUCKDB_PATH, PII_HASH_KEY), so
     # fields are named after their variables instead of sharing one prefix.
+    # env_ignore_empty: an empty variable is unset, so `.env.example`'s `PII_HASH_KEY=` leaves the
+    # key to a file secret rather than hiding it.
     model_config = SettingsConfigDict(
-        env_file=DEFAULT_ENV_FILE, env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+        env_file=DEFAULT_ENV_FILE,
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        env_ignore_empty=True,
     )
 
     def __init__(self, **values: Any) -> None:
-        # The file is looked up per instance, not fixed in model_config at import time; an
-        # explicit `_env_file` (None: no file) still wins.
+        # The files are looked up per instance, not fixed in model_config at import time; an
+        # explicit `_env_file` or `_secrets_dir` (None: none) still wins.
         values.setdefault("_env_file", env_file())
+        values.setdefault("_secrets_dir", secrets_dirs())
         super().__init__(**values)
 
     faker_api_url: str = Field(
@@ -160,14 +197,13 @@ class Settings(BaseSettings):
         description="Comma-separated quasi-identifiers for the re-identification risk figures.",
     )
     pii_hash_key: SecretStr | None = Field(
-        None, description="HMAC-SHA-256 key for person_key pseudonyms (>= 16 characters)."
+        None,
+        description="HMAC-SHA-256 key for person_key pseudonyms (>= 16 characters): from the "
+        "environment, `.env`, or a file secret named pii_hash_key in SECRETS_DIR (default "
+        "/run/secrets) or named by PII_HASH_KEY_FILE.",
     )
     pii_hash_key_block: str | None = Field(
         None, description="Name of a Prefect Secret block holding the HMAC key, if not in env."
-    )
-    pii_hash_key_file: Path | None = Field(
-        None,
-        description="File holding the HMAC key; used by the local demo (`make run`), git-ignored.",
     )
 
     @field_validator("privacy_quasi_identifiers")
