@@ -2,7 +2,7 @@
 30,000-record deployment run on a warm worker of the local service.
 
 Each is the process a user starts (`python -m flows.local_demo`, what `make run` runs after its
-set-up, and `python -m flows.user_metrics`), timed from start to exit, in a fresh Prefect home
+set-up, and `python -m flows.cli`), timed from start to exit, in a fresh Prefect home
 with its own port: the first run starts the local Prefect server in the background, the later
 ones reuse it, as on a user's machine. The server is stopped at the end.
 
@@ -58,7 +58,7 @@ def measure(api_url: str) -> dict[str, Any]:
             PII_HASH_KEY="bench-key-0123456789abcdef",
         )
         demo = [sys.executable, "-m", "flows.local_demo"]
-        cli = [sys.executable, "-m", "flows.user_metrics", "--api-url", api_url, "--records"]
+        cli = [sys.executable, "-m", "flows.cli", "--api-url", api_url, "--records"]
         try:
             return {
                 "make_run_first_s": _timed(demo, env),

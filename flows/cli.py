@@ -1,4 +1,4 @@
-"""The command line: `python -m flows.user_metrics` (and `make run`, through flows/local_demo.py).
+"""The command line: `python -m flows.cli` (and `make run`, through flows/local_demo.py).
 
 Flags come from the flows' own options (`tasks.common.inputs.RunOptions`), every input is checked
 before Prefect starts, and every failure is one `error:` line: never a traceback.
@@ -17,8 +17,6 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
-from flows.processes import ServiceError
-from flows.server import START_SECONDS, server_for_run, server_mode
 from tasks.common.errors import failure_text, redact
 from tasks.common.inputs import (
     EARLIEST_RUN_DATE,
@@ -30,12 +28,11 @@ from tasks.common.inputs import (
 from tasks.common.run_config import checked_run_config
 from tasks.common.secrets import withhold_key
 from tasks.common.settings import get_settings
+from tasks.quality import validator
 
-# Prefect gives its temporary API server 20 s to start, which a busy 2-core machine misses
-# (`start-up: Prefect first run s` in bench/results.md). The CLI, `make run` and backfills give
-# it this long unless the user says.
-STARTUP_BUDGET_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
-STARTUP_BUDGET_SECONDS = 180
+# This module's own imports load neither Prefect nor GX (flows.server and the flow module, which
+# load Prefect, are imported where they are used): run as `python -m flows.cli`, it starts the
+# validator before any of them (the bottom of this file).
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -60,7 +57,7 @@ def _option_type(name: str) -> type:
 
 def parse_args(argv: list[str] | None, description: str | None) -> argparse.Namespace:
     """Flags of the pipeline CLI: the run's options, then a single date or a backfill range."""
-    parser = _OneLineParser(prog="python -m flows.user_metrics", description=description)
+    parser = _OneLineParser(prog="python -m flows.cli", description=description)
     for name, info in RunOptions.model_fields.items():
         flag = "--" + name.replace("_", "-")
         parser.add_argument(flag, type=_option_type(name), help=f"{info.description}")
@@ -101,7 +98,6 @@ def preflight(args: argparse.Namespace) -> dict[str, Any]:
     """The flow's parameters, once every input is checked: before Prefect starts, any request
     is made or anything is written."""
     settings = get_settings()
-    server_mode()  # a bad CLI_PREFECT_SERVER is bad input too
     options = RunOptions(**{name: getattr(args, name) for name in RunOptions.model_fields})
     if args.backfill:
         days: list[dt.date] = date_range(args.start_date, args.end_date, settings.backfill_max_days)
@@ -118,15 +114,14 @@ def preflight(args: argparse.Namespace) -> dict[str, Any]:
 
 @contextmanager
 def startup_budget() -> Iterator[int]:
-    """Give Prefect's temporary API server STARTUP_BUDGET_SECONDS, unless the user set it."""
+    """Give Prefect's temporary API server the start-up budget of the settings; yields it."""
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as BUDGET
     from prefect.settings import temporary_settings
 
-    if os.environ.get(STARTUP_BUDGET_ENV):
-        yield BUDGET.value()
-        return
-    with temporary_settings({BUDGET: STARTUP_BUDGET_SECONDS}):
-        yield STARTUP_BUDGET_SECONDS
+    # Prefect's own variable, read through Settings: a default longer than Prefect's 20 s.
+    seconds = get_settings().prefect_server_ephemeral_startup_timeout_seconds
+    with temporary_settings({BUDGET: seconds}):
+        yield seconds
 
 
 @contextmanager
@@ -134,32 +129,34 @@ def prefect_api() -> Iterator[int]:
     """The run's Prefect API: the local server (flows/server.py), started if need be, or the one
     Prefect is set to, or its temporary server with a realistic start-up budget; yields the
     start-up budget in seconds."""
+    from flows.server import START_SECONDS, client_settings, server_for_run
+
     url = server_for_run()
     if url is None:
         with startup_budget() as budget:
             yield budget
         return
-    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+    from prefect.settings import temporary_settings
 
+    settings = client_settings(url)
     # In the environment too: a local Dask cluster's workers are Prefect clients of their own,
     # and without it each would start a temporary server.
-    os.environ["PREFECT_API_URL"] = url
-    settings: dict[Any, Any] = {PREFECT_API_URL: url}
-    if auth := os.environ.get("PREFECT_SERVER_API_AUTH_STRING"):
-        os.environ["PREFECT_API_AUTH_STRING"] = settings[PREFECT_API_AUTH_STRING] = auth
+    os.environ.update({setting.name: value for setting, value in settings.items()})
     with temporary_settings(settings):
         yield int(START_SECONDS["server"])
 
 
 def outside_flow_error(exc: BaseException, budget: int) -> str:
     """One line for a failure before or around the flow run (no traceback, no values)."""
+    from flows.processes import ServiceError
+
     if isinstance(exc, ServiceError):  # one line of ours, naming the server's log
         return str(exc)
     if "ephemeral Prefect API server" in str(exc):
         return (
             f"Prefect's temporary API server did not start within {budget} s: raise "
-            f"{STARTUP_BUDGET_ENV}, or keep a local server (CLI_PREFECT_SERVER=background), or "
-            "PREFECT_API_URL pointing at a running server"
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or keep a local server "
+            "(CLI_PREFECT_SERVER=background), or PREFECT_API_URL pointing at a running server"
         )
     return f"{failure_text(exc)} (before the flow run could record it)"
 
@@ -200,7 +197,7 @@ def run_flow(args: argparse.Namespace, params: dict[str, Any]) -> int:
     deadline = args.deadline_seconds or (
         backfill_timeout_seconds() if args.backfill else flow_timeout_seconds()
     )
-    budget = STARTUP_BUDGET_SECONDS
+    budget = get_settings().prefect_server_ephemeral_startup_timeout_seconds
     try:
         with prefect_api() as budget:
             flow = user_metrics_backfill if args.backfill else user_metrics_pipeline
@@ -237,6 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     No traceback reaches the user: every failure, inside the flow run or around it, is one
     `error: ...` line naming the cause and what to do.
     """
+    try:
+        # Before the flow module imports Prefect, which reads some of the same variables
+        # (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS) and refuses a bad one with a traceback.
+        get_settings()
+    except ValidationError as exc:  # pydantic: a bad environment value
+        return _refused(settings_error_line(exc))
     from flows.user_metrics import user_metrics_pipeline
 
     args = parse_args(argv, user_metrics_pipeline.__doc__)
@@ -246,15 +249,19 @@ def main(argv: list[str] | None = None) -> int:
             return run_check()
         params = preflight(args)
         withhold_key()  # before Prefect's server or Chromium start: children never inherit it
-    except ValidationError as exc:  # pydantic: a bad environment value
-        print(f"error: {settings_error_line(exc)}", file=sys.stderr)
-        return 2
+    except ValidationError as exc:  # pydantic: a bad value of a model built from the flags
+        return _refused(settings_error_line(exc))
     except (InputError, RuntimeError, ValueError) as exc:
         # Nothing has been fetched yet: the message is about the user's own input.
         lines = str(exc).strip().splitlines()
-        print(f"error: {redact(lines[0] if lines else type(exc).__name__)}", file=sys.stderr)
-        return 2
+        return _refused(redact(lines[0] if lines else type(exc).__name__))
     return run_flow(args, params)
+
+
+def _refused(line: str) -> int:
+    """Bad input: its one `error:` line; exit code 2."""
+    print(f"error: {line}", file=sys.stderr)
+    return 2
 
 
 class _OneLine(logging.Formatter):
@@ -314,3 +321,10 @@ def print_backfill(outcome: dict[str, str]) -> None:
     """One line per date of a backfill."""
     for day, result in outcome.items():
         print(f"{day}  {result}")
+
+
+if __name__ == "__main__":
+    # GX's import, the longest part of start-up, runs in the validator's process on the other
+    # core while this one imports Prefect and the flow (main's first import), not after them.
+    validator.start()
+    sys.exit(main())

@@ -11,7 +11,6 @@ its subflows run in its process, so it is dead when the process of its latest su
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 from prefect.client.schemas.objects import FlowRun
 
+from flows.flow_names import BACKFILL_FLOW_NAME, FLOW_NAME
 from tasks.common.concurrency import server_limit
 from tasks.common.errors import display_url
 from tasks.common.settings import get_settings
@@ -61,8 +61,6 @@ def crash_dead_flow_runs(found_by: str, db_path: Path, current: str | None = Non
     """Mark Crashed every Running or Pending flow run of our flows whose process is gone."""
     from prefect.client.orchestration import get_client
     from prefect.states import Crashed
-
-    from flows.user_metrics import BACKFILL_FLOW_NAME, FLOW_NAME
 
     with get_client(sync_client=True) as client:
         pipelines = [r for r in _unfinished(client, FLOW_NAME) if str(r.id) != current]
@@ -164,15 +162,10 @@ def check_api() -> Iterator[str | None]:
     longer than the check.
     """
     from prefect.client.orchestration import get_client
-    from prefect.settings import (
-        PREFECT_API_AUTH_STRING,
-        PREFECT_API_URL,
-        PREFECT_CLIENT_MAX_RETRIES,
-        temporary_settings,
-    )
+    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
     from flows.processes import ServiceState
-    from flows.server import base_env
+    from flows.server import base_env, client_settings
 
     url = PREFECT_API_URL.value()
     if not url:
@@ -184,9 +177,7 @@ def check_api() -> Iterator[str | None]:
                 "(set PREFECT_API_URL, or start the local server: make serve)"
             )
             return
-    settings: dict[Any, Any] = {PREFECT_API_URL: url}
-    if auth := os.environ.get("PREFECT_SERVER_API_AUTH_STRING"):
-        settings[PREFECT_API_AUTH_STRING] = auth
+    settings: dict[Any, Any] = client_settings(url)
     # Asked once, without the client's retries: an API that is down is said in one line, at once.
     with (
         temporary_settings({**settings, PREFECT_CLIENT_MAX_RETRIES: 0}),

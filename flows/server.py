@@ -1,6 +1,6 @@
 """The Prefect server a run talks to, and the pieces `make serve` and the CLI share to start it.
 
-A CLI run (`make run`, `python -m flows.user_metrics`, its range backfill) uses, in order:
+A CLI run (`make run`, `python -m flows.cli`, its range backfill) uses, in order:
 
 1. the API Prefect is already pointed at (`PREFECT_API_URL`, from the environment or a profile);
 2. the local server `make serve` (or an earlier `make run`) started, recorded in
@@ -23,20 +23,19 @@ import sys
 from collections.abc import Mapping
 from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from flows.processes import PROJECT_DIR, ServiceError, ServiceState, free_port, responds, wait_until
-from tasks.common.inputs import InputError
 from tasks.common.secrets import without_key
+from tasks.common.settings import get_settings
 
 DEFAULT_PORT = 4200
 # Generous, for a busy 2-core machine and a server's first start (a fresh SQLite): giving up
 # early fails the run, waiting longer for a process that does start costs nothing.
 START_SECONDS = {"server": 180.0, "api": 120.0, "worker": 120.0}
 LABELS = {"server": "Prefect server", "api": "Local Faker API", "worker": "Worker"}
-MODE_ENV = "CLI_PREFECT_SERVER"
-MODES = ("background", "temporary")
 
 
 def prefect_bin() -> str:
@@ -51,9 +50,9 @@ def base_env(api_url: str | None = None) -> dict[str, str]:
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     env["PREFECT_HOME"] = str(Path(env.get("PREFECT_HOME") or PROJECT_DIR / ".prefect").resolve())
     env["PROJECT_DIR"] = env.get("PROJECT_DIR") or str(PROJECT_DIR)  # prefect.yaml's pull step
-    if env.get("PREFECT_SERVER_API_AUTH_STRING"):
+    if auth := auth_string(env):
         # The server asks every client for it: the CLI, the worker and the flow runs it starts.
-        env["PREFECT_API_AUTH_STRING"] = env["PREFECT_SERVER_API_AUTH_STRING"]
+        env["PREFECT_API_AUTH_STRING"] = auth
     if api_url:
         env["PREFECT_API_URL"] = api_url
     return env
@@ -84,8 +83,25 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def auth_string(env: Mapping[str, str]) -> str | None:
+    """The credentials a client of the local server sends: the server's own auth string (what it
+    asks every client for), else the client's PREFECT_API_AUTH_STRING."""
+    return env.get("PREFECT_SERVER_API_AUTH_STRING") or env.get("PREFECT_API_AUTH_STRING") or None
+
+
+def client_settings(url: str, env: Mapping[str, str] | None = None) -> dict[Any, str]:
+    """Prefect's client settings (for `temporary_settings`) for the server at API `url`, with
+    the credentials `env` (default: this process's environment) holds for it."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
+
+    settings: dict[Any, str] = {PREFECT_API_URL: url}
+    if auth := auth_string(os.environ if env is None else env):
+        settings[PREFECT_API_AUTH_STRING] = auth
+    return settings
+
+
 def _auth(env: Mapping[str, str]) -> dict[str, str]:
-    auth = env.get("PREFECT_API_AUTH_STRING") or env.get("PREFECT_SERVER_API_AUTH_STRING")
+    auth = auth_string(env)
     return {"Authorization": f"Basic {base64.b64encode(auth.encode()).decode()}"} if auth else {}
 
 
@@ -177,14 +193,6 @@ def ensure_server(state: ServiceState, env: Mapping[str, str]) -> tuple[str, str
     )
 
 
-def server_mode() -> str | None:
-    """CLI_PREFECT_SERVER: `background`, `temporary`, or None when unset; InputError otherwise."""
-    mode = os.environ.get(MODE_ENV, "").strip().lower() or None
-    if mode is not None and mode not in MODES:
-        raise InputError(f"{MODE_ENV}={mode!r} is not one of {', '.join(MODES)}")
-    return mode
-
-
 def choose_server(
     api_url: str | None, mode: str | None, state: ServiceState, env: Mapping[str, str]
 ) -> str:
@@ -208,7 +216,8 @@ def server_for_run() -> str | None:
 
     env = base_env()
     state = ServiceState(Path(env["PREFECT_HOME"]))
-    choice = choose_server(PREFECT_API_URL.value(), server_mode(), state, env)
+    mode = get_settings().cli_prefect_server
+    choice = choose_server(PREFECT_API_URL.value(), mode, state, env)
     if choice in ("configured", "temporary"):
         return None
     try:
@@ -216,7 +225,7 @@ def server_for_run() -> str | None:
     except ServiceError as exc:  # one line: what, and where the server's own log is
         raise ServiceError(
             f"the local Prefect server did not start ({str(exc).splitlines()[0]}; "
-            f"its log: {state.log('server')}): free the port or set {MODE_ENV}=temporary"
+            f"its log: {state.log('server')}): free the port or set CLI_PREFECT_SERVER=temporary"
         ) from None
     *notes, line = lines.splitlines()
     for note in notes:

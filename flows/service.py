@@ -29,6 +29,7 @@ from flows.server import (
     LABELS,
     START_SECONDS,
     base_env,
+    client_settings,
     ensure_process,
     ensure_server,
     prefect_bin,
@@ -93,11 +94,9 @@ def _ensure_queue(env: Mapping[str, str], name: str, priority: int) -> None:
 @contextlib.contextmanager
 def _client_settings(env: Mapping[str, str]) -> Iterator[None]:
     """Prefect's client settings for the server in `env` (with its credentials)."""
-    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+    from prefect.settings import temporary_settings
 
-    auth = env.get("PREFECT_API_AUTH_STRING")
-    settings = {PREFECT_API_URL: env["PREFECT_API_URL"], PREFECT_API_AUTH_STRING: auth}
-    with temporary_settings(settings):
+    with temporary_settings(client_settings(env["PREFECT_API_URL"], env)):
         yield
 
 

@@ -1,41 +1,42 @@
 """The `user-metrics-pipeline` and `user-metrics-backfill` flows: wiring and parameters only.
 
-The steps are in flows/steps.py, the work in tasks/, the command line in flows/cli.py:
-python -m flows.user_metrics --api-url URL --records N --page-size P --run-date YYYY-MM-DD
+The steps are in flows/steps.py, the work in tasks/, the command line in flows/cli.py
+(`python -m flows.cli`).
 """
 
 from __future__ import annotations
 
-import sys
+from prefect.context import FlowRunContext
+from prefect.runtime import deployment, flow_run
 
 from tasks.quality import validator
 
 
-def _in_engine_process() -> bool:
-    """Whether this process is `python -m prefect.engine`: what a worker starts for a run."""
-    spec = getattr(sys.modules["__main__"], "__spec__", None)
-    return getattr(spec, "name", None) == "prefect.engine"
+def _loaded_for_a_flow_run() -> bool:
+    """Whether Prefect started this process for a flow run that has not begun yet: a worker's
+    `python -m prefect.engine` loading this module as the run's entrypoint."""
+    # Outside a run's context, the runtime's flow run id is the one Prefect started the process
+    # for; in a CLI or test process it is None.
+    return FlowRunContext.get() is None and flow_run.id is not None
 
 
-if __name__ == "__main__" or _in_engine_process():
-    # The CLI, or the process a worker started for a deployment run (which loads this module as
-    # its entrypoint). GX's import (~4 s of CPU here) starts first, in the validator process on
-    # the other core, while this one imports Prefect and the steps below and sets the run up;
-    # the imports below therefore come after a statement (E402 is ignored for this file in
-    # pyproject.toml).
+if _loaded_for_a_flow_run():
+    # GX's import, the longest part of start-up, starts first, in the validator process on the
+    # other core, while this one imports the steps below and sets the run up. Prefect is loaded
+    # already here (the engine is Prefect); the CLI starts the validator before Prefect's import
+    # (flows/cli.py). The imports below therefore come after a statement (E402 is ignored for
+    # this file in pyproject.toml).
     validator.start()
 
 import asyncio
 import datetime as dt
-import os
 import time
 import uuid
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.context import FlowRunContext
-from prefect.runtime import flow_run
 
+from flows.flow_names import BACKFILL_FLOW_NAME, FLOW_NAME
 from flows.run_record import RunRecord
 from flows.runners import (
     backfill_timeout_seconds,
@@ -86,9 +87,6 @@ from tasks.reporting.charts import prestart as prestart_charts
 from tasks.storage.database import open_db
 from tasks.storage.migrations import migrate
 from tasks.storage.runs import completed_dates
-
-FLOW_NAME = "user-metrics-pipeline"
-BACKFILL_FLOW_NAME = "user-metrics-backfill"
 
 
 class RunDeadlineError(PipelineError):
@@ -172,7 +170,7 @@ def user_metrics_pipeline(
         if (seconds := _deadline_seconds()) is not None:
             cfg = with_run_deadline(cfg, time.time() + seconds)
         run.figures.hash_key_id = key_id(hash_key())
-        if os.environ.get("PREFECT__FLOW_RUN_ID"):  # a process a worker started for this run
+        if deployment.id is not None:  # a deployment's run: a process Prefect started for it
             withhold_key()
         cfg, previous_schema = start(cfg, run)
         # GX's import and first validation (~4-5 s) and Chromium (~2 s) come up while pages are
@@ -250,9 +248,3 @@ def user_metrics_backfill(
 # deadline from flows/cli.py.
 deployed_pipeline = user_metrics_pipeline.with_options(timeout_seconds=flow_timeout_seconds())
 deployed_backfill = user_metrics_backfill.with_options(timeout_seconds=backfill_timeout_seconds())
-
-
-if __name__ == "__main__":
-    from flows.cli import main
-
-    sys.exit(main())

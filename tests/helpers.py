@@ -252,7 +252,7 @@ class Watcher:
 
     def poll(self) -> None:
         root_cmdline = _read(self.root, "cmdline")
-        if not self.root_environ and root_cmdline and "flows.user_metrics" in root_cmdline:
+        if not self.root_environ and root_cmdline and "flows.cli" in root_cmdline:
             self.root_environ = (_read(self.root, "environ") or "").encode()
         for pid in self._descendants():
             cmdline = _read(pid, "cmdline")

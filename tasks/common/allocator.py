@@ -5,7 +5,7 @@ each allocate and free large Arrow buffers at a million records, and mimalloc ca
 into every later step, raising the run's peak RSS. With ARROW_DEFAULT_MEMORY_POOL=jemalloc in
 the process environment (Makefile, prefect.yaml, Dockerfile) each step's freed memory goes back
 and the run peaks lower (bench/results.md has the peaks). pyarrow reads that variable once,
-when it loads, so for a process started without it (`python -m flows.user_metrics` by hand) the
+when it loads, so for a process started without it (`python -m flows.cli` by hand) the
 flow switches the default pool itself: that covers most allocations, not those Arrow's C++
 makes from its own default.
 """

@@ -176,6 +176,27 @@ class Settings(BaseSettings):
         "and the compose worker. Without it on the server, the file lock alone decides. One "
         "name per DuckDB file: pipelines of different files on one server need different names.",
     )
+    cli_prefect_server: Literal["background", "temporary"] | None = Field(
+        None,
+        description="Which Prefect server a CLI run without PREFECT_API_URL uses: `background` "
+        "starts the local server and keeps it for later runs (`make run` sets it), `temporary` "
+        "always uses Prefect's per-process server; unset: the running local server, else the "
+        "temporary one.",
+    )
+    prefect_server_ephemeral_startup_timeout_seconds: int = Field(
+        180,
+        description="Seconds a CLI run gives Prefect's temporary API server to start (Prefect's "
+        "own variable: its default, 20, is missed on a busy machine; see `start-up: Prefect "
+        "first run s` in bench/results.md).",
+        ge=1,
+    )
+
+    @field_validator("cli_prefect_server", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        # `CLI_PREFECT_SERVER=` (as in a copied .env.example) means unset, as it always has.
+        return (value.strip().lower() or None) if isinstance(value, str) else value
+
     schema_drift_policy: Literal["additive", "fail", "ignore"] = Field(
         "additive",
         description="When the source's shape differs from the last successful run: `additive` "

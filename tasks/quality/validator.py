@@ -15,7 +15,8 @@ disk, discards its stderr and exits when its stdin closes: when this process sto
 or is killed.
 
 This module imports no GX, pandas or Prefect at module level: a CLI process calls `start()`
-before its own imports (flows/user_metrics.py, flows/local_demo.py).
+before its own imports (flows/cli.py, flows/local_demo.py), a worker's flow run process before
+the flow module's (flows/user_metrics.py).
 """
 
 from __future__ import annotations

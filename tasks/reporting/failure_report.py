@@ -26,7 +26,7 @@ def _verdict(held: dict[str, Any], run_id: str) -> str:
     if ours < len(layers):
         return (
             "This run committed its DuckDB rows but not every lake file: the next run's check "
-            "(or `python -m flows.user_metrics --check`) rolls the staged files forward."
+            "(or `python -m flows.cli --check`) rolls the staged files forward."
         )
     return (
         "This run's batch was committed before the failure: rerun the date to publish its reports."

@@ -11,7 +11,7 @@ date, and finds:
   is gone before it published its artifacts (marked failed at `publish`: rerun the date);
 - a date whose lake file and DuckDB rows come from different runs, which only a rerun repairs.
 
-Every run calls it at its start, and `python -m flows.user_metrics --check` on demand. Both also
+Every run calls it at its start, and `python -m flows.cli --check` on demand. Both also
 remove the temp folders of dead processes (`remove_dead_temp_dirs`) and mark their Prefect flow
 runs Crashed (flows/leftovers.py, which asks `run_processes` which processes are gone): one rule,
 `process_gone`, decides whether a run's process is gone for all of it.
@@ -40,7 +40,7 @@ LAYERS = {"raw": "persons_anonymized", "shareable": "persons_shareable"}
 
 def rerun_command(run_date: dt.date) -> str:
     """The command that rewrites a date from scratch."""
-    return f"python -m flows.user_metrics --run-date {run_date.isoformat()}"
+    return f"python -m flows.cli --run-date {run_date.isoformat()}"
 
 
 @dataclass(frozen=True)

@@ -115,15 +115,14 @@ def run_service_cli(env: dict[str, str], *args: str, timeout: float = 400) -> st
     return done.stdout
 
 
-def _shorten_late_alert(server_url: str) -> None:
+def _shorten_late_alert(service: Service) -> None:
     """The "daily is late" alert as applied, with a window of LATE_WITHIN_SECONDS (a day
     otherwise), so the session sees it fire; changed through Prefect's client, as a user would."""
     from prefect.client.orchestration import get_client
     from prefect.events.schemas.automations import AutomationCore
-    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+    from prefect.settings import temporary_settings
 
-    settings = {PREFECT_API_URL: server_url, PREFECT_API_AUTH_STRING: AUTH}
-    with temporary_settings(settings), get_client(sync_client=True) as client:
+    with temporary_settings(service.settings()), get_client(sync_client=True) as client:
         late = [
             a for a in client.read_automations() if getattr(a.trigger, "posture", "") == "Proactive"
         ]
@@ -172,8 +171,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     try:
         output = run_service_cli(env, "serve")
         urls = state.urls()
-        _shorten_late_alert(urls["server"])
-        yield Service(
+        service = Service(
             env=env,
             home=home,
             server_url=urls["server"],
@@ -182,6 +180,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
             serve_output=output,
             webhook=webhook,
         )
+        _shorten_late_alert(service)
+        yield service
     finally:
         # By process id, whatever happened above: `stop` first, then anything it left behind.
         pids = {name: state.pid(name) for name in ("worker", "api", "server")}

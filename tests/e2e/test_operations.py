@@ -135,7 +135,7 @@ def test_two_runs_at_once_share_one_request_budget(
         "DUCKDB_PATH": str(tmp_path / "db" / "faker.duckdb"),
         "REQUESTS_PER_MINUTE": str(REQUESTS_PER_MINUTE),
     }
-    cli = [sys.executable, "-m", "flows.user_metrics", "--api-url", api.base_url]
+    cli = [sys.executable, "-m", "flows.cli", "--api-url", api.base_url]
     runs = [
         subprocess.Popen(
             [*cli, "--records", "1600", "--page-size", "100", "--run-date", day],

@@ -12,6 +12,7 @@ in tests/e2e/test_service.py and tests/flows/test_prefect_server.py).
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import secrets
 import sys
@@ -19,7 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from tasks.common.secrets import KEY_ENV, PSEUDONYM_WORKER_ENV
+from tasks.common.settings import get_settings
+from tests.conftest import TEST_KEY
 from tests.helpers import run_watched
+from tests.reliability.conftest import NO_BROWSER
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(600)
@@ -44,7 +49,7 @@ def test_no_child_process_of_a_run_holds_the_key(
         DASK_WORKERS="1",
         PYTHONPATH=str(ROOT),
     )
-    cmd = [sys.executable, "-m", "flows.user_metrics", "--api-url", api.base_url]
+    cmd = [sys.executable, "-m", "flows.cli", "--api-url", api.base_url]
     cmd += ["--records", "2000", "--page-size", "500", "--run-date", "2026-10-01"]
     done, watcher = run_watched(cmd, env, ROOT, timeout=540)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -58,3 +63,40 @@ def test_no_child_process_of_a_run_holds_the_key(
     assert any("multiprocessing" in c for c in commands), commands  # the Dask worker
     holding = [s.cmdline[:80] for s in watcher.seen.values() if key.encode() in s.environ]
     assert holding == [], f"{len(holding)} child process(es) hold the key: {holding}"
+
+
+def test_a_deployment_run_withholds_the_key_a_flow_in_another_process_does_not(
+    api, pipeline_env, prefect_storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deployment's run takes the key out of its process's environment (Prefect started that
+    process for it), so nothing it starts inherits it; a flow called inside someone else's
+    Python process (here pytest's) leaves that process's environment alone."""
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+
+    from flows.flow_names import FLOW_NAME
+    from flows.user_metrics import user_metrics_pipeline
+
+    monkeypatch.setenv("BROWSER_PATH", NO_BROWSER)  # no charts: the key is what is looked at
+    get_settings.cache_clear()
+    params = {"api_url": api.base_url, "records": 200, "page_size": 100}
+    user_metrics_pipeline(**params, run_date=dt.date(2026, 10, 2))
+    assert os.environ[KEY_ENV] == TEST_KEY and KEY_ENV not in PSEUDONYM_WORKER_ENV
+
+    with get_client(sync_client=True) as client:
+        deployment = client.create_deployment(
+            flow_id=client.create_flow_from_name(FLOW_NAME),
+            name="withholds-the-key",
+            entrypoint="flows/user_metrics.py:deployed_pipeline",
+        )
+        flow_run = client.create_flow_run_from_deployment(
+            deployment, parameters={**params, "run_date": "2026-10-03"}
+        )
+    try:
+        # What a worker's `python -m prefect.engine` does with the run it was started for.
+        state = run_flow(user_metrics_pipeline, flow_run=flow_run, return_type="state")
+        assert state.is_completed(), state.message
+        assert KEY_ENV not in os.environ
+        assert PSEUDONYM_WORKER_ENV[KEY_ENV] == TEST_KEY  # kept for the Dask workers alone
+    finally:
+        PSEUDONYM_WORKER_ENV.pop(KEY_ENV, None)

@@ -91,7 +91,7 @@ def test_a_plain_cli_run_leaves_no_server_and_gives_it_no_key(api, tmp_path: Pat
     """A CI job or cron entry with a fresh home: Prefect's temporary server, gone at exit."""
     key = secrets.token_hex(32)
     env = _env(tmp_path, key)
-    cmd = [sys.executable, "-m", "flows.user_metrics", "--api-url", api.base_url]
+    cmd = [sys.executable, "-m", "flows.cli", "--api-url", api.base_url]
     cmd += ["--records", "1000", "--run-date", "2026-10-08"]
     done, watcher = run_watched(cmd, env, ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -215,7 +215,8 @@ def test_a_bad_server_mode_is_refused_up_front(api, tmp_path: Path) -> None:
     done = _cli(api, env, "2026-10-09")
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "error: CLI_PREFECT_SERVER='cloud' is not one of background, temporary"
+        "error: invalid setting CLI_PREFECT_SERVER (got 'cloud'): Input should be 'background' "
+        "or 'temporary'"
     ]
 
 
@@ -233,3 +234,17 @@ def test_a_port_left_in_time_wait_is_free_but_a_listener_holds_it() -> None:
     client.close()
     listener.close()
     assert _port_free("127.0.0.1", port)
+
+
+def test_a_client_of_the_local_server_sends_its_auth_string() -> None:
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
+
+    url = "http://127.0.0.1:4321/api"
+    server = {"PREFECT_SERVER_API_AUTH_STRING": "admin:s3cret", "PREFECT_API_AUTH_STRING": "old"}
+    assert server_module.client_settings(url, server) == {
+        PREFECT_API_URL: url,
+        PREFECT_API_AUTH_STRING: "admin:s3cret",  # what the server asks every client for
+    }
+    client = {"PREFECT_API_AUTH_STRING": "user:pw"}
+    assert server_module.client_settings(url, client)[PREFECT_API_AUTH_STRING] == "user:pw"
+    assert server_module.client_settings(url, {}) == {PREFECT_API_URL: url}

@@ -176,9 +176,9 @@ def subprocess_env(pipeline_env: Path, prefect_api_url: str) -> dict[str, str]:
 def run_cli(
     args: list[str], env: dict[str, str], timeout: float = 240
 ) -> subprocess.CompletedProcess:
-    """`python -m flows.user_metrics ARGS` in a real subprocess."""
+    """`python -m flows.cli ARGS` in a real subprocess."""
     return subprocess.run(
-        [PYTHON, "-m", "flows.user_metrics", *args],
+        [PYTHON, "-m", "flows.cli", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -276,9 +276,9 @@ def restored(baseline: Baseline, paths: tuple[Path, Path]) -> Restored:
 
 
 def start_cli(args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    """`python -m flows.user_metrics ARGS` started in a real subprocess, output piped."""
+    """`python -m flows.cli ARGS` started in a real subprocess, output piped."""
     return subprocess.Popen(
-        [PYTHON, "-m", "flows.user_metrics", *args],
+        [PYTHON, "-m", "flows.cli", *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

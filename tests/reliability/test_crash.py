@@ -105,7 +105,7 @@ def test_sigkill_in_each_crash_window(
         assert row["status"] == "abandoned"
     else:
         # Rolled forward: every layer holds the killed run's batch.
-        assert check.returncode == 1 and "repair with: python -m flows.user_metrics" in check.stdout
+        assert check.returncode == 1 and "repair with: python -m flows.cli" in check.stdout
         assert file_run(zone_file(lake, "raw", RUN_DATE)) == killed
         assert file_run(zone_file(lake, "shareable", RUN_DATE)) == killed
         assert after.runs("persons_anonymized") == after.runs("persons_shareable") == {killed}
