@@ -7,8 +7,10 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends chromium \
     && rm -rf /var/lib/apt/lists/*
 
-# uv from PyPI, like the Makefile, so the image needs no registry besides Debian's and PyPI.
-RUN pip install --no-cache-dir uv
+# uv from PyPI, like the Makefile, so the image needs no registry besides Debian's and PyPI;
+# pinned, so a build next month resolves uv.lock with the same uv.
+ARG UV_VERSION=0.13.9
+RUN pip install --no-cache-dir "uv==${UV_VERSION}"
 
 ENV PROJECT_DIR=/app \
     ARROW_DEFAULT_MEMORY_POOL=jemalloc \
@@ -23,9 +25,13 @@ ENV PROJECT_DIR=/app \
     PREFECT_SERVER_ANALYTICS_ENABLED=false
 WORKDIR /app
 
-# Dependencies first, exactly as locked, so code changes do not reinstall them.
+# Dependencies first, exactly as locked, so code changes do not reinstall them. uv's download
+# cache lives in a BuildKit cache mount (Docker 23+): a rebuild after a lock change downloads only
+# what changed, and the cache never ends up in the image (UV_LINK_MODE=copy: it is another file
+# system).
 COPY pyproject.toml uv.lock ./
-RUN uv sync --frozen --no-dev --no-install-project
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --frozen --no-dev --no-install-project
 
 COPY flows/ flows/
 COPY tasks/ tasks/
@@ -37,9 +43,10 @@ COPY prefect.yaml automations.yaml ./
 RUN python -m compileall -q flows tasks local_api
 
 # Non-root; it owns only the output folders (mounted as volumes by compose) and its home.
+# gx: Great Expectations' Data Docs, beside the lake (GX_DIR).
 RUN useradd --create-home --uid 10001 app \
-    && mkdir -p data_lake db \
-    && chown app:app data_lake db
+    && mkdir -p data_lake db gx \
+    && chown app:app data_lake db gx
 USER app
 
 # The compose file picks the command per service; a worker is the default.

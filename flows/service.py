@@ -24,6 +24,8 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+import yaml
+
 from flows.processes import PROJECT_DIR, ServiceError, ServiceState, free_port, responds, wait_until
 from flows.server import (
     LABELS,
@@ -69,11 +71,19 @@ def set_up(env: Mapping[str, str]) -> None:
     run(["work-pool", "clear-concurrency-limit", POOL], env, "pool concurrency limit")
     _ensure_queue(env, BACKFILL_QUEUE, BACKFILL_PRIORITY)
     print(run([sys.executable, "-m", "flows.operations"], env, "alerts").rstrip())
-    run(["--no-prompt", "deploy", "--all"], env, "prefect deploy")
+    run(["--no-prompt", "deploy", *pool_deployments()], env, "prefect deploy")
     print(
         f"Work pool          {POOL} (process): daily on queue 'default', backfills on "
         f"{BACKFILL_QUEUE!r} (lower priority); deployments from prefect.yaml"
     )
+
+
+def pool_deployments() -> list[str]:
+    """`--name` options for prefect.yaml's deployments on POOL: the Docker pool's deployment
+    is deployed by hand, where that pool exists (`prefect deploy` refuses a missing pool)."""
+    config = yaml.safe_load((PROJECT_DIR / "prefect.yaml").read_text(encoding="utf-8"))
+    names = [d["name"] for d in config["deployments"] if d["work_pool"]["name"] == POOL]
+    return [option for name in names for option in ("--name", name)]
 
 
 def _ensure_queue(env: Mapping[str, str], name: str, priority: int) -> None:
@@ -254,7 +264,9 @@ def container_worker() -> int:
     wait_until(lambda: responds(f"{server.rstrip('/')}/health"), "server", 300, None, log)
     set_up(env)
     # exec, so the container's stop signal reaches the worker itself.
-    os.execve(prefect_bin(), [prefect_bin(), "worker", "start", "--pool", POOL], env)
+    # --with-healthcheck: /health on PREFECT_WORKER_WEBSERVER_PORT, for the compose healthcheck.
+    worker = [prefect_bin(), "worker", "start", "--pool", POOL, "--with-healthcheck"]
+    os.execve(prefect_bin(), worker, env)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,5 +1,5 @@
 """Parameters as Prefect sees them: bounds in the schema, refused when a run is created, defaults
-from the worker's settings; and `prefect deploy --all` typed as Prefect's docs say."""
+from the worker's settings; and `prefect deploy` typed as Prefect's docs say."""
 
 from __future__ import annotations
 
@@ -112,12 +112,15 @@ def test_deployment_defaults_come_from_the_worker_settings(service: Service) -> 
     assert row == (SETTINGS_RECORDS,)
 
 
-def test_prefect_deploy_all_without_project_dir_gives_working_deployments(
+def test_prefect_deploy_without_project_dir_gives_working_deployments(
     service: Service,
 ) -> None:
-    """`prefect deploy --all` in the checkout, no PROJECT_DIR: the pull step names the checkout."""
+    """`prefect deploy` of the pool's deployments (as prefect.yaml's header types it) in the
+    checkout, no PROJECT_DIR: the pull step names the checkout."""
+    from flows.service import pool_deployments
+
     env = {k: v for k, v in service.client_env().items() if k != "PROJECT_DIR"}
-    output = _prefect(service, "--no-prompt", "deploy", "--all", env=env)
+    output = _prefect(service, "--no-prompt", "deploy", *pool_deployments(), env=env)
     assert output.startswith("exit 0"), output
     with _client(service) as client:
         for name in (*DEPLOYMENTS, "user-metrics-backfill/range"):
