@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from tasks.common.secrets import DEMO_KEY_FILE, ensure_demo_key, without_key
+from tasks.common.secrets import DEMO_KEY_FILE, ensure_demo_key, key_configured, without_key
 from tasks.quality import validator
 
 
@@ -32,7 +32,7 @@ def main() -> int:
     # GX's import, the longest part of start-up, first, on the other core, while the API and the
     # CLI start.
     validator.start()
-    if not os.environ.get("PII_HASH_KEY") and not os.environ.get("PII_HASH_KEY_BLOCK"):
+    if not key_configured(os.environ):
         # Offline demo only: a random key kept in a git-ignored file, never a key in the repo.
         os.environ["PII_HASH_KEY_FILE"] = str(ensure_demo_key(DEMO_KEY_FILE))
     # `make run` keeps its Prefect server for the next run (flows/server.py); other CLI runs do

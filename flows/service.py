@@ -37,7 +37,7 @@ from flows.server import (
     prefect_bin,
     running_server,
 )
-from tasks.common.secrets import DEMO_KEY_FILE, ensure_demo_key, without_key
+from tasks.common.secrets import DEMO_KEY_FILE, ensure_demo_key, key_configured, without_key
 
 POOL = "faker-pool"
 DAILY = "user-metrics-pipeline/daily"
@@ -133,7 +133,7 @@ def _start_worker(state: ServiceState, env: dict[str, str], api: str) -> None:
     # A run waits for the worker's next poll before anything starts: a poll a second (one small
     # query to a local server) keeps that wait short where users watch the run.
     worker_env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "1")
-    if not env.get("PII_HASH_KEY") and not env.get("PII_HASH_KEY_BLOCK"):
+    if not key_configured(env):
         # As `make run`: a random local key in the git-ignored .secrets/, never one in the repo.
         worker_env.setdefault("PII_HASH_KEY_FILE", str(ensure_demo_key(DEMO_KEY_FILE)))
     cmd = [prefect_bin(), "worker", "start", "--pool", POOL]

@@ -89,6 +89,12 @@ def ensure_demo_key(path: Path) -> Path:
     return path
 
 
+def key_configured(env: Mapping[str, str]) -> bool:
+    """Whether env names a key or where one is; if not, `make run` and `make serve` use theirs."""
+    names = (KEY_ENV, "PII_HASH_KEY_BLOCK", KEY_FILE_VARIABLE, SECRETS_DIR_VARIABLE)
+    return any(env.get(name, "").strip() for name in names)
+
+
 def without_key(env: Mapping[str, str]) -> dict[str, str]:
     """`env` without the key or where to find it: for child processes that make no pseudonyms
     (the Prefect server, the local API)."""

@@ -12,7 +12,13 @@ import pytest
 import tasks.common.secrets as secrets_module
 import tasks.common.settings as settings_module
 from tasks.common.inputs import InputError
-from tasks.common.secrets import MissingKeyError, hash_key, resolve_hash_key, withhold_key
+from tasks.common.secrets import (
+    MissingKeyError,
+    hash_key,
+    key_configured,
+    resolve_hash_key,
+    withhold_key,
+)
 from tasks.common.settings import Settings, get_settings
 
 ENV_KEY = "env-key-0123456789abcdef"
@@ -158,3 +164,9 @@ def test_withhold_key_with_a_file_key_leaves_no_key_in_the_environment(
     assert hash_key() == FILE_KEY.encode()
     assert FILE_KEY not in "".join(os.environ.values())
     assert secrets_module.PSEUDONYM_WORKER_ENV == {}
+
+
+def test_the_demo_key_is_used_only_where_no_key_is_configured() -> None:
+    assert not key_configured({}) and not key_configured({"PII_HASH_KEY": "", "SECRETS_DIR": " "})
+    for name in ("PII_HASH_KEY", "PII_HASH_KEY_BLOCK", "PII_HASH_KEY_FILE", "SECRETS_DIR"):
+        assert key_configured({name: "x"}), name
