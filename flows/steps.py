@@ -304,12 +304,14 @@ def validate(
     one on its generalization; a failing batch is quarantined and the run stops. Once both
     passed, the validation artifact is staged."""
     if generalized is None:
-        summary = validate_masked_task(batch, cfg.records)
+        summary = validate_masked_task(batch, cfg.records, cfg.gx_dir)
     else:
-        summary = validate_analytical_task(generalized, cfg.records)
+        summary = validate_analytical_task(generalized, cfg.records, cfg.gx_dir)
     staged.validations.append(summary)
     if not summary.success:
         run.details += [f"Validation: {s.failures_text()}" for s in staged.validations]
+        if summary.data_docs:
+            run.details.append(f"Data Docs (counts only): {summary.data_docs}")
         scanner = run.scanner(cfg.run_date)
         path = quarantine(batch, cfg.lake_dir, cfg.run_date, scanner)
         if path is None:

@@ -75,6 +75,8 @@ class RunConfig:
     duckdb_limit_name: str
     # The DuckDB file's limit when the run found it on its server; None: the file lock alone.
     duckdb_limit: str | None = None
+    # Great Expectations' folder (Data Docs); None: validation writes nothing.
+    gx_dir: Path | None = None
 
     @property
     def api_url(self) -> str:
@@ -120,6 +122,7 @@ def resolve_run_config(
         ),
         lake_dir=settings.data_lake_dir,
         duckdb_path=settings.duckdb_path,
+        gx_dir=settings.gx_dir or settings.data_lake_dir.parent / "gx",
         max_fetch_tasks=settings.fetch_max_tasks,
         privacy_k=settings.privacy_k,
         quasi_identifiers=settings.quasi_identifiers,

@@ -164,6 +164,12 @@ class Settings(BaseSettings):
     )
     data_lake_dir: Path = Field(Path("./data_lake"), description="Root of the Parquet lake.")
     duckdb_path: Path = Field(Path("./db/faker.duckdb"), description="DuckDB database file.")
+    gx_dir: Path | None = Field(
+        None,
+        description="Great Expectations folder: the Data Docs site (`data_docs/index.html`) and "
+        "the counts-only validation results it is rendered from. Unset: `gx` beside the lake "
+        "(in DATA_LAKE_DIR's parent folder).",
+    )
     duckdb_lock_timeout_seconds: float = Field(
         600.0,
         description="How long a run waits for another run's DuckDB writes (one writer per file).",

@@ -1,12 +1,18 @@
-"""Great Expectations plumbing: one lazy import, one ephemeral context, strict suite loading.
+"""Great Expectations plumbing: one lazy import, a context per validation, strict suite loading.
 
 `import great_expectations` is the longest import of a run (`start-up: GX s` in bench/results.md),
-so nothing here imports it at module import time; the first caller pays once per process and
-everyone after reuses the module, the context and the suites.
+so nothing here imports it at module import time; the first caller pays once per process.
+
+A batch is validated the way GX's docs run production validations: a `ValidationDefinition` (the
+suite on a whole-dataframe batch definition) run by a `Checkpoint` whose `UpdateDataDocsAction`
+updates a local Data Docs site. The context is configured with the mapping a
+`great_expectations.yml` would hold (`project_config`), and a new one is made for each validation:
+it costs a few milliseconds, and dropping it drops the frame and every metric GX computed on it.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 from collections import Counter
@@ -17,28 +23,36 @@ from typing import TYPE_CHECKING, Any
 from tasks.common.errors import PipelineError
 
 if TYPE_CHECKING:
+    from great_expectations import Checkpoint
     from great_expectations.core import ExpectationSuite
-    from great_expectations.core.batch_definition import BatchDefinition
-    from great_expectations.data_context.data_context.ephemeral_data_context import (
-        EphemeralDataContext,
+    from great_expectations.data_context.data_context.abstract_data_context import (
+        AbstractDataContext,
     )
 
 EXPECTATIONS_DIR = Path(__file__).resolve().parents[2] / "expectations"
 DATASOURCE_NAME = "persons_frames"
+DATA_DOCS_SITE = "persons"
+# Inside the GX folder (RunConfig.gx_dir): the Data Docs site, and the counts-only validation
+# results its pages are rendered from (kept so that the site's index lists every run).
+DATA_DOCS_DIR = "data_docs"
+VALIDATIONS_DIR = "validations"
 
-# Keys of a suite file that ExpectationSuite() takes; "id" is left out because an ephemeral context
-# owns no stored suites it could refer to.
+# BASIC still reports counts; exclude_unexpected_values drops the partial_unexpected_list that
+# would otherwise carry the failing values (raw PII, if a mask was missed) into the results, and
+# from there into the stored results and the Data Docs pages rendered from them.
+RESULT_FORMAT: dict[str, Any] = {"result_format": "BASIC", "exclude_unexpected_values": True}
+
+# Keys of a suite file that ExpectationSuite() takes; "id" is left out because the context
+# assigns one when the suite is added.
 _SUITE_KEYS = ("name", "expectations", "suite_parameters", "meta", "notes")
 
-# One re-entrant lock guards the lazy initialisation and every validation: GX builds batch ids from
-# datasource and asset names, so two threads validating on one asset would overwrite each other's
-# batch, and the context's registries are not documented as thread-safe either.
+# One re-entrant lock guards the lazy initialisation and every validation: GX 1.x reaches its
+# stores through a process-wide project (the context `get_context` made last), so two contexts
+# must never be in use at once.
 LOCK = threading.RLock()
 
 _gx: ModuleType | None = None
-_context: EphemeralDataContext | None = None
-_batch_definitions: dict[str, BatchDefinition[Any]] = {}
-_suites: dict[Path, ExpectationSuite] = {}
+_suites: dict[Path, tuple[ExpectationSuite, dict[str, Any]]] = {}
 
 
 class SuiteLoadError(PipelineError, ValueError):
@@ -53,44 +67,21 @@ def gx() -> ModuleType:
             if _gx is None:
                 import great_expectations
 
+                _skip_data_fingerprint()
                 _gx = great_expectations
     return _gx
-
-
-def context() -> EphemeralDataContext:
-    """The process-wide ephemeral context: in-memory stores, no analytics, no progress bars."""
-    global _context
-    if _context is None:
-        with LOCK:
-            if _context is None:
-                gx()
-                from great_expectations.data_context.types.base import (
-                    DataContextConfig,
-                    InMemoryStoreBackendDefaults,
-                    ProgressBarsConfig,
-                )
-
-                # The default ephemeral config writes temporary data-docs sites and enables
-                # analytics (which would try the network); tqdm bars only clutter flow logs.
-                config = DataContextConfig(
-                    store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
-                    analytics_enabled=False,
-                    progress_bars=ProgressBarsConfig(globally=False),
-                )
-                _skip_data_fingerprint()
-                ctx = gx().get_context(mode="ephemeral", project_config=config)
-                ctx.data_sources.add_pandas(DATASOURCE_NAME)
-                _context = ctx
-    return _context
 
 
 def _skip_data_fingerprint() -> None:
     """Turn off GX's md5 fingerprint of every pandas batch (hashes each row of the frame).
 
-    It is only a batch marker, which we never read (results are reduced to counts), yet on a
-    million rows it costs seconds and a transient copy of the frame. GX hashes frames whose
-    memory_usage() is below HASH_THRESHOLD, so a threshold of 0 skips it; if a GX release drops
-    the constant, validation still works, only slower.
+    The one private GX name this project uses, pinned by tests/tasks/quality/test_validate.py
+    (`test_the_data_fingerprint_switch_still_exists`) and listed in the README: there is no
+    public switch. The fingerprint is only a batch marker, which nothing here reads, yet on a
+    million rows it costs seconds (Arrow-backed strings are factorized to be hashed) and a
+    transient copy of the frame. GX hashes frames whose memory_usage() is below HASH_THRESHOLD,
+    so a threshold of 0 skips it; if a GX release drops the constant, validation still works,
+    only slower, and that test fails.
     """
     from great_expectations.execution_engine import pandas_execution_engine
 
@@ -98,35 +89,97 @@ def _skip_data_fingerprint() -> None:
         pandas_execution_engine.HASH_THRESHOLD = 0
 
 
-def release(batch: Any) -> None:
-    """Drop what GX keeps of a validated batch: its dataframe and every metric computed on it.
+def data_docs_index(gx_dir: Path) -> Path:
+    """The Data Docs site's index page under `gx_dir` (open it in a browser)."""
+    return gx_dir.resolve() / DATA_DOCS_DIR / "index.html"
 
-    The datasource's execution engine holds each batch's data and caches every resolved metric
-    (per-row condition series included) for the life of the process. After a million-row
-    validation that is hundreds of MB carried through the rest of the run, and in a worker
-    process that serves many runs it only grows. Results are already copied out as counts.
+
+def _store(name: str, backend: dict[str, Any]) -> dict[str, Any]:
+    return {"class_name": name, "store_backend": backend}
+
+
+def project_config(gx_dir: Path | None) -> dict[str, Any]:
+    """The context's configuration, as a `great_expectations.yml` would spell it.
+
+    Suites, validation definitions and checkpoints live in memory (the suites' files are in
+    expectations/). With `gx_dir`, validation results are stored under it and rendered into a
+    Data Docs site there; without it (the warm-up, tests), nothing is written anywhere.
     """
-    engine = batch.data.execution_engine
-    engine.batch_manager.reset_batch_cache()
-    engine.batch_manager.batch_data_cache.clear()
-    # No public API for the metric cache; if a GX release renames it, memory only stays longer.
-    cache = getattr(engine, "_metric_cache", None)
-    if isinstance(cache, dict):
-        cache.clear()
+    memory = {"class_name": "InMemoryStoreBackend"}
+    results = memory
+    sites: dict[str, Any] = {}
+    if gx_dir is not None:
+        root = gx_dir.resolve()
+        results = {
+            "class_name": "TupleFilesystemStoreBackend",
+            "base_directory": str(root / VALIDATIONS_DIR),
+        }
+        sites[DATA_DOCS_SITE] = {
+            "class_name": "SiteBuilder",
+            "show_how_to_buttons": False,
+            "store_backend": {
+                "class_name": "TupleFilesystemStoreBackend",
+                "base_directory": str(root / DATA_DOCS_DIR),
+            },
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        }
+    return {
+        "config_version": 4.0,
+        "analytics_enabled": False,
+        # tqdm bars would only clutter flow logs (or a stderr nobody reads).
+        "progress_bars": {"globally": False},
+        "stores": {
+            "expectations_store": _store("ExpectationsStore", memory),
+            "validation_results_store": _store("ValidationResultsStore", results),
+            "checkpoint_store": _store("CheckpointStore", memory),
+            "validation_definition_store": _store("ValidationDefinitionStore", memory),
+        },
+        "expectations_store_name": "expectations_store",
+        "validation_results_store_name": "validation_results_store",
+        "checkpoint_store_name": "checkpoint_store",
+        "validation_definition_store_name": "validation_definition_store",
+        "data_docs_sites": sites,
+    }
 
 
-def batch_definition(asset_name: str) -> BatchDefinition[Any]:
-    """A whole-dataframe batch definition on its own pandas asset, created once per process."""
-    with LOCK:
-        found = _batch_definitions.get(asset_name)
-        if found is None:
-            datasource = context().data_sources.get(DATASOURCE_NAME)
-            # The registry hands back the base Datasource type; ours is the pandas one (made in
-            # `context()`), which has add_dataframe_asset.
-            asset = datasource.add_dataframe_asset(asset_name)  # type: ignore[attr-defined]
-            found = asset.add_batch_definition_whole_dataframe(f"{asset_name}_whole")
-            _batch_definitions[asset_name] = found
-        return found
+def checkpoint(
+    suite_path: Path, asset_name: str, gx_dir: Path | None
+) -> tuple[AbstractDataContext, Checkpoint]:
+    """A new context holding the suite of `suite_path`, validated on a whole-dataframe batch of
+    the pandas asset `asset_name`, and the checkpoint that runs it (updating the Data Docs site
+    when `gx_dir` is given). Call under LOCK; `release` the context after the run."""
+    gx_module = gx()
+    from great_expectations.checkpoint.actions import UpdateDataDocsAction
+
+    context = gx_module.get_context(mode="ephemeral", project_config=project_config(gx_dir))
+    suite = context.suites.add(new_suite(suite_path))
+    batch_definition = (
+        context.data_sources.add_pandas(DATASOURCE_NAME)
+        .add_dataframe_asset(asset_name)
+        .add_batch_definition_whole_dataframe(f"{asset_name}_whole")
+    )
+    definition = context.validation_definitions.add(
+        gx_module.ValidationDefinition(name=asset_name, data=batch_definition, suite=suite)
+    )
+    actions = []
+    if gx_dir is not None:
+        actions.append(UpdateDataDocsAction(name="data_docs", site_names=[DATA_DOCS_SITE]))
+    found = context.checkpoints.add(
+        gx_module.Checkpoint(
+            name=asset_name,
+            validation_definitions=[definition],
+            actions=actions,
+            result_format=RESULT_FORMAT,
+        )
+    )
+    return context, found
+
+
+def release(context: AbstractDataContext) -> None:
+    """Drop the validated frame: the datasource's execution engine holds each batch's data and
+    caches every metric computed on it (per-row series included) for as long as it lives, and
+    GX keeps the last context reachable until the next `get_context`."""
+    context.data_sources.delete(DATASOURCE_NAME)
 
 
 def _declared_types(path: Path, data: Any) -> list[str]:
@@ -192,12 +245,27 @@ def load_suite_file(path: Path | str) -> tuple[ExpectationSuite, int]:
     return suite, len(declared)
 
 
-def suite(path: Path | str) -> ExpectationSuite:
-    """The suite from `path`, loaded and checked once per process."""
+def _checked(path: Path | str) -> tuple[ExpectationSuite, dict[str, Any]]:
+    """The suite file at `path`, loaded and checked once per process, and its JSON."""
     resolved = Path(path).resolve()
     with LOCK:
         found = _suites.get(resolved)
         if found is None:
-            found, _ = load_suite_file(resolved)
-            _suites[resolved] = found
+            suite_, _ = load_suite_file(resolved)
+            data = json.loads(resolved.read_text(encoding="utf-8"))
+            found = _suites[resolved] = (suite_, data)
         return found
+
+
+def suite(path: Path | str) -> ExpectationSuite:
+    """The suite from `path`, loaded and checked once per process (to read, not to validate)."""
+    return _checked(path)[0]
+
+
+def new_suite(path: Path | str) -> ExpectationSuite:
+    """A new suite object from the checked file at `path`, for a context to own."""
+    from great_expectations.core import ExpectationSuite
+
+    # A deep copy: the cached JSON stays as the file says whatever GX does with its arguments.
+    data = copy.deepcopy(_checked(path)[1])
+    return ExpectationSuite(**{key: data[key] for key in _SUITE_KEYS if key in data})

@@ -1,4 +1,5 @@
-"""Validate a batch with Great Expectations in this process: the frame GX sees, counts copied out.
+"""Validate a batch with Great Expectations in this process: the frame GX sees, a checkpoint run
+(tasks.quality.gx_suites), counts copied out.
 
 Both the run's process (tasks/quality/validate.py) and the validator process
 (tasks/quality/validator.py) validate through `validate_here`. GX itself is imported lazily (see
@@ -8,9 +9,11 @@ GX and pandas only.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from datetime import date
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -35,10 +38,6 @@ LAYERS = {
 # gets this derived column, the number of distinct country codes seen for the row's country in the
 # batch, and both suites expect it to be between 1 and 1 and list it last among the columns.
 CODES_PER_COUNTRY = "codes_per_country"
-
-# BASIC still reports counts; exclude_unexpected_values drops the partial_unexpected_list that
-# would otherwise carry the failing values (raw PII, if a mask was missed) into the results.
-RESULT_FORMAT: dict[str, Any] = {"result_format": "BASIC", "exclude_unexpected_values": True}
 
 
 @dataclass(frozen=True)
@@ -69,6 +68,8 @@ class ValidationSummary:
     failed: int
     rows: int
     results: list[ExpectationOutcome] = field(default_factory=list)
+    # The Data Docs index page the validation was rendered into (None: none was written).
+    data_docs: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as plain JSON-able values (how the validator process sends it)."""
@@ -210,23 +211,25 @@ def _outcome(result: Any) -> ExpectationOutcome:
     )
 
 
-def validate_here(table: pa.Table, layer: str, expected_rows: int) -> ValidationSummary:
-    """Validate `table` against the suite of `layer` ("masked", "analytical"), in this process."""
+def validate_here(
+    table: pa.Table, layer: str, expected_rows: int, gx_dir: Path | None = None
+) -> ValidationSummary:
+    """Validate `table` against the suite of `layer` ("masked", "analytical"), in this process;
+    with `gx_dir`, the results (counts only) are stored and rendered into its Data Docs site."""
     suite_path, asset_name = LAYERS[layer]
     suite = gx_suites.suite(suite_path)
     frame = _validation_frame(table, _regex_columns(suite))
     with gx_suites.LOCK:
-        batch = gx_suites.batch_definition(asset_name).get_batch(
-            batch_parameters={"dataframe": frame}
-        )
+        context, checkpoint = gx_suites.checkpoint(suite_path, asset_name, gx_dir)
         try:
-            result = batch.validate(
-                suite,
-                result_format=RESULT_FORMAT,
+            run = checkpoint.run(
+                batch_parameters={"dataframe": frame},
                 expectation_parameters={"expected_rows": int(expected_rows)},
             )
         finally:
-            gx_suites.release(batch)
+            gx_suites.release(context)
+    del frame
+    (result,) = run.run_results.values()
     outcomes = sorted(
         (_outcome(item) for item in result.results),
         key=lambda o: (o.success, o.expectation, o.column or ""),
@@ -239,6 +242,7 @@ def validate_here(table: pa.Table, layer: str, expected_rows: int) -> Validation
         failed=failed,
         rows=table.num_rows,
         results=outcomes,
+        data_docs=str(gx_suites.data_docs_index(gx_dir)) if gx_dir is not None else None,
     )
 
 
@@ -276,14 +280,16 @@ def warm_up_batches(rows: int = _WARM_UP_ROWS) -> tuple[pa.Table, pa.Table]:
 
 
 def warm_up() -> None:
-    """Pay GX's one-time costs now: import, context, both suites and assets, a first validation.
+    """Pay GX's one-time costs now: import, suites, a first checkpoint run and Data Docs render.
 
     After GX's import, the first validation in a process still costs more than later ones (GX
-    and pandas set up metric and string code paths on first use). This
-    runs both suites once on a small made-up batch, so a run can do all of it ahead of time
-    (the validator process does it as it starts).
+    and pandas set up metric and string code paths on first use, the renderer its templates).
+    This runs both suites once on a small made-up batch, into a Data Docs site in a temporary
+    folder that is then removed, so a run can do all of it ahead of time (the validator process
+    does it as it starts).
     A suite file GX cannot fully load raises SuiteLoadError here, as it would in validation.
     """
     masked, analytical = warm_up_batches()
-    validate_here(masked, "masked", masked.num_rows)
-    validate_here(analytical, "analytical", analytical.num_rows)
+    with tempfile.TemporaryDirectory(prefix="gx-warm-up-") as scratch:
+        validate_here(masked, "masked", masked.num_rows, Path(scratch))
+        validate_here(analytical, "analytical", analytical.num_rows, Path(scratch))

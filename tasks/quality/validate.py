@@ -9,6 +9,7 @@ GX is imported lazily either way, so importing this module stays cheap.
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -27,33 +28,46 @@ class ValidationError(PipelineError):
         self.summary = summary
 
 
-def _validate(table: pa.Table, layer: str, expected_rows: int) -> ValidationSummary:
+def _validate(
+    table: pa.Table, layer: str, expected_rows: int, gx_dir: Path | None
+) -> ValidationSummary:
     """The validator process's summary, or this process's where it gives none."""
-    summary = validator.validate(layer, table, expected_rows)
-    return summary if summary is not None else validate_here(table, layer, expected_rows)
+    summary = validator.validate(layer, table, expected_rows, gx_dir)
+    return summary if summary is not None else validate_here(table, layer, expected_rows, gx_dir)
 
 
-def validate_masked(table: pa.Table, expected_rows: int) -> ValidationSummary:
-    """Validate a masked raw batch (RAW_SCHEMA) against its suite in expectations/."""
-    return _validate(table, "masked", expected_rows)
+def validate_masked(
+    table: pa.Table, expected_rows: int, gx_dir: Path | None = None
+) -> ValidationSummary:
+    """Validate a masked raw batch (RAW_SCHEMA) against its suite in expectations/ (with
+    `gx_dir`, its counts-only results go to the Data Docs site there)."""
+    return _validate(table, "masked", expected_rows, gx_dir)
 
 
 validate_masked_task = as_task(validate_masked)
 
 
-def validate_analytical(table: pa.Table, expected_rows: int) -> ValidationSummary:
-    """Validate an analytical batch (ANALYTICAL_SCHEMA) against its suite in expectations/."""
-    return _validate(table, "analytical", expected_rows)
+def validate_analytical(
+    table: pa.Table, expected_rows: int, gx_dir: Path | None = None
+) -> ValidationSummary:
+    """Validate an analytical batch (ANALYTICAL_SCHEMA) against its suite in expectations/ (with
+    `gx_dir`, its counts-only results go to the Data Docs site there)."""
+    return _validate(table, "analytical", expected_rows, gx_dir)
 
 
 validate_analytical_task = as_task(validate_analytical)
 
 
 def validation_artifact(summaries: list[ValidationSummary], run_date: date) -> Artifact:
-    """Every expectation's outcome as a table artifact (counts, never values)."""
+    """Every expectation's outcome as a table artifact (counts, never values), naming the Data
+    Docs site the results were rendered into."""
+    description = f"Great Expectations results for run date {run_date} (counts only)."
+    docs = sorted({summary.data_docs for summary in summaries if summary.data_docs})
+    if docs:
+        description += " Data Docs (counts only): " + ", ".join(docs)
     return Artifact(
         VALIDATION_ARTIFACT_KEY,
-        f"Great Expectations results for run date {run_date} (counts only).",
+        description,
         table=[row for summary in summaries for row in summary.to_rows()],
     )
 

@@ -7,12 +7,13 @@ set-up, never overlap them. A child process runs it on the other core.
 `start()` launches `python -m tasks.quality.validator`, which imports GX, loads both suites and
 validates a made-up batch, then serves validations over its pipes: one JSON header line and an
 Arrow IPC stream in, one JSON line of counts out (a ValidationSummary, which holds no values).
+Given a GX folder, it also stores the counts-only results there and updates its Data Docs site.
 
 The child is only a speed-up. Where it was not started, has ended, or answers anything but a
 summary, `validate()` returns None and the caller validates in its own process, as it would
 without it (and any error is raised there, as before). The child gets no key, writes nothing to
-disk, discards its stderr and exits when its stdin closes: when this process stops it, exits,
-or is killed.
+disk but the GX folder it is given (and its warm-up's temporary site), discards its stderr and
+exits when its stdin closes: when this process stops it, exits, or is killed.
 
 This module imports no GX, pandas or Prefect at module level: a CLI process calls `start()`
 before its own imports (flows/cli.py, flows/local_demo.py), a worker's flow run process before
@@ -66,9 +67,12 @@ class Validator:
         """Whether the process is still there to take a request."""
         return self._proc is not None and self._proc.poll() is None
 
-    def validate(self, layer: str, table: pa.Table, expected_rows: int) -> ValidationSummary | None:
-        """The summary of `table` against the suite of `layer`, or None if the process cannot
-        give one (then it is stopped, and the caller validates in its own process)."""
+    def validate(
+        self, layer: str, table: pa.Table, expected_rows: int, gx_dir: Path | None = None
+    ) -> ValidationSummary | None:
+        """The summary of `table` against the suite of `layer` (Data Docs in `gx_dir`, if given),
+        or None if the process cannot give one (then it is stopped, and the caller validates in
+        its own process)."""
         import pyarrow as pa
 
         from tasks.quality.gx_validation import ValidationSummary
@@ -79,7 +83,12 @@ class Validator:
                 return None
             assert proc.stdin is not None and proc.stdout is not None
             try:
-                header = {"layer": layer, "expected_rows": int(expected_rows)}
+                header = {
+                    "layer": layer,
+                    "expected_rows": int(expected_rows),
+                    # Resolved here: the process runs in the checkout, not in this cwd.
+                    "gx_dir": str(gx_dir.resolve()) if gx_dir is not None else None,
+                }
                 proc.stdin.write(json.dumps(header).encode() + b"\n")
                 with pa.ipc.new_stream(proc.stdin, table.schema) as writer:
                     writer.write_table(table)
@@ -125,10 +134,12 @@ def start() -> Validator:
         return _current
 
 
-def validate(layer: str, table: pa.Table, expected_rows: int) -> ValidationSummary | None:
+def validate(
+    layer: str, table: pa.Table, expected_rows: int, gx_dir: Path | None = None
+) -> ValidationSummary | None:
     """The validator's summary of `table`, or None where no validator can give one."""
     current = _current
-    return current.validate(layer, table, expected_rows) if current is not None else None
+    return current.validate(layer, table, expected_rows, gx_dir) if current is not None else None
 
 
 def stop() -> None:
@@ -150,7 +161,10 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
         request = json.loads(header)
         table = pa.ipc.open_stream(requests).read_all()
         try:
-            summary = gx_validation.validate_here(table, request["layer"], request["expected_rows"])
+            gx_dir = Path(request["gx_dir"]) if request.get("gx_dir") else None
+            summary = gx_validation.validate_here(
+                table, request["layer"], request["expected_rows"], gx_dir
+            )
             reply: dict[str, Any] = {"summary": summary.to_dict()}
         except Exception as exc:  # the caller validates again in its process and raises there
             reply = {"failed": type(exc).__name__}

@@ -213,6 +213,11 @@ def test_bad_batch_fails_validation_loads_nothing_and_is_quarantined(
         db, "select status, error, records_loaded from pipeline_runs where status = 'failed'"
     )
     assert failed[0] == "failed" and "ValidationError" in failed[1] and failed[2] is None
+    # The failed batch's Data Docs page is written (counts only), beside the lake, not in it.
+    index = pipeline_env / "gx/data_docs/index.html"
+    pages = list((pipeline_env / "gx/data_docs/validations/masked_persons").rglob("*.html"))
+    assert index.is_file() and len(pages) == 2  # the good run's and the bad one's
+    assert "-at-" not in "".join(page.read_text(encoding="utf-8") for page in pages)
 
 
 def test_no_raw_value_anywhere(api, pipeline_env, prefect_storage, capfd):
@@ -224,6 +229,9 @@ def test_no_raw_value_anywhere(api, pipeline_env, prefect_storage, capfd):
     prefect_db = PREFECT_API_DATABASE_CONNECTION_URL.value().split("///", 1)[-1]
     out, err = capfd.readouterr()
     assert not leaked(secrets, parquet_cells(lake), file_bytes(lake)), "lake"
+    gx_files = file_bytes(pipeline_env / "gx")
+    assert b"Data documentation compiled by Great Expectations" in gx_files
+    assert not leaked(secrets, set(), gx_files), "Data Docs and GX results"
     assert not leaked(secrets, duckdb_cells(db)), "duckdb"
     assert not leaked(secrets, set(), file_bytes(prefect_storage)), "prefect results"
     prefect_bytes = Path(prefect_db).read_bytes()

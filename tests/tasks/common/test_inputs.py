@@ -104,6 +104,14 @@ def test_overrides_win_over_settings():
         resolve_run_config(settings, RunOptions(seed=0))
 
 
+def test_the_gx_folder_sits_beside_the_lake_unless_set(tmp_path):
+    # Beside the lake, never in it: Data Docs are written before the run commits anything.
+    settings = Settings(_env_file=None, data_lake_dir=tmp_path / "lake")
+    assert resolve_run_config(settings, RunOptions()).gx_dir == tmp_path / "gx"
+    settings = Settings(_env_file=None, data_lake_dir=tmp_path / "lake", gx_dir=tmp_path / "docs")
+    assert resolve_run_config(settings, RunOptions()).gx_dir == tmp_path / "docs"
+
+
 def test_settings_read_from_environment(monkeypatch):
     monkeypatch.setenv("FAKER_API_URL", "http://example.invalid/api/v2")
     monkeypatch.setenv("FAKER_PAGE_SIZE", "250")

@@ -1,4 +1,4 @@
-"""Tests for tasks.quality.validate: real GX, ephemeral context, imported once per session."""
+"""Tests for tasks.quality.validate: real GX (checkpoints, Data Docs), imported once per session."""
 
 from __future__ import annotations
 
@@ -21,14 +21,18 @@ from tasks.quality.gx_validation import (
     ANALYTICAL_SUITE_PATH,
     CODES_PER_COUNTRY,
     MASKED_SUITE_PATH,
-    RESULT_FORMAT,
     ValidationSummary,
     _regex_columns,
     _validation_frame,
     warm_up,
     warm_up_batches,
 )
-from tasks.quality.validate import ValidationError, validate_analytical, validate_masked
+from tasks.quality.validate import (
+    ValidationError,
+    validate_analytical,
+    validate_masked,
+    validation_artifact,
+)
 from tests.builders import AGE_GROUP_LABELS, cycled_batch, masked_batch, plant
 
 RUN_DATE = date(2025, 3, 14)
@@ -73,8 +77,8 @@ def assert_no_leak(summary: ValidationSummary, *secrets: str) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def gx_ready() -> None:
-    """Pay the GX import, context and suite loading once for the whole session."""
-    gx_suites.context()
+    """Pay the GX import and suite loading once for the whole session."""
+    gx_suites.gx()
     gx_suites.suite(MASKED_SUITE_PATH)
     gx_suites.suite(ANALYTICAL_SUITE_PATH)
 
@@ -308,16 +312,99 @@ def test_failing_outcome_reports_counts() -> None:
 def test_gx_result_itself_carries_no_values() -> None:
     """The result format keeps values out of GX's own result too, in case anyone logs it."""
     table = plant(make_raw(), "email", 3, PLANTED)
-    batch = gx_suites.batch_definition("masked_persons").get_batch(
-        batch_parameters={"dataframe": _validation_frame(table)}
-    )
-    result = batch.validate(
-        gx_suites.suite(MASKED_SUITE_PATH),
-        result_format=RESULT_FORMAT,
-        expectation_parameters={"expected_rows": ROWS},
-    )
-    assert not result.success
+    with gx_suites.LOCK:
+        context, checkpoint = gx_suites.checkpoint(MASKED_SUITE_PATH, "masked_persons", None)
+        try:
+            run = checkpoint.run(
+                batch_parameters={"dataframe": _validation_frame(table)},
+                expectation_parameters={"expected_rows": ROWS},
+            )
+        finally:
+            gx_suites.release(context)
+    assert not run.success
+    (result,) = run.run_results.values()
+    assert [r.expectation_config.type for r in result.results if not r.success] == [
+        "expect_column_values_to_match_regex"
+    ]
+    assert PLANTED not in json.dumps(run.describe_dict(), default=str)
     assert PLANTED not in json.dumps(result.to_json_dict(), default=str)
+
+
+def _files_text(root: Path) -> dict[Path, str]:
+    """Every text file GX wrote under root (HTML pages, stored results), by path."""
+    return {
+        path: path.read_text(encoding="utf-8")
+        for path in root.rglob("*")
+        if path.is_file() and path.suffix in {".html", ".json"}
+    }
+
+
+def test_data_docs_show_counts_never_values(tmp_path: Path) -> None:
+    gx_dir = tmp_path / "gx"
+    planted = {"firstname": "Zelda.Planted", "email": PLANTED, "latitude": "52.5200066"}
+    table = make_raw()
+    for row, (column, value) in enumerate(planted.items()):
+        table = plant(table, column, row + 3, value)
+    summary = validate_masked(table, ROWS, gx_dir)
+    assert not summary.success and summary.failed == len(planted)
+    index = gx_dir.resolve() / "data_docs" / "index.html"
+    assert summary.data_docs == str(index) and index.is_file()
+    pages = list((gx_dir / "data_docs" / "validations" / "masked_persons").rglob("*.html"))
+    assert len(pages) == 1
+    page = pages[0].read_text(encoding="utf-8")
+    # The page shows what failed and how many rows did (3 failing of 29 evaluated).
+    assert "Unsuccessful Expectations" in page and "firstname" in page
+    assert pages[0].relative_to(gx_dir / "data_docs").as_posix() in index.read_text("utf-8")
+    written = _files_text(gx_dir)
+    assert any(path.suffix == ".json" for path in written)  # the results the site renders
+    for path, text in written.items():
+        for value in planted.values():
+            assert value not in text, f"{value!r} reached {path}"
+
+
+def test_data_docs_keep_every_run(tmp_path: Path) -> None:
+    gx_dir = tmp_path / "gx"
+    assert validate_masked(make_raw(), ROWS, gx_dir).success
+    assert not validate_masked(make_raw(), ROWS + 1, gx_dir).success
+    assert validate_analytical(make_analytical(), ROWS, gx_dir).success
+    docs = gx_dir / "data_docs" / "validations"
+    assert len(list((docs / "masked_persons").rglob("*.html"))) == 2
+    assert len(list((docs / "analytical_persons").rglob("*.html"))) == 1
+    index = (gx_dir / "data_docs" / "index.html").read_text(encoding="utf-8")
+    for page in docs.rglob("*.html"):
+        assert page.relative_to(gx_dir / "data_docs").as_posix() in index
+
+
+def test_without_a_gx_folder_nothing_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    summary = validate_masked(make_raw(), ROWS)
+    assert summary.success and summary.data_docs is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_warm_up_leaves_no_site_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    warm_up()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_validation_artifact_names_the_data_docs(tmp_path: Path) -> None:
+    summaries = [
+        validate_masked(make_raw(), ROWS, tmp_path / "gx"),
+        validate_analytical(make_analytical(), ROWS, tmp_path / "gx"),
+    ]
+    artifact = validation_artifact(summaries, RUN_DATE)
+    index = (tmp_path / "gx").resolve() / "data_docs" / "index.html"
+    assert artifact.description.count(str(index)) == 1
+    assert len(artifact.table or []) == sum(s.evaluated for s in summaries)
+    assert (
+        "Data Docs"
+        not in validation_artifact([validate_masked(make_raw(), ROWS)], RUN_DATE).description
+    )
 
 
 def test_codes_per_country_is_derived_per_batch() -> None:
@@ -369,12 +456,25 @@ def test_warm_up_batches_are_valid() -> None:
     warm_up()
 
 
-def test_data_fingerprint_is_skipped() -> None:
-    # gx_suites turns off GX's per-row md5 of every batch (~2 s per million rows); a GX release
-    # that renames the constant would bring that cost back silently.
+def test_the_data_fingerprint_switch_still_exists() -> None:
+    """The one private GX name the project uses (listed in the README): GX md5-hashes every
+    pandas batch smaller than HASH_THRESHOLD, seconds per million rows, with no public switch.
+    If a GX release moves it, this fails instead of validation silently slowing down."""
     from great_expectations.execution_engine import pandas_execution_engine
 
     assert pandas_execution_engine.HASH_THRESHOLD == 0
+    with gx_suites.LOCK:
+        context, checkpoint = gx_suites.checkpoint(MASKED_SUITE_PATH, "masked_persons", None)
+        try:
+            run = checkpoint.run(
+                batch_parameters={"dataframe": _validation_frame(make_raw())},
+                expectation_parameters={"expected_rows": ROWS},
+            )
+        finally:
+            gx_suites.release(context)
+    (result,) = run.run_results.values()
+    markers = result.meta["batch_markers"]
+    assert "ge_load_time" in markers and "pandas_data_fingerprint" not in markers
 
 
 def test_concurrent_validations_do_not_mix_batches() -> None:
@@ -503,17 +603,14 @@ def test_loader_rejects_malformed_files(tmp_path: Path, content: str) -> None:
         load_suite_file(path)
 
 
-def test_gx_keeps_nothing_of_a_validated_batch() -> None:
-    """GX would hold every validated frame and metric for the life of the process (a worker
-    serving many runs), and a million-row frame through the rest of the run."""
+def test_gx_keeps_nothing_of_a_validated_batch(tmp_path: Path) -> None:
+    """GX would hold every validated frame and metric for as long as its context lives (a
+    million-row frame through the rest of the run)."""
     import gc
 
     import pandas as pd
 
     rows = ROWS + 7  # a length no other frame of the session has
-    assert validate_masked(make_raw(rows), rows).success
-    engine = gx_suites.context().data_sources.get(gx_suites.DATASOURCE_NAME).get_execution_engine()
-    assert engine.batch_manager.batch_data_cache == {}
-    assert not getattr(engine, "_metric_cache", {})
+    assert validate_masked(make_raw(rows), rows, tmp_path / "gx").success
     gc.collect()
     assert not [o for o in gc.get_objects() if isinstance(o, pd.DataFrame) and len(o) == rows]

@@ -103,6 +103,23 @@ def test_replies_carry_counts_never_values() -> None:
 
 
 @pytest.mark.slow
+def test_it_renders_data_docs_into_the_folder_it_is_given(
+    running: validator.Validator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A relative folder means this process's cwd, not the validator's (the checkout).
+    monkeypatch.chdir(tmp_path)
+    table = plant(make_raw(), "firstname", 3, "Zelda.Planted")
+    summary = validator.validate("masked", table, ROWS, Path("gx"))
+    assert summary is not None and not summary.success
+    index = tmp_path.resolve() / "gx" / "data_docs" / "index.html"
+    assert summary.data_docs == str(index) and index.is_file()
+    pages = list((tmp_path / "gx" / "data_docs" / "validations").rglob("*.html"))
+    assert len(pages) == 1
+    assert "Zelda" not in pages[0].read_text(encoding="utf-8")
+    assert running.alive()
+
+
+@pytest.mark.slow
 def test_when_it_has_died_the_batch_is_validated_here(running: validator.Validator) -> None:
     assert running.pid is not None
     os.kill(running.pid, signal.SIGKILL)
