@@ -75,13 +75,14 @@ def _worker_health_url(compose: dict[str, Any]) -> str:
     return url
 
 
-def test_compose_worker_starts_with_the_healthcheck_its_check_asks(compose, monkeypatch):
+def test_compose_worker_starts_with_the_healthcheck_its_check_asks(compose, monkeypatch, tmp_path):
     """The container's worker is started with --with-healthcheck, serving what the check asks."""
     import flows.service
 
     _worker_health_url(compose)
     started: list[list[str]] = []
     monkeypatch.setenv("PREFECT_API_URL", "http://prefect-server:4200/api")
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
     monkeypatch.setattr(flows.service, "wait_until", lambda *args: None)
     monkeypatch.setattr(flows.service, "set_up", lambda env: None)
     monkeypatch.setattr(flows.service.os, "execve", lambda path, argv, env: started.append(argv))
