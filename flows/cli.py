@@ -97,7 +97,11 @@ def parse_args(argv: list[str] | None, description: str | None) -> argparse.Name
 def preflight(args: argparse.Namespace) -> dict[str, Any]:
     """The flow's parameters, once every input is checked: before Prefect starts, any request
     is made or anything is written."""
+    from flows.runners import task_runner  # loads Prefect (see the imports above)
+
     settings = get_settings()
+    # A runner refused (a clear-text DASK_ADDRESS, no dask extra) is bad input too.
+    task_runner(settings)
     options = RunOptions(**{name: getattr(args, name) for name in RunOptions.model_fields})
     if args.backfill:
         days: list[dt.date] = date_range(args.start_date, args.end_date, settings.backfill_max_days)
@@ -189,13 +193,13 @@ def run_check() -> int:
 
 def run_flow(args: argparse.Namespace, params: dict[str, Any]) -> int:
     """Run the pipeline or the backfill flow; print its summary or its one error line."""
-    from flows.runners import backfill_timeout_seconds, flow_timeout_seconds
     from flows.user_metrics import user_metrics_backfill, user_metrics_pipeline
 
     # The deployments' own limits, so a run from a terminal cannot hang for days either.
+    settings = get_settings()
     limit = "BACKFILL_TIMEOUT_SECONDS" if args.backfill else "FLOW_TIMEOUT_SECONDS"
     deadline = args.deadline_seconds or (
-        backfill_timeout_seconds() if args.backfill else flow_timeout_seconds()
+        settings.backfill_timeout_seconds if args.backfill else settings.flow_timeout_seconds
     )
     budget = get_settings().prefect_server_ephemeral_startup_timeout_seconds
     try:

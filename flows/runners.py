@@ -1,31 +1,33 @@
-"""How the flows run: the task runner (threads or Dask), and the deployments' timeouts and retries.
+"""How the flows run: the task runner (threads or Dask) and the deployments' timeouts.
 
-Read from the environment rather than the settings object: the flow decorators need them at
-import time, and a bad unrelated setting must not make the flow module unimportable.
+The settings (TASK_RUNNER, DASK_*, FLOW_TIMEOUT_SECONDS, BACKFILL_TIMEOUT_SECONDS) are fields of
+`Settings`; the flow decorators take them when the flow module loads (`flow_setup`). A refused
+setting must not make that module unimportable (a traceback in the CLI, "could not load flow"
+in a deployment run), so the module loads with a runner that refuses the run in one line.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
-from typing import Any, NoReturn
+from dataclasses import dataclass
+from typing import Any, NoReturn, get_args
 
 from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.tasks import Task
 
 from tasks.common.errors import display_url
-from tasks.common.inputs import InputError
+from tasks.common.inputs import InputError, settings_error_line
 from tasks.common.secrets import PSEUDONYM_WORKER_ENV
+from tasks.common.settings import RunnerKind, Settings
 
-RUNNER_KINDS: tuple[str, ...] = ("threads", "dask")
+RUNNER_KINDS: tuple[str, ...] = get_args(RunnerKind)
 # Fetch concurrency is bounded by the HTTP layer's gate, so threads only keep tasks flowing.
 DEFAULT_THREADS = 16
-
-ALLOW_SPILL_ENV = "DASK_ALLOW_SPILL"
-TRUSTED_NETWORK_ENV = "DASK_TRUSTED_NETWORK"
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("", "0", "false", "no", "off")
+DASK_EXTRA_MISSING = (
+    "TASK_RUNNER=dask needs the dask extra: uv sync --extra dask "
+    "(or pip install 'faker-api-dataflow[dask]')"
+)
 
 
 def no_spill_worker_kwargs() -> dict[str, Any]:
@@ -65,7 +67,7 @@ def check_dask_address(address: str, trusted_network: bool = False) -> str:
     raise DaskSettingError(
         f"DASK_ADDRESS {display_url(address)} {what}: masked batches and the hashes of raw "
         "values would cross the network unencrypted; use the scheduler's tls:// address "
-        f"(certificates in DASK_DISTRIBUTED__COMM__TLS__*), or set {TRUSTED_NETWORK_ENV}=true "
+        "(certificates in DASK_DISTRIBUTED__COMM__TLS__*), or set DASK_TRUSTED_NETWORK=true "
         "if this network is trusted"
     )
 
@@ -83,12 +85,14 @@ def make_task_runner(
         return ThreadPoolTaskRunner(max_workers=DEFAULT_THREADS)
     if kind != "dask":
         raise DaskSettingError(f"task runner {kind!r} is not one of {', '.join(RUNNER_KINDS)}")
+    # Imported here: dask/distributed are slow to import, the default runner never needs them,
+    # and they are an extra that an install without scale-out leaves out.
+    try:
+        from prefect_dask.task_runners import DaskTaskRunner
+    except ImportError:
+        raise DaskSettingError(DASK_EXTRA_MISSING) from None
     if address:
         check_dask_address(address, trusted_network)
-    if workers < 1:
-        raise DaskSettingError(f"DASK_WORKERS={workers} must be >= 1")
-    # Imported here: dask/distributed are slow to import and the default runner never needs them.
-    from prefect_dask.task_runners import DaskTaskRunner
 
     if address:
         # A real cluster: its workers need this project's code and env (PII_HASH_KEY etc.), and
@@ -118,7 +122,7 @@ class RefusedTaskRunner(TaskRunner[Any]):
     """Stands in for a runner whose settings were refused: the first task submitted fails the
     run with the refusal's one line, and nothing is sent anywhere."""
 
-    def __init__(self, error: DaskSettingError) -> None:
+    def __init__(self, error: InputError) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # Prefect's own, unannotated
         self.error = error
 
@@ -134,64 +138,48 @@ class RefusedTaskRunner(TaskRunner[Any]):
         dependencies: dict[str, Any] | None = None,
     ) -> NoReturn:
         """Raise the refusal: this runner runs nothing."""
-        raise DaskSettingError(str(self.error))
+        raise type(self.error)(str(self.error))
 
 
-def _flag(name: str) -> bool:
-    value = os.environ.get(name, "").strip().lower()
-    if value not in _TRUE + _FALSE:
-        raise DaskSettingError(f"{name}={value!r} is not true or false")
-    return value in _TRUE
+def task_runner(settings: Settings) -> TaskRunner[Any]:
+    """The runner TASK_RUNNER names, with its DASK_* settings; raises DaskSettingError if it is
+    unusable (a clear-text DASK_ADDRESS, the dask extra not installed)."""
+    if settings.task_runner != "dask":  # the DASK_* settings mean nothing to it
+        return make_task_runner(settings.task_runner)
+    return make_task_runner(
+        "dask",
+        settings.dask_address or None,
+        settings.dask_workers,
+        allow_spill=settings.dask_allow_spill,
+        trusted_network=settings.dask_trusted_network,
+    )
 
 
-def runner_from_env() -> TaskRunner[Any]:
-    """The runner named by TASK_RUNNER / DASK_ADDRESS / DASK_WORKERS / DASK_ALLOW_SPILL /
-    DASK_TRUSTED_NETWORK (threads when unset).
+@dataclass(frozen=True)
+class FlowSetup:
+    """What the flow decorators take from the settings when the flow module loads."""
 
-    Called when flows/user_metrics.py loads (the flow decorator), so a refusal raised here would
-    be an import traceback in the CLI and a "could not load flow" crash in a deployment run.
-    Instead the module loads with a RefusedTaskRunner, and the run fails at its first task,
-    before anything is fetched or sent, through the flow's own failure path: one `error:` line
-    in the CLI, the same line as the Failed state's message and in `run-failure`, no retry.
+    task_runner: TaskRunner[Any]
+    # None only with a RefusedTaskRunner: that run is refused before it could need a timeout.
+    flow_timeout_seconds: int | None
+    backfill_timeout_seconds: int | None
+
+
+def flow_setup() -> FlowSetup:
+    """The flows' runner and the deployments' timeouts from the settings; never raises.
+
+    Called when flows/user_metrics.py loads, where a refusal raised would be an import traceback
+    in the CLI and a "could not load flow" crash in a deployment run. Instead the module loads
+    with a RefusedTaskRunner holding the refusal's one line (the bad settings named, never
+    replaced by defaults): the CLI refuses the same settings before Prefect starts (exit 2),
+    and a run fails through the flow's own failure path before anything is fetched or sent.
     """
     try:
-        kind = os.environ.get("TASK_RUNNER", "threads").strip().lower() or "threads"
-        if kind != "dask":  # the DASK_* settings mean nothing to it
-            return make_task_runner(kind)
-        address = os.environ.get("DASK_ADDRESS", "").strip() or None
-        workers_text = os.environ.get("DASK_WORKERS", "").strip() or "2"
-        if not workers_text.isdigit():
-            raise DaskSettingError(f"DASK_WORKERS={workers_text!r} is not a whole number")
-        return make_task_runner(
-            kind,
-            address,
-            int(workers_text),
-            allow_spill=_flag(ALLOW_SPILL_ENV),
-            trusted_network=_flag(TRUSTED_NETWORK_ENV),
-        )
+        settings = Settings()
+    except ValueError as exc:  # pydantic's ValidationError, or an InputError of the settings
+        return FlowSetup(RefusedTaskRunner(InputError(settings_error_line(exc))), None, None)
+    try:
+        runner = task_runner(settings)
     except DaskSettingError as error:
-        return RefusedTaskRunner(error)
-
-
-# Against the public API the rate limit sets a run's length: at 25 requests a minute the 30
-# pages of 30,000 records take over a minute, the 1,000 pages of a million records 40 minutes.
-# An hour covers the largest run we plan for with room to spare, and stops a hung run long
-# before the next day's schedule.
-DEFAULT_FLOW_TIMEOUT_SECONDS = 3600
-# One backfill runs its dates one after another: a day of them.
-DEFAULT_BACKFILL_TIMEOUT_SECONDS = 86_400
-
-
-def _seconds(name: str, default: int) -> int:
-    value = os.environ.get(name, "").strip()
-    return int(value) if value.isdigit() and int(value) > 0 else default
-
-
-def flow_timeout_seconds() -> int:
-    """FLOW_TIMEOUT_SECONDS: a deployment run of the pipeline that runs longer fails."""
-    return _seconds("FLOW_TIMEOUT_SECONDS", DEFAULT_FLOW_TIMEOUT_SECONDS)
-
-
-def backfill_timeout_seconds() -> int:
-    """BACKFILL_TIMEOUT_SECONDS: the same for a backfill deployment run, all its dates."""
-    return _seconds("BACKFILL_TIMEOUT_SECONDS", DEFAULT_BACKFILL_TIMEOUT_SECONDS)
+        runner = RefusedTaskRunner(error)
+    return FlowSetup(runner, settings.flow_timeout_seconds, settings.backfill_timeout_seconds)

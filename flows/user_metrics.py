@@ -38,11 +38,7 @@ from prefect import flow, get_run_logger
 
 from flows.flow_names import BACKFILL_FLOW_NAME, FLOW_NAME
 from flows.run_record import RunRecord
-from flows.runners import (
-    backfill_timeout_seconds,
-    flow_timeout_seconds,
-    runner_from_env,
-)
+from flows.runners import flow_setup
 from flows.steps import (
     check_drift,
     commit,
@@ -133,12 +129,15 @@ def backfill_name() -> str:
     return f"backfill-{first}-to-{last}"
 
 
+# TASK_RUNNER and the timeouts, read when this module loads so that the CLI, a deployment's
+# worker and the backfill's subflows all use the same choice; bad settings make a runner that
+# refuses the run in one line, not an import error (flows/runners.py).
+SETUP = flow_setup()
+
+
 @flow(
     name=FLOW_NAME,
-    # TASK_RUNNER=threads (default: 16 threads; fetch concurrency is bounded by the HTTP gate)
-    # or dask (DASK_ADDRESS, else a LocalCluster of DASK_WORKERS), read at import so that the CLI,
-    # a deployment's worker and the backfill's subflows all use the same choice.
-    task_runner=runner_from_env(),
+    task_runner=SETUP.task_runner,
     flow_run_name=run_name,
     persist_result=False,
     on_failure=[log_failure],
@@ -246,5 +245,7 @@ def user_metrics_backfill(
 # fetch task), and every other failure (input, validation, drift, a leak, the database held past
 # DUCKDB_LOCK_TIMEOUT_SECONDS) would fail the same way again at once. A CLI run takes the same
 # deadline from flows/cli.py.
-deployed_pipeline = user_metrics_pipeline.with_options(timeout_seconds=flow_timeout_seconds())
-deployed_backfill = user_metrics_backfill.with_options(timeout_seconds=backfill_timeout_seconds())
+deployed_pipeline = user_metrics_pipeline.with_options(timeout_seconds=SETUP.flow_timeout_seconds)
+deployed_backfill = user_metrics_backfill.with_options(
+    timeout_seconds=SETUP.backfill_timeout_seconds
+)

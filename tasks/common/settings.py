@@ -14,6 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from tasks.common.inputs import MAX_PAGE_SIZE, MAX_RECORDS, MAX_SEED, InputError
 
 PUBLIC_API_URL = "https://fakerapi.it/api/v2"
+# The flows' task runners (flows/runners.py).
+RunnerKind = Literal["threads", "dask"]
 # Names the dotenv file the settings read (default `.env` in the working directory); an empty
 # value reads none. Only the process environment sets it: the test session empties it, so a
 # developer's `.env` never reaches a test, nor the subprocesses tests start.
@@ -211,6 +213,42 @@ class Settings(BaseSettings):
     )
     backfill_max_days: int = Field(
         366, description="Longest date range one backfill may cover.", ge=1
+    )
+    task_runner: RunnerKind = Field(
+        "threads",
+        description="How a run's tasks run: `threads` (a thread pool in the flow's process) or "
+        "`dask` (DASK_ADDRESS, else a local cluster of DASK_WORKERS processes; needs the `dask` "
+        "extra).",
+    )
+    dask_address: str | None = Field(
+        None,
+        description="Scheduler of an existing Dask cluster (tls://host:8786); unset: a local "
+        "cluster. A tcp:// or bare address is refused unless DASK_TRUSTED_NETWORK is true.",
+    )
+    dask_workers: int = Field(
+        2, description="Worker processes of the local Dask cluster (no DASK_ADDRESS).", ge=1
+    )
+    dask_allow_spill: bool = Field(
+        False,
+        description="Let Dask workers spill task results (masked rows, hashes of raw values) to "
+        "their scratch directory; off, nothing a run holds is written there.",
+    )
+    dask_trusted_network: bool = Field(
+        False,
+        description="Accept a DASK_ADDRESS that is not tls://: batches then cross the network "
+        "unencrypted.",
+    )
+    flow_timeout_seconds: int = Field(
+        3600,
+        description="A pipeline run that takes longer is stopped and fails (the deployments, and "
+        "a CLI run unless --deadline-seconds says otherwise). An hour covers the largest planned "
+        "run under the public API's rate limit and stops a hung one before the next schedule.",
+        ge=1,
+    )
+    backfill_timeout_seconds: int = Field(
+        86_400,
+        description="The same for a range backfill, all its dates one after another.",
+        ge=1,
     )
     privacy_k: int = Field(
         5,

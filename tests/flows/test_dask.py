@@ -28,10 +28,11 @@ from flows.runners import (
     DaskSettingError,
     RefusedTaskRunner,
     check_dask_address,
+    flow_setup,
     make_task_runner,
-    runner_from_env,
 )
 from flows.user_metrics import user_metrics_pipeline
+from tasks.common.errors import failure_text
 from tasks.common.secrets import hash_key
 from tasks.common.settings import get_settings
 from tasks.ingest.fetch import close_clients
@@ -240,17 +241,19 @@ def test_remote_address_must_be_tls(monkeypatch: pytest.MonkeyPatch):
     assert trusted.address == "tcp://10.0.0.5:8786"
     assert check_dask_address("tls://[::1]:8786") == "tls://[::1]:8786"
 
-    # From the environment, as the flow module reads it when it loads: the refusal is deferred
+    # From the settings, as the flow module takes them when it loads: the refusal is deferred
     # to the run (see test_refused_address_fails_the_run_in_one_line); trust lifts it.
     monkeypatch.setenv("TASK_RUNNER", "dask")
     monkeypatch.setenv("DASK_ADDRESS", "tcp://10.0.0.5:8786")
-    for trust in ("", "false", "0"):
+    for trust in ("false", "0"):
         monkeypatch.setenv("DASK_TRUSTED_NETWORK", trust)
-        assert isinstance(runner_from_env(), RefusedTaskRunner)
+        refused = flow_setup().task_runner
+        assert isinstance(refused, RefusedTaskRunner)
+        assert "DASK_ADDRESS tcp://10.0.0.5:8786 uses tcp://" in str(refused.error)
     monkeypatch.setenv("DASK_TRUSTED_NETWORK", "true")
-    assert runner_from_env().address == "tcp://10.0.0.5:8786"
+    assert flow_setup().task_runner.address == "tcp://10.0.0.5:8786"
     monkeypatch.setenv("DASK_TRUSTED_NETWORK", "ture")
-    assert "DASK_TRUSTED_NETWORK='ture' is not true or false" in str(runner_from_env().error)
+    assert "DASK_TRUSTED_NETWORK (got 'ture')" in str(flow_setup().task_runner.error)
 
 
 def test_local_cluster_spills_only_when_allowed(monkeypatch: pytest.MonkeyPatch):
@@ -260,35 +263,37 @@ def test_local_cluster_spills_only_when_allowed(monkeypatch: pytest.MonkeyPatch)
     allowed = make_task_runner("dask", None, 2, allow_spill=True).cluster_kwargs
     assert "config" not in allowed and "data" not in allowed
     monkeypatch.setenv("TASK_RUNNER", "dask")
+    assert flow_setup().task_runner.cluster_kwargs["data"] is dict
     monkeypatch.setenv("DASK_ALLOW_SPILL", "true")
-    assert "data" not in runner_from_env().cluster_kwargs
+    assert "data" not in flow_setup().task_runner.cluster_kwargs
 
 
 def test_refused_address_fails_the_run_in_one_line(
     api, pipeline_env, prefect_storage, monkeypatch: pytest.MonkeyPatch, capsys
 ):
-    import flows.user_metrics
     from flows.cli import main
 
     monkeypatch.setenv("TASK_RUNNER", "dask")
     monkeypatch.setenv("DASK_ADDRESS", "tcp://127.0.0.1:1")
-    refused = runner_from_env()
-    assert isinstance(refused, RefusedTaskRunner)
-    # What the CLI runs had the flow module loaded with this environment.
-    monkeypatch.setattr(
-        flows.user_metrics,
-        "user_metrics_pipeline",
-        user_metrics_pipeline.with_options(task_runner=refused),
-    )
+    refusal = "DASK_ADDRESS tcp://127.0.0.1:1 uses tcp://"
+
+    # The CLI refuses it as bad input, before Prefect starts.
     code = main(["--api-url", api.base_url, "--records", "10", "--run-date", str(RUN_DATE)])
-    assert code == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    errors = [line for line in err if line.startswith("error: ")]
-    assert errors == [err[-1]]
-    assert errors[0].startswith(
-        "error: DaskSettingError: DASK_ADDRESS tcp://127.0.0.1:1 uses tcp"
-    ), errors
-    assert "Traceback" not in "\n".join(err)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.splitlines() == [err] and err.startswith(f"error: {refusal}"), err
+
+    # A deployment run (a worker's process loaded the flow module with these settings): the
+    # run fails at its first task, in one line, before any page is asked for.
+    refused = flow_setup().task_runner
+    assert isinstance(refused, RefusedTaskRunner)
+    on_refused = user_metrics_pipeline.with_options(task_runner=refused)
+    state = on_refused(api_url=api.base_url, records=10, run_date=RUN_DATE, return_state=True)
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, DaskSettingError), repr(error)
+    line = failure_text(error)
+    assert line.startswith(f"DaskSettingError: {refusal}") and "\n" not in line, line
     assert not served_records(api)  # refused before any page was asked for
     assert not list((pipeline_env / "lake").rglob("*.parquet"))
 
@@ -296,6 +301,5 @@ def test_refused_address_fails_the_run_in_one_line(
 def test_unknown_runner_is_refused(monkeypatch: pytest.MonkeyPatch):
     with pytest.raises(ValueError, match="not one of threads, dask"):
         make_task_runner("ray", None, 2)
-    monkeypatch.setenv("TASK_RUNNER", "dask")
-    monkeypatch.setenv("DASK_WORKERS", "two")
-    assert "DASK_WORKERS='two'" in str(runner_from_env().error)
+    monkeypatch.setenv("TASK_RUNNER", "ray")
+    assert "TASK_RUNNER (got 'ray')" in str(flow_setup().task_runner.error)
