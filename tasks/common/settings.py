@@ -270,6 +270,23 @@ class Settings(BaseSettings):
     pii_hash_key_block: str | None = Field(
         None, description="Name of a Prefect Secret block holding the HMAC key, if not in env."
     )
+    browser_path: Path | None = Field(
+        None,
+        description="Chrome/Chromium executable that renders the report's chart images; unset: "
+        "searched (chromium, google-chrome, kaleido's download). A path that is not an "
+        "executable means no chart images.",
+    )
+    charts_allow_browser_download: bool = Field(
+        False,
+        description="With no browser found, let kaleido download Chrome for Testing from the "
+        "internet; off: the report is published without chart images.",
+    )
+
+    @field_validator("browser_path", mode="before")
+    @classmethod
+    def _blank_path_is_unset(cls, value: Any) -> Any:
+        # `BROWSER_PATH=` (as in a copied .env.example) means unset, not the working directory.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("privacy_quasi_identifiers")
     @classmethod

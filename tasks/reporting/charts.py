@@ -1,14 +1,18 @@
 """Plotly charts for the report, rendered to static PNGs by kaleido (headless Chromium).
 
-Chromium is slow to start and each chart quick to render in it: `prestart()` starts kaleido's
-sync server (one browser) early in a run, and `render_pngs` later renders every chart in it,
-then stops it.
+Chromium is slow to start and each chart quick to render in it: `prestart()` opens one
+`kaleido.Kaleido` (one browser) early in a run, and `render_pngs` later renders every chart in it,
+then closes it. kaleido's sync server (`start_sync_server`) is not used: its calls wait without
+limit, even on a browser that failed to start, and it gives no handle on the browser to kill.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import concurrent.futures
+import contextlib
+import functools
 import html
 import logging
 import os
@@ -16,9 +20,9 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Coroutine, Mapping, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -27,15 +31,13 @@ from tasks.common.logs import run_logger
 from tasks.common.reports import CHART_AGE_GROUPS, CHART_HISTORY, CHART_TOP_COUNTRIES
 from tasks.common.schemas import AGE_GROUPS
 from tasks.common.secrets import without_key
+from tasks.common.settings import get_settings
 from tasks.common.tempdirs import make_temp_dir
 
-# Env names a user may set to point at a browser; the first one set is authoritative.
-BROWSER_ENV_VARS = ("BROWSER_PATH", "CHROME_PATH")
-# Opt-in: kaleido's `get_chrome_sync()` downloads Chrome for Testing from the internet.
-ALLOW_DOWNLOAD_ENV = "CHARTS_ALLOW_BROWSER_DOWNLOAD"
+# kaleido's `get_chrome_sync()` (Settings.charts_allow_browser_download) has no timeout of its own.
 DOWNLOAD_TIMEOUT_SECONDS = 120.0
 RENDER_TIMEOUT_SECONDS = 60.0
-# How long kaleido may take to stop its browser before we kill it (at exit: less), and how long
+# How long kaleido may take to close its browser before we kill it (at exit: less), and how long
 # the stop may take after the kill.
 _CLOSE_GRACE_SECONDS = 10.0
 _EXIT_GRACE_SECONDS = 3.0
@@ -61,6 +63,7 @@ _TEMPLATE = "plotly_white"
 _BAR_COLOR = "#3366cc"
 
 _log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 # --- chart builders -------------------------------------------------------------------------------
@@ -212,15 +215,16 @@ def _download_chrome(timeout: float) -> str | None:
 def find_browser(
     *, allow_download: bool | None = None, download_timeout: float = DOWNLOAD_TIMEOUT_SECONDS
 ) -> str | None:
-    """Path of a usable Chrome/Chromium: env, system install, kaleido's own, opt-in download."""
-    # kaleido reads BROWSER_PATH only, prefers Chrome to the system's Chromium, never downloads.
-    for var in BROWSER_ENV_VARS:
-        if value := os.environ.get(var, "").strip():
-            # An explicit setting wins, as it does in choreographer; a wrong one means no charts.
-            return value if _executable(value) else None
+    """Path of a usable Chrome/Chromium: BROWSER_PATH, system install, kaleido's, a download."""
+    settings = get_settings()
+    if settings.browser_path is not None:
+        # An explicit setting wins, as it does in choreographer; a wrong one means no charts.
+        setting = str(settings.browser_path)
+        return setting if _executable(setting) else None
+    # kaleido prefers Chrome to the system's Chromium and never downloads.
     found = ["/usr/bin/chromium", *map(shutil.which, ("chromium", "google-chrome", "chrome"))]
     try:
-        from choreographer.browsers.chromium import Chromium
+        from choreographer.browsers import Chromium
 
         # kaleido's earlier downloads and the other Chromium-based browsers choreographer knows.
         found.append(Chromium.find_browser(skip_local=False))
@@ -229,17 +233,15 @@ def find_browser(
     if path := next(filter(_executable, found), None):
         return path
     if allow_download is None:
-        opted_in = os.environ.get(ALLOW_DOWNLOAD_ENV, "").strip().lower()
-        allow_download = opted_in in {"1", "true", "yes", "on"}
+        allow_download = settings.charts_allow_browser_download
     return _download_chrome(download_timeout) if allow_download else None
 
 
 def _no_browser_reason(path: str | None) -> str:
     if path is not None:
         return f"{path!r} is not an executable browser"
-    for var in BROWSER_ENV_VARS:
-        if value := os.environ.get(var, "").strip():
-            return f"{var}={value!r} is not an executable browser"
+    if (setting := get_settings().browser_path) is not None:
+        return f"BROWSER_PATH={str(setting)!r} is not an executable browser"
     return "no headless Chrome/Chromium found (install chromium or set BROWSER_PATH)"
 
 
@@ -249,16 +251,7 @@ def _brief(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-# --- kaleido's sync server, with what it lacks ----------------------------------------------------
-
-
-def _kaleido_server() -> Any:
-    import kaleido
-
-    # The singleton behind kaleido.start_sync_server. Calls go to it, not through calc_fig_sync,
-    # which quietly starts a one-off browser (online, no deadline) when the server is not running.
-    return kaleido._global_server
-
+# --- the chart browser: one kaleido.Kaleido on an event loop of its own ---------------------------
 
 # choreographer's pipe reader logs this, with a traceback, when a read cut a message short (seen
 # while the browser closes at exit on a busy machine), and then ignores the message itself.
@@ -282,28 +275,61 @@ def _quiet_choreographer() -> None:
         logger.addFilter(_not_ignored)
 
 
+@functools.cache
+def offline_chromium() -> type[Any]:
+    """choreographer's `Chromium` with the offline flags and an environment without the key.
+
+    Pinned exception (README, "Library internals we still use"): choreographer has no option for
+    extra Chromium flags or for the browser's environment, so its `Chromium` is subclassed and
+    handed to kaleido as `browser_cls` (a documented `Kaleido`/`Browser` argument), extending
+    `get_cli` and `get_env`. Tested with choreographer 1.4 (range >=1.4,<1.5);
+    tests/tasks/reporting/test_charts.py fails when either hook no longer reaches Chromium.
+    """
+    from choreographer.browsers import Chromium
+
+    class OfflineChromium(Chromium):
+        def get_cli(self) -> list[str]:
+            return [*super().get_cli(), *OFFLINE_CHROMIUM_FLAGS]
+
+        def get_env(self) -> MutableMapping[str, str]:
+            # The CLI and a deployment's flow run withhold the key before Chromium starts; a
+            # flow run inside someone else's process leaves its environment as it is, and the
+            # browser must not hold the key there either.
+            return without_key(super().get_env())
+
+    return OfflineChromium
+
+
 class _BrowserGone(RuntimeError):
-    """kaleido's server renders no more: its browser failed, died or missed the deadline."""
+    """The chart browser renders no more: it failed, died or missed the deadline."""
+
+
+async def _set_within(event: asyncio.Event, timeout: float | None) -> bool:
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except TimeoutError:
+        return False
+    return True
 
 
 class ChartBrowser:
-    """One run of kaleido's sync server (one Chromium for every chart), on a thread of its own.
+    """One kaleido `Kaleido` (one Chromium for every chart) on an event loop of its own thread.
 
-    That thread finds the browser, starts the server, waits for `close()` (or, if no render took
-    the browser, the idle timeout) and stops the server. kaleido runs one server per process, so
-    a new ChartBrowser stops the previous one first.
+    That thread finds the browser, opens it, waits for `close()` (or, if no render took the
+    browser, the idle timeout) and closes it. A new ChartBrowser closes the previous one first,
+    so that at most one is left for the exit hook to close.
     """
 
     def __init__(self, browser: str | None, timeout: float, idle: float | None = None) -> None:
         global _current
         self.browser, self.timeout, self.taken = browser, timeout, False
         self.path: str | None = None
-        self.profile: str | None = None  # Chromium's --user-data-dir: how kill() finds it
         self.temp_dir: Path | None = None  # the profile's and the page's folder, removed at close
-        self.server: threading.Thread | None = None  # kaleido's server thread
-        self.error: BaseException | None = None  # what that thread died of
+        self.kaleido: Any = None  # the kaleido.Kaleido, from before it opens
+        self.loop: asyncio.AbstractEventLoop | None = None  # the thread's, which runs kaleido
+        self.error: BaseException | None = None  # what opening it failed with
         self.started, self.stopping = threading.Event(), threading.Event()
-        self.calls = threading.Lock()  # kaleido answers every caller through one queue
+        self._stop: asyncio.Event | None = None
         with _LOCK:
             self.previous, _current = _current, self
         # Started now rather than in close(): Python 3.12+ starts no threads in exit hooks.
@@ -319,50 +345,22 @@ class ChartBrowser:
             if previous is not None:
                 previous.close()
             if _executable(self.path):
-                self._start_server()
+                asyncio.run(self._serve(idle))
         except Exception as exc:
             self.error = exc
         finally:
             self.started.set()
-        while self.server and not self.stopping.wait(idle) and not self.take():
-            idle = None  # taken by a render: wait for its close, however long
-        try:
-            if self.server:
-                _kaleido_server().close(silence_warnings=True)  # = kaleido.stop_sync_server()
-        finally:
             if self.temp_dir is not None:
                 shutil.rmtree(self.temp_dir, ignore_errors=True)
 
-    def _start_server(self) -> None:
-        global _other_excepthook
+    async def _serve(self, idle: float | None) -> None:
         import kaleido
-        from choreographer.browsers.chromium import Chromium
 
         _quiet_choreographer()
-
-        if _kaleido_server().is_running():
-            raise RuntimeError("the previous chart browser is still closing")
-        chart_browser = self
-
-        class OfflineChromium(Chromium):
-            """choreographer's Chromium with the offline flags (it has no option for extra ones)
-            and an environment without the key."""
-
-            def get_cli(self) -> list[str]:
-                return [*super().get_cli(), *OFFLINE_CHROMIUM_FLAGS]
-
-            def get_env(self) -> MutableMapping[str, str]:
-                # The CLI and a deployment's flow run withhold the key before Chromium starts;
-                # a flow run inside someone else's process leaves its environment as it is, and
-                # the browser must not hold the key there either.
-                return without_key(super().get_env())
-
-            def pre_open(self) -> None:
-                super().pre_open()
-                chart_browser.profile = str(self.tmp_dir.path)  # kaleido keeps the process
-
-        if threading.excepthook is not _server_died:
-            _other_excepthook, threading.excepthook = threading.excepthook, _server_died
+        self._stop = asyncio.Event()
+        self.loop = asyncio.get_running_loop()
+        if self.stopping.is_set():  # closed before it opened
+            return
         # mathjax=False: kaleido would load MathJax from a CDN. choreographer already runs Chromium
         # with --no-sandbox, which running as root needs.
         options: dict[str, Any] = {"mathjax": False}
@@ -373,14 +371,20 @@ class ChartBrowser:
             page = self.temp_dir / "index.html"
             page.write_text(kaleido.PageGenerator(mathjax=False).generate_index(), "utf-8")
             options = {"page_generator": str(page), "tmp_dir": str(self.temp_dir)}
-        kaleido.start_sync_server(
-            path=self.path, timeout=self.timeout, browser_cls=OfflineChromium, **options
+        self.kaleido = kaleido.Kaleido(
+            path=self.path, timeout=self.timeout, browser_cls=offline_chromium(), **options
         )
-        self.server = _kaleido_server()._thread
-        # kaleido's exit hook (one more per start) waits for the browser without limit; exit hooks
-        # run last-in first-out, so ours, bounded, comes first.
-        atexit.unregister(_close_at_exit)
-        atexit.register(_close_at_exit)
+        try:
+            await self.kaleido.open()
+            self.started.set()
+            while not await _set_within(self._stop, idle) and not self.take():
+                idle = None  # taken by a render: wait for its close, however long
+        finally:
+            try:
+                await self.kaleido.close()
+            except Exception as exc:  # close() kills it then; kill() is the last resort
+                _log.debug("closing the chart browser failed: %s", exc)
+                self.kill()
 
     def take(self) -> bool:
         """Claim the browser for one render (False once taken or closing)."""
@@ -388,57 +392,64 @@ class ChartBrowser:
             taken, self.taken = self.taken or self.stopping.is_set(), True
         return not taken
 
-    def call(self, deadline: float, method: str, *args: Any, **kwargs: Any) -> Any:
-        """A Kaleido method run by the server; _BrowserGone past `deadline` or once it died."""
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-        def run() -> None:
-            with self.calls:
-                try:
-                    future.set_result(_kaleido_server().call_function(method, *args, **kwargs))
-                except BaseException as exc:
-                    future.set_exception(exc)
-
+    def call(self, deadline: float, method: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+        """What `method(kaleido)` returns, awaited on the browser's loop; _BrowserGone past
+        `deadline`, or once the browser failed or closed."""
         self.started.wait(max(0.0, deadline - time.monotonic()))
-        if self.server is not None and self.server.is_alive():
-            threading.Thread(target=run, name="kaleido-call", daemon=True).start()
-        # kaleido's call waits without limit, even on a server thread that has died (the call is
-        # then left waiting on its daemon thread): wait for the answer, the death or the deadline.
+        if not self.started.is_set():
+            raise _BrowserGone(f"timed out after {self.timeout:.0f} s")
+        loop = self.loop
+        if self.error is not None or loop is None or not self.thread.is_alive():
+            raise _BrowserGone(_brief(self.error) if self.error else "no browser running")
+        coroutine = method(self.kaleido)
+        try:
+            future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+        except RuntimeError:  # its loop has ended meanwhile
+            coroutine.close()
+            raise _BrowserGone("the browser has closed") from None
+        # Wait for the answer, the end of the browser's thread or the deadline.
         while not concurrent.futures.wait([future], timeout=0.05).done:
-            if self.server is None or not self.server.is_alive():
-                raise _BrowserGone(_brief(self.error) if self.error else "no browser running")
+            if not self.thread.is_alive():
+                raise _BrowserGone(_brief(self.error) if self.error else "the browser has closed")
             if time.monotonic() > deadline:
+                future.cancel()
                 raise _BrowserGone(f"timed out after {self.timeout:.0f} s")
+        if future.cancelled():
+            raise _BrowserGone("the browser has closed")
         return future.result()
 
     def wait_ready(self, timeout: float) -> bool:
         """True once the browser answers; False if it is missing, failed or not up in time."""
         deadline = time.monotonic() + timeout
         try:
-            return "error" not in self.call(deadline, "send_command", "Browser.getVersion")
+            reply = self.call(deadline, lambda browser: browser.send_command("Browser.getVersion"))
         except Exception:
             return False
+        return "error" not in reply
 
     def kill(self) -> None:
         """SIGKILL the browser's process group: a hung browser ignores kaleido's polite close."""
-        # choreographer starts Chromium in a process group of its own, so it would outlive us.
-        # The profile dir in its command line finds it (Linux /proc; elsewhere nothing is found).
-        marker = f"--user-data-dir={self.profile}".encode()
-        for cmdline in Path("/proc").glob("[0-9]*/cmdline") if self.profile else ():
-            try:
-                if marker in cmdline.read_bytes().split(b"\0"):
-                    group = os.getpgid(int(cmdline.parent.name))
-                    if group != os.getpgrp():  # never our own, however it got there
-                        os.killpg(group, signal.SIGKILL)
-            except OSError:
-                continue  # gone meanwhile
+        # choreographer starts Chromium in a session of its own, so it would outlive us; its
+        # `Browser.subprocess` leads that group until it is reaped.
+        process = getattr(self.kaleido, "subprocess", None)
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(OSError):  # gone meanwhile
+            group = os.getpgid(process.pid)
+            if group != os.getpgrp():  # never our own, however it got there
+                os.killpg(group, signal.SIGKILL)
+            else:
+                process.kill()
 
     def close(self, wait: bool = True, grace: float = _CLOSE_GRACE_SECONDS) -> None:
         """Stop the browser (idempotent, any thread, never raises); wait=False returns at once."""
         self.stopping.set()
+        if (loop := self.loop) is not None and (stop := self._stop) is not None:
+            with contextlib.suppress(RuntimeError):  # its loop has ended
+                loop.call_soon_threadsafe(stop.set)
         if wait and self.thread is not threading.current_thread():
             self.thread.join(grace)
-            if self.thread.is_alive():  # kaleido's stop waits without limit for a hung browser
+            if self.thread.is_alive():  # kaleido's close waits without limit for a hung browser
                 self.kill()
                 self.thread.join(_KILLED_GRACE_SECONDS)
 
@@ -450,20 +461,10 @@ class ChartBrowser:
 
 
 _LOCK = threading.Lock()
-_current: ChartBrowser | None = None  # the newest; the only one whose server may be running
-_other_excepthook = threading.excepthook
+_current: ChartBrowser | None = None  # the newest; the only one whose browser may be running
 
 
-def _server_died(args: threading.ExceptHookArgs) -> None:
-    # kaleido's server thread dies of a browser that failed to start. Python would print that as
-    # a traceback (the CLI prints none); it goes into render_pngs' one warning instead.
-    chart_browser = _current
-    if chart_browser is not None and chart_browser.server is args.thread is not None:
-        chart_browser.error = args.exc_value
-    else:
-        _other_excepthook(args)
-
-
+@atexit.register
 def _close_at_exit() -> None:
     if (chart_browser := _current) is not None:
         chart_browser.close(grace=_EXIT_GRACE_SECONDS)
@@ -516,8 +517,12 @@ def render_pngs(
     deadline, errors = time.monotonic() + timeout, []
     try:
         for name, fig in figures.items():
+
+            def render(kaleido: Any, fig: go.Figure = fig) -> Coroutine[Any, Any, bytes]:
+                return kaleido.calc_fig(fig, opts=opts)  # type: ignore[no-any-return]
+
             try:
-                out[name] = chart_browser.call(deadline, "calc_fig", fig, opts=opts)
+                out[name] = chart_browser.call(deadline, render)
             except _BrowserGone as exc:
                 errors.append(str(exc))
                 chart_browser.kill()  # past the deadline it may be hung: don't wait to stop it

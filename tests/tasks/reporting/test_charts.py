@@ -1,4 +1,4 @@
-"""Chart builders, browser discovery and PNG rendering in one real Chromium (kaleido's server).
+"""Chart builders, browser discovery and PNG rendering in one real Chromium (one kaleido.Kaleido).
 
 No wall-clock assertions here: `make bench` reports `seconds charts` per run.
 """
@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +21,7 @@ import psutil
 import pytest
 
 from tasks.common.schemas import AGE_GROUPS
+from tasks.common.settings import Settings, get_settings
 from tasks.reporting import charts
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -119,18 +121,61 @@ def test_build_charts_skips_history_with_one_date(
     }
 
 
-def test_find_browser_prefers_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+@pytest.fixture
+def set_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
+    """Set (None: unset) environment variables, then have the settings read them again."""
+
+    def set_env(**values: str | None) -> None:
+        for name, value in values.items():
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
+        get_settings.cache_clear()
+
+    yield set_env
+    get_settings.cache_clear()
+
+
+def test_find_browser_prefers_the_setting(set_env: Callable[..., None], tmp_path: Path) -> None:
     fake = tmp_path / "my-chrome"
     fake.write_text("#!/bin/sh\n")
     fake.chmod(0o755)
-    monkeypatch.delenv("BROWSER_PATH", raising=False)
-    monkeypatch.setenv("CHROME_PATH", str(fake))
+    set_env(BROWSER_PATH=str(fake))
     assert charts.find_browser() == str(fake)
 
 
-def test_find_browser_wrong_env_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BROWSER_PATH", "/nonexistent/chrome")
+def test_find_browser_wrong_setting_means_none(set_env: Callable[..., None]) -> None:
+    set_env(BROWSER_PATH="/nonexistent/chrome")
     assert charts.find_browser(allow_download=True) is None
+
+
+def test_browser_settings_are_typed(set_env: Callable[..., None]) -> None:
+    set_env(BROWSER_PATH="  ", CHARTS_ALLOW_BROWSER_DOWNLOAD="yes")
+    settings = Settings(_env_file=None)
+    assert settings.browser_path is None  # blank is unset, not the working directory
+    assert settings.charts_allow_browser_download is True
+    # A value that is no yes/no is refused, never read as "no".
+    set_env(CHARTS_ALLOW_BROWSER_DOWNLOAD="maybe")
+    with pytest.raises(ValueError, match="charts_allow_browser_download"):
+        Settings(_env_file=None)
+
+
+def test_the_download_opt_in_is_read_from_the_settings(
+    set_env: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kaleido
+
+    # No browser anywhere on this machine (as far as the search can tell): only the opt-in decides.
+    monkeypatch.setattr(charts, "_executable", lambda path: path == sys.executable)
+    downloads: list[bool] = []
+    monkeypatch.setattr(
+        kaleido, "get_chrome_sync", lambda: downloads.append(True) or sys.executable
+    )
+    set_env(BROWSER_PATH=None, CHARTS_ALLOW_BROWSER_DOWNLOAD=None)
+    assert charts.find_browser() is None and downloads == []
+    set_env(CHARTS_ALLOW_BROWSER_DOWNLOAD="1")
+    assert charts.find_browser() == sys.executable and downloads == [True]
 
 
 def test_find_browser_download_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -237,10 +282,9 @@ def test_render_pngs_with_chromium_one_session(
 
 
 @pytest.fixture
-def no_browser(monkeypatch: pytest.MonkeyPatch) -> None:
+def no_browser(set_env: Callable[..., None]) -> None:
     """A browser setting that points nowhere, and no download to fall back on."""
-    monkeypatch.setenv("BROWSER_PATH", "/nonexistent/chrome")
-    monkeypatch.delenv(charts.ALLOW_DOWNLOAD_ENV, raising=False)
+    set_env(BROWSER_PATH="/nonexistent/chrome", CHARTS_ALLOW_BROWSER_DOWNLOAD=None)
 
 
 def test_render_pngs_without_browser_returns_none(
@@ -269,7 +313,7 @@ def test_render_pngs_with_broken_browser_returns_none(
             {"top": charts.top_countries_chart(top_countries)}, browser=str(broken), timeout=10
         )
     assert pngs == {"top": None}
-    # kaleido's server thread died of it: the reason is in the one warning, not a traceback.
+    # kaleido failed to open it: the reason is in the one warning, not a traceback.
     (warning,) = _warnings(caplog)
     assert "BrowserFailedError" in warning
 
@@ -385,20 +429,63 @@ def test_the_error_choreographer_ignores_prints_no_traceback(
 
 
 @pytest.mark.slow
-def test_chromium_never_holds_the_key(chromium: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_chromium_runs_offline_and_never_holds_the_key(
+    chromium: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Where the flow runs inside someone else's process, that process's environment may hold the
     # key (the CLI and a deployment's flow run withhold it first): the browser still gets none.
+    # Both this and the offline flags reach Chromium through the pinned choreographer hooks.
     monkeypatch.setenv("PII_HASH_KEY", "a-key-chromium-must-never-hold-0123")
     monkeypatch.setenv("CHART_TEST_MARKER", "inherited")
     with charts.prestart() as session:
         assert session.wait_ready(60)
-        environs = []
+        environs, cmdlines = [], []
         for pid, _ in _processes("chrom"):
-            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            with contextlib.suppress(psutil.Error, FileNotFoundError):
                 environs.append(Path(f"/proc/{pid}/environ").read_bytes())
+                cmdlines.append(psutil.Process(pid).cmdline())
     assert environs, "no Chromium process found"
     assert any(b"CHART_TEST_MARKER=inherited" in env for env in environs)  # the reading works
     assert not any(b"PII_HASH_KEY" in env for env in environs)
+    # The browser process itself (not choreographer's wrapper, nor Chromium's helper processes,
+    # which get flags of their own) runs with every offline flag.
+    browsers = [
+        c
+        for c in cmdlines
+        if c and "python" not in c[0] and "--remote-debugging-pipe" in c
+        if not any(arg.startswith("--type=") for arg in c)
+    ]
+    assert browsers, cmdlines
+    assert all(set(charts.OFFLINE_CHROMIUM_FLAGS) <= set(c) for c in browsers)
+
+
+def test_the_pinned_choreographer_hooks_still_reach_the_browser(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The one library internal the charts rely on (README, "Library internals we still use")."""
+    import inspect
+
+    from choreographer import Browser
+    from choreographer.browsers import Chromium
+    from choreographer.channels import Pipe
+
+    # kaleido hands `browser_cls` to choreographer's Browser, which builds the browser with it.
+    assert "browser_cls" in inspect.signature(Browser.__init__).parameters
+    offline = charts.offline_chromium()
+    assert issubclass(offline, Chromium)
+    monkeypatch.setenv("PII_HASH_KEY", "a-key-chromium-must-never-hold-0123")
+    pipe = Pipe()
+    try:
+        browser = offline(pipe, path=sys.executable)  # built, never started
+        browser.pre_open()
+        cli, env = list(browser.get_cli()), browser.get_env()
+        browser.clean()
+    finally:
+        pipe.close()
+    # choreographer's own flags are still there, ours after them; its environment without the key.
+    assert "--remote-debugging-pipe" in cli and "--no-sandbox" in cli
+    assert cli[-len(charts.OFFLINE_CHROMIUM_FLAGS) :] == list(charts.OFFLINE_CHROMIUM_FLAGS)
+    assert "PII_HASH_KEY" not in env and env.get("PATH") == os.environ.get("PATH")
 
 
 @pytest.mark.slow
@@ -444,7 +531,7 @@ def test_exit_hook_closes_a_forgotten_browser(chromium: str) -> None:
         # No close(): the exit hook must stop the browser anyway.
     )
     root = Path(__file__).resolve().parents[3]
-    env = {k: v for k, v in os.environ.items() if k not in charts.BROWSER_ENV_VARS}
+    env = {k: v for k, v in os.environ.items() if k != "BROWSER_PATH"}
     done = subprocess.run(
         [sys.executable, "-c", code],
         cwd=root,
