@@ -211,6 +211,15 @@ def _outcome(result: Any) -> ExpectationOutcome:
     )
 
 
+def _run_name(table: pa.Table) -> str | None:
+    """The run name Data Docs files the validation under: the batch's run date (set by the
+    pipeline, not the source), or None (GX's `__none__`) where the batch has no single one."""
+    if "run_date" not in table.column_names:
+        return None
+    dates = pc.unique(table["run_date"]).drop_null()
+    return f"run-date-{dates[0].as_py()}" if len(dates) == 1 else None
+
+
 def validate_here(
     table: pa.Table, layer: str, expected_rows: int, gx_dir: Path | None = None
 ) -> ValidationSummary:
@@ -219,12 +228,15 @@ def validate_here(
     suite_path, asset_name = LAYERS[layer]
     suite = gx_suites.suite(suite_path)
     frame = _validation_frame(table, _regex_columns(suite))
+    from great_expectations.core.run_identifier import RunIdentifier
+
     with gx_suites.LOCK:
         context, checkpoint = gx_suites.checkpoint(suite_path, asset_name, gx_dir)
         try:
             run = checkpoint.run(
                 batch_parameters={"dataframe": frame},
                 expectation_parameters={"expected_rows": int(expected_rows)},
+                run_id=RunIdentifier(run_name=_run_name(table)),
             )
         finally:
             gx_suites.release(context)

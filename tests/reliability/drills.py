@@ -168,7 +168,8 @@ def prefect_store() -> bytes:
 def places_holding(
     values: Iterable[str], lake: Path, db: Path, outputs: dict[str, str]
 ) -> list[str]:
-    """Where any of `values` appears: lake bytes, DuckDB cells, the Prefect store, outputs."""
+    """Where any of `values` appears: lake bytes, DuckDB cells, Data Docs, the Prefect store,
+    outputs."""
     values = [v for v in values if v]
     found = []
     lake_bytes = file_bytes(lake) if lake.exists() else b""
@@ -180,10 +181,15 @@ def places_holding(
     # Parquet pages are compressed: read their cells too.
     for path in lake.rglob("*.parquet") if lake.exists() else []:
         cells += repr(pq.read_table(path).to_pylist())
+    # Great Expectations' Data Docs and stored results, beside the lake (GX_DIR's default).
+    gx_dir = lake.parent / "gx"
+    gx_bytes = file_bytes(gx_dir) if gx_dir.exists() else b""
     store = prefect_store()
     for value in values:
         if value.encode() in lake_bytes:
             found.append(f"lake bytes: {value}")
+        if value.encode() in gx_bytes:
+            found.append(f"Data Docs or GX results: {value}")
         if value in cells:
             found.append(f"lake or DuckDB cells: {value}")
         if value.encode() in store:

@@ -351,6 +351,8 @@ def test_data_docs_show_counts_never_values(tmp_path: Path) -> None:
     assert summary.data_docs == str(index) and index.is_file()
     pages = list((gx_dir / "data_docs" / "validations" / "masked_persons").rglob("*.html"))
     assert len(pages) == 1
+    # Filed under the run's date, which the index shows as the run's name.
+    assert f"run-date-{RUN_DATE}" in pages[0].parts
     page = pages[0].read_text(encoding="utf-8")
     # The page shows what failed and how many rows did (3 failing of 29 evaluated).
     assert "Unsuccessful Expectations" in page and "firstname" in page
