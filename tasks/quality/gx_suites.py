@@ -37,6 +37,11 @@ DATA_DOCS_SITE = "persons"
 DATA_DOCS_DIR = "data_docs"
 VALIDATIONS_DIR = "validations"
 
+# Validation results kept per suite (the latest; older ones and their pages are removed): the
+# site's index reads every stored result on each update, so an unbounded history would make
+# every validation slower, run after run.
+RUNS_KEPT = 20
+
 # BASIC still reports counts; exclude_unexpected_values drops the partial_unexpected_list that
 # would otherwise carry the failing values (raw PII, if a mask was missed) into the results, and
 # from there into the stored results and the Data Docs pages rendered from them.
@@ -163,6 +168,7 @@ def checkpoint(
     )
     actions = []
     if gx_dir is not None:
+        _prune(context, suite.name)
         actions.append(UpdateDataDocsAction(name="data_docs", site_names=[DATA_DOCS_SITE]))
     found = context.checkpoints.add(
         gx_module.Checkpoint(
@@ -173,6 +179,20 @@ def checkpoint(
         )
     )
     return context, found
+
+
+def _prune(context: AbstractDataContext, suite_name: str) -> None:
+    """Remove the suite's stored results but the latest RUNS_KEPT - 1, making room for this
+    run's; the site drops the pages of removed results when its index is next built."""
+    store = context.validation_results_store
+    keys = [
+        key
+        for key in store.list_keys()
+        if key.expectation_suite_identifier.name == suite_name  # type: ignore[attr-defined]
+    ]
+    keys.sort(key=lambda key: key.run_id.run_time)  # type: ignore[attr-defined]
+    for key in keys[: max(len(keys) - (RUNS_KEPT - 1), 0)]:
+        store.remove_key(key)  # type: ignore[no-untyped-call]
 
 
 def release(context: AbstractDataContext) -> None:

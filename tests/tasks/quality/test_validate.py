@@ -377,6 +377,21 @@ def test_data_docs_keep_every_run(tmp_path: Path) -> None:
         assert page.relative_to(gx_dir / "data_docs").as_posix() in index
 
 
+def test_data_docs_keep_the_latest_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gx_suites, "RUNS_KEPT", 2)
+    gx_dir = tmp_path / "gx"
+    for rows in (ROWS, ROWS + 1, ROWS + 2):  # three runs told apart by their row counts
+        validate_masked(make_raw(), rows, gx_dir)
+    assert validate_analytical(make_analytical(), ROWS, gx_dir).success
+    results = sorted((gx_dir / "validations" / "masked_persons").rglob("*.json"))
+    assert len(results) == 2
+    # The oldest run (the only one that passed) is gone; the two latest are kept.
+    assert all('"success": false' in path.read_text(encoding="utf-8") for path in results)
+    docs = gx_dir / "data_docs" / "validations"
+    assert len(list((docs / "masked_persons").rglob("*.html"))) == 2
+    assert len(list((docs / "analytical_persons").rglob("*.html"))) == 1
+
+
 def test_without_a_gx_folder_nothing_is_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
