@@ -179,7 +179,14 @@ def run_check() -> int:
         migrate(con)
         findings = check(con, settings.data_lake_dir)
     with check_api() as unreachable:
-        more, notes = repair_leftovers("`--check`", settings.duckdb_path, None, unreachable)
+        more, notes = repair_leftovers(
+            "`--check`",
+            settings.duckdb_path,
+            None,
+            unreachable,
+            timeout=settings.duckdb_lock_timeout_seconds,
+            limit=limit,
+        )
     findings += more
     for finding in findings:
         print(finding.line())

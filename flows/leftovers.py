@@ -19,9 +19,7 @@ from typing import Any
 from prefect.client.schemas.objects import FlowRun
 
 from flows.flow_names import BACKFILL_FLOW_NAME, FLOW_NAME
-from tasks.common.concurrency import server_limit
 from tasks.common.errors import display_url
-from tasks.common.settings import get_settings
 from tasks.storage.database import DatabaseBusyError, open_db
 from tasks.storage.recovery import Finding, RunProcess, remove_dead_temp_dirs, run_processes
 
@@ -33,13 +31,20 @@ _PAGE = 200
 
 
 def repair_leftovers(
-    found_by: str, db_path: Path, current: str | None = None, unreachable: str | None = None
+    found_by: str,
+    db_path: Path,
+    current: str | None = None,
+    unreachable: str | None = None,
+    *,
+    timeout: float,
+    limit: str | None,
 ) -> tuple[list[Finding], list[str]]:
     """Crash the dead flow runs of our flows and remove dead processes' temp folders.
 
     Returns what was found, as the DuckDB check's findings, and notes on what could not be
     checked (one line each). `found_by` names the check in the Crashed states' message;
-    `db_path` is the DuckDB file whose pipeline_runs rows name the processes; `current` is the
+    `db_path` is the DuckDB file whose pipeline_runs rows name the processes, opened with
+    `timeout` and `limit` as `open_db` takes them; `current` is the
     flow run whose start does the check (never touched); `unreachable` says why there is no
     Prefect API to ask (flow runs are then not checked). Never raises.
     """
@@ -48,7 +53,7 @@ def repair_leftovers(
         return findings, [unreachable]
     notes = []
     try:
-        findings += crash_dead_flow_runs(found_by, db_path, current)
+        findings += crash_dead_flow_runs(found_by, db_path, current, timeout=timeout, limit=limit)
     except DatabaseBusyError:
         if current is None:  # a run's start leaves them to the next check, and says nothing
             notes.append("Prefect flow runs not checked: another run holds the DuckDB file")
@@ -57,7 +62,9 @@ def repair_leftovers(
     return findings, notes
 
 
-def crash_dead_flow_runs(found_by: str, db_path: Path, current: str | None = None) -> list[Finding]:
+def crash_dead_flow_runs(
+    found_by: str, db_path: Path, current: str | None = None, *, timeout: float, limit: str | None
+) -> list[Finding]:
     """Mark Crashed every Running or Pending flow run of our flows whose process is gone."""
     from prefect.client.orchestration import get_client
     from prefect.states import Crashed
@@ -69,7 +76,9 @@ def crash_dead_flow_runs(found_by: str, db_path: Path, current: str | None = Non
         ids = [str(r.id) for r in pipelines] + [str(c.id) for cs in children.values() for c in cs]
         if not ids:
             return []
-        processes = _lookup(db_path, ids, current is not None)
+        # A run's start waits briefly: a busy file leaves the check to the next one.
+        wait = min(timeout, START_LOOKUP_SECONDS) if current is not None else timeout
+        processes = _lookup(db_path, ids, wait, limit)
         dead = [
             (run, process)
             for run in pipelines
@@ -131,13 +140,12 @@ def _all_pages(client: Any, **filters: Any) -> list[FlowRun]:
             return runs
 
 
-def _lookup(db_path: Path, flow_run_ids: list[str], at_start: bool) -> dict[str, RunProcess]:
-    wait = get_settings().duckdb_lock_timeout_seconds
-    if at_start:
-        wait = min(wait, START_LOOKUP_SECONDS)
+def _lookup(
+    db_path: Path, flow_run_ids: list[str], wait: float, limit: str | None
+) -> dict[str, RunProcess]:
     if not Path(db_path).exists():
         return {}
-    with open_db(db_path, wait, server_limit(get_settings().duckdb_limit_name)) as con:
+    with open_db(db_path, wait, limit) as con:
         return run_processes(con, flow_run_ids)
 
 

@@ -165,7 +165,13 @@ def start(cfg: RunConfig, run: RunRecord) -> tuple[RunConfig, str | None]:
     # The DuckDB file's cross-host lock, held from the first time the run opens the file.
     cfg = dataclasses.replace(cfg, duckdb_limit=server_limit(cfg.duckdb_limit_name))
     previous_schema, findings = record_start(cfg, run.run_id, cfg.duckdb_lock_timeout)
-    more, notes = repair_leftovers(f"the start of run {run.run_id}", cfg.duckdb_path, run.run_id)
+    more, notes = repair_leftovers(
+        f"the start of run {run.run_id}",
+        cfg.duckdb_path,
+        run.run_id,
+        timeout=cfg.duckdb_lock_timeout,
+        limit=cfg.duckdb_limit,
+    )
     for line in [finding.line() for finding in findings + more] + notes:
         get_run_logger().warning("check: %s", line)
     shared = shared_rate_limit(cfg)

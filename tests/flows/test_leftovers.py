@@ -10,6 +10,7 @@ import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -31,6 +32,8 @@ from tasks.storage.runs import start_run
 from tests.helpers import dead_pid
 
 DAY = dt.date(2026, 8, 21)
+# How the checks open the DuckDB file here: no Prefect concurrency limit, a short wait.
+OPEN: dict[str, Any] = {"timeout": 10.0, "limit": None}
 
 
 @flow(name="someone-elses-flow")
@@ -108,7 +111,7 @@ def test_only_flow_runs_of_gone_processes_are_crashed(db: Path, prefect_storage)
     # A new attempt of this flow run entered Running after the dead process recorded itself.
     record(db, retried, here, gone, ago=3600)
 
-    findings = crash_dead_flow_runs("the test", db, current=str(doing_the_check))
+    findings = crash_dead_flow_runs("the test", db, current=str(doing_the_check), **OPEN)
 
     crashed = {dead, pending, dead_backfill}
     assert sorted(crashed_ids(findings)) == sorted(map(str, crashed))
@@ -122,9 +125,9 @@ def test_only_flow_runs_of_gone_processes_are_crashed(db: Path, prefect_storage)
         assert state_of(run_id)[0] == StateType.RUNNING, run_id
     assert state_of(doing_the_check)[0] == StateType.RUNNING
     # The check itself is the one flow run it never judges; a later check does.
-    later = crash_dead_flow_runs("a later check", db)
+    later = crash_dead_flow_runs("a later check", db, **OPEN)
     assert crashed_ids(later) == [str(doing_the_check)]
-    assert crash_dead_flow_runs("a third check", db) == []
+    assert crash_dead_flow_runs("a third check", db, **OPEN) == []
 
 
 @pytest.fixture
@@ -191,12 +194,12 @@ def test_without_a_prefect_api_the_check_says_so_and_goes_on(
     closed = f"http://127.0.0.1:{free_port()}/api"
     with temporary_settings({PREFECT_API_URL: closed}), check_api() as unreachable:
         assert unreachable == f"Prefect flow runs not checked: no Prefect API answers at {closed}"
-        findings, notes = repair_leftovers("the test", db, unreachable=unreachable)
+        findings, notes = repair_leftovers("the test", db, unreachable=unreachable, **OPEN)
     assert notes == [unreachable]
     assert [f.repaired for f in findings] == [True]  # the temp folder, all the same
     # An API that fails mid-check (here: never there) is one note too, never an exception.
     with temporary_settings({PREFECT_API_URL: closed, PREFECT_CLIENT_MAX_RETRIES: 0}):
-        assert repair_leftovers("the test", db) == (
+        assert repair_leftovers("the test", db, **OPEN) == (
             [],
             ["Prefect flow runs not checked: ConnectError from the Prefect API"],
         )
