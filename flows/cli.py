@@ -249,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         # Before the flow module imports Prefect, which reads some of the same variables
         # (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS) and refuses a bad one with a traceback.
         get_settings()
-    except ValidationError as exc:  # pydantic: a bad environment value
-        return _refused(settings_error_line(exc))
+    except InputError as exc:  # a bad setting, already one line naming it
+        return _refused(str(exc))
     from flows.user_metrics import user_metrics_pipeline
 
     args = parse_args(argv, user_metrics_pipeline.__doc__)

@@ -7,11 +7,17 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The bounds of the inputs are declared once, beside their checks.
-from tasks.common.inputs import MAX_PAGE_SIZE, MAX_RECORDS, MAX_SEED, InputError
+from tasks.common.inputs import (
+    MAX_PAGE_SIZE,
+    MAX_RECORDS,
+    MAX_SEED,
+    InputError,
+    settings_error_line,
+)
 
 PUBLIC_API_URL = "https://fakerapi.it/api/v2"
 # The flows' task runners (flows/runners.py).
@@ -317,5 +323,12 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read once."""
-    return Settings()
+    """The process-wide settings, read once; a bad value is an InputError naming it in one line.
+
+    One line for every caller: the CLI prints it, and a deployment's run fails with it instead of
+    a library error whose message is withheld (pydantic's quotes the values).
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise InputError(settings_error_line(exc)) from None

@@ -268,6 +268,27 @@ def test_env_value(
     cli_refuses(argv, names)
 
 
+FLOW_ENV_CASES = ["FAKER_RECORDS=abc", "DUCKDB_LOCK_TIMEOUT_SECONDS=0", "SCHEMA_DRIFT_POLICY=sometimes"]
+
+
+@pytest.mark.parametrize("case", FLOW_ENV_CASES)
+def test_env_value_in_a_flow_run(case: str, api: LocalApiServer, site: Site) -> None:
+    """A deployment's run meets the worker's settings without the CLI: it fails with the same
+    one line naming the variable, not a library error with its message withheld."""
+    env, names = ENV_CASES[case]
+    site.set_env(**env)
+    state = user_metrics_pipeline(
+        api_url=api.base_url, records=100, run_date=dt.date(2026, 5, 1), return_state=True
+    )
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, InputError), repr(error)
+    assert str(error).startswith("invalid setting ") and "\n" not in str(error), str(error)
+    for name in names:
+        assert name in str(error), (name, str(error))
+    assert_untouched(api, site)
+
+
 PARAM_CASES = {
     "records=0": ({"records": 0}, ["records=0"]),
     "records absurd": ({"records": 20_000_000}, ["20000000"]),
