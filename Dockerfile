@@ -28,10 +28,10 @@ WORKDIR /app
 # Dependencies first, exactly as locked, so code changes do not reinstall them. uv's download
 # cache lives in a BuildKit cache mount (Docker 23+): a rebuild after a lock change downloads only
 # what changed, and the cache never ends up in the image (UV_LINK_MODE=copy: it is another file
-# system).
+# system). The dask extra too: a Dask cluster's workers run this image (TASK_RUNNER=dask).
 COPY pyproject.toml uv.lock ./
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-install-project
+    uv sync --frozen --no-dev --extra dask --no-install-project
 
 COPY flows/ flows/
 COPY tasks/ tasks/

@@ -24,10 +24,8 @@ from tasks.common.settings import RunnerKind, Settings
 RUNNER_KINDS: tuple[str, ...] = get_args(RunnerKind)
 # Fetch concurrency is bounded by the HTTP layer's gate, so threads only keep tasks flowing.
 DEFAULT_THREADS = 16
-DASK_EXTRA_MISSING = (
-    "TASK_RUNNER=dask needs the dask extra: uv sync --extra dask "
-    "(or pip install 'faker-api-dataflow[dask]')"
-)
+# The project is not a package (pyproject's [tool.uv] package = false): uv installs its extras.
+DASK_EXTRA_MISSING = "TASK_RUNNER=dask needs the dask extra: uv sync --extra dask"
 
 
 def no_spill_worker_kwargs() -> dict[str, Any]:

@@ -153,12 +153,11 @@ def test_dask_without_the_extra_says_how_to_install_it(missing: str) -> None:
 
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip() == f"error: {DASK_EXTRA_MISSING}"
-    # The commands it gives install what the project declares.
+    # The command it gives installs what the project declares.
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     extra = project["optional-dependencies"]["dask"]
     assert any(requirement.startswith("prefect-dask") for requirement in extra), extra
-    for command in ("uv sync --extra dask", f"pip install '{project['name']}[dask]'"):
-        assert command in done.stderr
+    assert "uv sync --extra dask" in done.stderr
 
 
 def test_good_settings_are_what_the_flows_use() -> None:
