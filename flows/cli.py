@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from tasks.common.errors import failure_text, redact
 from tasks.common.inputs import (
     EARLIEST_RUN_DATE,
+    MIN_DEADLINE_SECONDS,
     InputError,
     RunOptions,
     date_range,
@@ -44,9 +45,11 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def _seconds(value: str) -> int:
-    """argparse type for a whole number of seconds, at least 1."""
-    if not value.strip().isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of seconds >= 1")
+    """argparse type for a run's deadline: a whole number of seconds, MIN_DEADLINE_SECONDS on."""
+    if not value.strip().isdigit() or int(value) < MIN_DEADLINE_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a whole number of seconds >= {MIN_DEADLINE_SECONDS}"
+        )
     return int(value)
 
 

@@ -16,6 +16,7 @@ from tasks.common.errors import PipelineError, display_url
 MAX_PAGE_SIZE = 1000  # the API clamps larger requests to 1000 without saying so
 MAX_RECORDS = 10_000_000
 MAX_SEED = 2**31 - 1  # the API's seeds are 32-bit; 0 means "no seed" there
+MIN_DEADLINE_SECONDS = 1  # a run's timeout: FLOW_/BACKFILL_TIMEOUT_SECONDS, --deadline-seconds
 # The API's birthdays start here, and a run asks for persons born by its date.
 EARLIEST_RUN_DATE = dt.date(1900, 1, 1)
 # A setting whose name holds one of these may carry a secret: its value is never echoed.

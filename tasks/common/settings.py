@@ -15,6 +15,7 @@ from tasks.common.inputs import (
     MAX_PAGE_SIZE,
     MAX_RECORDS,
     MAX_SEED,
+    MIN_DEADLINE_SECONDS,
     InputError,
     settings_error_line,
 )
@@ -249,12 +250,12 @@ class Settings(BaseSettings):
         description="A pipeline run that takes longer is stopped and fails (the deployments, and "
         "a CLI run unless --deadline-seconds says otherwise). An hour covers the largest planned "
         "run under the public API's rate limit and stops a hung one before the next schedule.",
-        ge=1,
+        ge=MIN_DEADLINE_SECONDS,
     )
     backfill_timeout_seconds: int = Field(
         86_400,
         description="The same for a range backfill, all its dates one after another.",
-        ge=1,
+        ge=MIN_DEADLINE_SECONDS,
     )
     privacy_k: int = Field(
         5,
