@@ -323,6 +323,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"{summary['leak_outputs_scanned']} outputs, {summary['leak_hits']} hits"
     )
     print(f"Extract       {summary['extract_file']}")
+    if summary.get("data_docs"):
+        print(f"Data Docs     {summary['data_docs']}")
     print("Answers")
     for answer in summary["answers"]:
         print(f"  - {answer}")

@@ -501,6 +501,7 @@ def finish(cfg: RunConfig, run: RunRecord, staged: Staged) -> dict[str, Any]:
         **figures,
         "lake_file": str(staged.raw.target),
         "extract_file": str(staged.protected.writer.target),
+        "data_docs": staged.validations[-1].data_docs if staged.validations else None,
         "answers": staged.composed.answers,
         "artifacts": list(run.published),
         "flow_run_id": run.run_id,

@@ -129,6 +129,15 @@ def test_reports_equal_an_independent_computation(chromium, api, pipeline_env, p
     extract = pq.read_table(summary["extract_file"])
     assert "person_key" not in extract.column_names and extract.num_rows <= 3000
     assert "k_min" in artifacts["privacy-report"].data
+    # Great Expectations' Data Docs, beside the lake, named by the summary and the artifact.
+    docs = (pipeline_env / "gx/data_docs/index.html").resolve()
+    assert summary["data_docs"] == str(docs) and docs.is_file()
+    with get_client(sync_client=True) as client:
+        [validation] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["validation-results"])),
+            flow_run_filter=FlowRunFilter(id={"any_": [summary["flow_run_id"]]}),
+        )
+    assert str(docs) in (validation.description or "")
 
 
 def test_rerun_leaves_exactly_one_batch_per_date(api, pipeline_env, prefect_storage):
