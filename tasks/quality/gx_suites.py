@@ -6,8 +6,9 @@ so nothing here imports it at module import time; the first caller pays once per
 A batch is validated the way GX's docs run production validations: a `ValidationDefinition` (the
 suite on a whole-dataframe batch definition) run by a `Checkpoint` whose `UpdateDataDocsAction`
 updates a local Data Docs site. The context is configured with the mapping a
-`great_expectations.yml` would hold (`project_config`), and a new one is made for each validation:
-it costs a few milliseconds, and dropping it drops the frame and every metric GX computed on it.
+`great_expectations.yml` would hold (`project_config`), and a new one is made for each
+validation: it costs tens of milliseconds, and dropping it drops the frame and every metric GX
+computed on it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ EXPECTATIONS_DIR = Path(__file__).resolve().parents[2] / "expectations"
 DATASOURCE_NAME = "persons_frames"
 DATA_DOCS_SITE = "persons"
 # Inside the GX folder (RunConfig.gx_dir): the Data Docs site, and the counts-only validation
-# results its pages are rendered from (kept so that the site's index lists every run).
+# results its pages are rendered from (kept so that the site's index lists the latest runs).
 DATA_DOCS_DIR = "data_docs"
 VALIDATIONS_DIR = "validations"
 
