@@ -84,6 +84,6 @@ fmt: venv ## Format and fix with ruff
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-clean: stop ## Remove outputs of local runs (lake, database, Prefect home), keep the folders
+clean: stop ## Remove outputs of local runs (lake, database, Data Docs, Prefect home), keep the folders
 	find data_lake db -mindepth 1 ! -name .gitkeep -delete
-	rm -rf .prefect
+	rm -rf .prefect gx
