@@ -268,7 +268,11 @@ def test_env_value(
     cli_refuses(argv, names)
 
 
-FLOW_ENV_CASES = ["FAKER_RECORDS=abc", "DUCKDB_LOCK_TIMEOUT_SECONDS=0", "SCHEMA_DRIFT_POLICY=sometimes"]
+FLOW_ENV_CASES = [
+    "FAKER_RECORDS=abc",
+    "DUCKDB_LOCK_TIMEOUT_SECONDS=0",
+    "SCHEMA_DRIFT_POLICY=sometimes",
+]
 
 
 @pytest.mark.parametrize("case", FLOW_ENV_CASES)
