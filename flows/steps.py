@@ -53,6 +53,7 @@ from tasks.privacy import (
     scan_for_leaks_task,
 )
 from tasks.quality.drift import accepts, compare_signatures, drift_markdown, enforce_policy
+from tasks.quality.gx_suites import remove_files, run_files
 from tasks.quality.gx_validation import ValidationSummary
 from tasks.quality.validate import (
     ValidationError,
@@ -402,17 +403,23 @@ def verify(cfg: RunConfig, run: RunRecord, staged: Staged, log_lines: list[str])
         )
     with run.timed("leak_scan"):
         artifacts = staged.artifacts
+        # Data Docs are on disk already (a failed validation's pages are its report): read too.
+        docs = run_files(cfg.gx_dir, cfg.run_date) if cfg.gx_dir is not None else {}
         scan = scan_for_leaks_task(
             run.scanner(cfg.run_date),
             {name: writer.temp for name, writer in staged.files.items()},
             staged.connection(),
             cfg.run_date,
-            {f"artifact {a.key}": a.markdown for a in artifacts if a.markdown is not None},
+            {f"artifact {a.key}": a.markdown for a in artifacts if a.markdown is not None} | docs,
             {f"artifact {a.key}": a.table for a in artifacts if a.table is not None},
             log_lines,
         )
     run.figures.update(scan.as_run_columns())
     run.details += [f"Leak scan hit: {hit.label()}, {hit.count} cell(s)" for hit in scan.hits]
+    if cfg.gx_dir is not None and (
+        removed := remove_files(cfg.gx_dir, [h.output for h in scan.hits])
+    ):
+        run.details.append(f"Data Docs: {removed} file(s) holding a hit removed")
     scan.raise_if_leaked()
     staged.scan = scan
     assert staged.protected is not None  # staged before the scan

@@ -14,6 +14,7 @@ computed on it.
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
 import threading
 from collections import Counter
@@ -42,6 +43,9 @@ VALIDATIONS_DIR = "validations"
 # site's index reads every stored result on each update, so an unbounded history would make
 # every validation slower, run after run.
 RUNS_KEPT = 20
+
+# How the leak scan names a file of the GX folder (`run_files`): this, then its path in the folder.
+FILES_LABEL = "Data Docs "
 
 # BASIC still reports counts; exclude_unexpected_values drops the partial_unexpected_list that
 # would otherwise carry the failing values (raw PII, if a mask was missed) into the results, and
@@ -98,6 +102,36 @@ def _skip_data_fingerprint() -> None:
 def data_docs_index(gx_dir: Path) -> Path:
     """The Data Docs site's index page under `gx_dir` (open it in a browser)."""
     return gx_dir.resolve() / DATA_DOCS_DIR / "index.html"
+
+
+def run_name(run_date: dt.date) -> str:
+    """The run name a run date's validations are filed under (Data Docs list runs by it)."""
+    return f"run-date-{run_date.isoformat()}"
+
+
+def run_files(gx_dir: Path, run_date: dt.date) -> dict[str, str]:
+    """The text of the site's index and of every result and page filed under the run date, by
+    path: what the run's leak scan reads before anything is committed."""
+    index, name = data_docs_index(gx_dir), run_name(run_date)
+    paths = [p for p in sorted(gx_dir.rglob("*")) if p.is_file() and name in p.parts]
+    return {
+        f"{FILES_LABEL}{p.relative_to(gx_dir.resolve())}": p.read_text(
+            encoding="utf-8", errors="replace"
+        )
+        for p in ([index] if index.is_file() else []) + [p.resolve() for p in paths]
+    }
+
+
+def remove_files(gx_dir: Path, labels: list[str]) -> int:
+    """Delete the files `run_files` named by these labels (a leak found in them); returns how
+    many. The index is rebuilt from the results left by the next validation."""
+    removed = 0
+    for label in labels:
+        path = gx_dir.resolve() / label.removeprefix(FILES_LABEL)
+        if label.startswith(FILES_LABEL) and path.is_file():
+            path.unlink()
+            removed += 1
+    return removed
 
 
 def _store(name: str, backend: dict[str, Any]) -> dict[str, Any]:

@@ -217,7 +217,7 @@ def _run_name(table: pa.Table) -> str | None:
     if "run_date" not in table.column_names:
         return None
     dates = pc.unique(table["run_date"]).drop_null()
-    return f"run-date-{dates[0].as_py()}" if len(dates) == 1 else None
+    return gx_suites.run_name(dates[0].as_py()) if len(dates) == 1 else None
 
 
 def validate_here(

@@ -8,6 +8,7 @@ import logging
 import duckdb
 import pytest
 
+import flows.user_metrics
 import tasks.ingest.ranges
 import tasks.reporting.compose
 from flows.user_metrics import user_metrics_pipeline
@@ -70,6 +71,35 @@ def test_a_raw_value_in_an_artifact_fails_the_run(api, pipeline_env, prefect_sto
     (name,) = planted
     assert "user-metrics-report" in str(error) and name not in str(error)
     assert failed_run_row(pipeline_env / "db/faker.duckdb")[1] >= 1
+
+
+def test_a_raw_value_in_the_data_docs_fails_the_run(
+    api, pipeline_env, prefect_storage, monkeypatch
+):
+    real_load = flows.user_metrics.load
+    planted: list[str] = []
+
+    def load_after_a_leaky_render(cfg, run, staged, analytical):
+        # As if GX rendered a failing value into this run's page (a result format gone wrong).
+        site = pipeline_env / "gx/data_docs/validations"
+        page = sorted(site.rglob(f"run-date-{RUN_DATE}/**/*.html"))[0]
+        planted.append(served_records(api)[0]["email"])
+        page.write_text(page.read_text() + f"<td>{planted[0]}</td>")
+        return real_load(cfg, run, staged, analytical)
+
+    monkeypatch.setattr(flows.user_metrics, "load", load_after_a_leaky_render)
+    state = user_metrics_pipeline(
+        api_url=api.base_url, records=200, run_date=RUN_DATE, seed=4, return_state=True
+    )
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, LeakError), repr(error)
+    (email,) = planted
+    assert "Data Docs" in str(error) and email not in str(error), str(error)
+    status, hits, _, step = failed_run_row(pipeline_env / "db/faker.duckdb")
+    assert (status, step) == ("failed", "verify") and hits >= 1
+    # The page holding it is gone; the rest of the site stays.
+    gx_files = [p for p in (pipeline_env / "gx").rglob("*") if p.is_file()]
+    assert gx_files and not [p for p in gx_files if email.encode() in p.read_bytes()]
 
 
 def test_clean_run_reaches_k_in_the_extract(api, pipeline_env, prefect_storage):
