@@ -385,7 +385,9 @@ def protect(cfg: RunConfig, run: RunRecord, staged: Staged, analytical: pa.Table
 def compose(cfg: RunConfig, run: RunRecord, staged: Staged) -> None:
     """Compose the report artifacts in memory from the staged rows."""
     con = staged.connection()
-    staged.composed = compose_user_metrics_task(con, cfg.run_date, cfg.records, cfg.privacy_k)
+    staged.composed = compose_user_metrics_task(
+        con, cfg.run_date, cfg.records, cfg.privacy_k, cfg.charts
+    )
     run.figures.seconds["charts"] = staged.composed.seconds_charts
     staged.artifacts += staged.composed.artifacts
 

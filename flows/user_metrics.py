@@ -176,7 +176,11 @@ def user_metrics_pipeline(
         # fetched, where the run waits on the network anyway; the report's charts render in
         # that Chromium, which is closed however the run ends.
         prewarm_validation()
-        with capture_logs() as log_lines, prestart_charts(), staged_outputs(cfg, run) as staged:
+        with (
+            capture_logs() as log_lines,
+            prestart_charts(cfg.charts),
+            staged_outputs(cfg, run) as staged,
+        ):
             batch = fetch_and_mask(cfg, run, staged)
             check_drift(cfg, run, staged, previous_schema)
             validate(cfg, run, staged, batch, None)

@@ -82,9 +82,12 @@ def api(start_api: Callable[..., LocalApiServer]) -> LocalApiServer:
 def chromium() -> str:
     """The headless Chromium that chart images and the UI test need, found as the pipeline finds
     it; a machine without one fails the tests that use it, never skips them."""
+    from tasks.common.run_config import ChartBrowserConfig
+    from tasks.common.settings import get_settings
     from tasks.reporting.charts import find_browser
 
-    path = find_browser(allow_download=False)
+    # BROWSER_PATH as the run reads it, never a download.
+    path = find_browser(ChartBrowserConfig(path=get_settings().browser_path))
     if path is None:
         pytest.fail(
             "no Chromium found: chart images and this test need a headless Chromium. Install "

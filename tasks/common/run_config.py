@@ -54,6 +54,21 @@ class FetchConfig:
 
 
 @dataclass(frozen=True)
+class ChartBrowserConfig:
+    """Which browser renders the report's chart images (tasks/reporting/charts.py)."""
+
+    # An explicit browser, used as given; None: searched for on this machine.
+    path: Path | None = None
+    # With none found, download kaleido's Chrome for Testing (from the internet).
+    allow_download: bool = False
+
+
+def chart_browser_config(settings: Settings) -> ChartBrowserConfig:
+    """The settings' chart browser: BROWSER_PATH and CHARTS_ALLOW_BROWSER_DOWNLOAD."""
+    return ChartBrowserConfig(settings.browser_path, settings.charts_allow_browser_download)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """What this run does, after overrides and checks."""
 
@@ -77,6 +92,8 @@ class RunConfig:
     duckdb_limit: str | None = None
     # Great Expectations' folder (Data Docs); None: validation writes nothing.
     gx_dir: Path | None = None
+    # The browser for the report's charts; by default none set and no download.
+    charts: ChartBrowserConfig = ChartBrowserConfig()
 
     @property
     def api_url(self) -> str:
@@ -130,6 +147,7 @@ def resolve_run_config(
         duckdb_lock_timeout=settings.duckdb_lock_timeout_seconds,
         rate_limit_name=settings.rate_limit_name,
         duckdb_limit_name=settings.duckdb_limit_name,
+        charts=chart_browser_config(settings),
     )
 
 

@@ -29,12 +29,12 @@ import plotly.graph_objects as go
 
 from tasks.common.logs import run_logger
 from tasks.common.reports import CHART_AGE_GROUPS, CHART_HISTORY, CHART_TOP_COUNTRIES
+from tasks.common.run_config import ChartBrowserConfig
 from tasks.common.schemas import AGE_GROUPS
 from tasks.common.secrets import without_key
-from tasks.common.settings import get_settings
 from tasks.common.tempdirs import make_temp_dir
 
-# kaleido's `get_chrome_sync()` (Settings.charts_allow_browser_download) has no timeout of its own.
+# kaleido's `get_chrome_sync()` (ChartBrowserConfig.allow_download) has no timeout of its own.
 DOWNLOAD_TIMEOUT_SECONDS = 120.0
 RENDER_TIMEOUT_SECONDS = 60.0
 # How long kaleido may take to close its browser before we kill it (at exit: less), and how long
@@ -213,13 +213,15 @@ def _download_chrome(timeout: float) -> str | None:
 
 
 def find_browser(
-    *, allow_download: bool | None = None, download_timeout: float = DOWNLOAD_TIMEOUT_SECONDS
+    config: ChartBrowserConfig | None = None,
+    *,
+    download_timeout: float = DOWNLOAD_TIMEOUT_SECONDS,
 ) -> str | None:
-    """Path of a usable Chrome/Chromium: BROWSER_PATH, system install, kaleido's, a download."""
-    settings = get_settings()
-    if settings.browser_path is not None:
+    """Path of a usable Chrome/Chromium: the configured one, installed, kaleido's, a download."""
+    config = config or ChartBrowserConfig()
+    if config.path is not None:
         # An explicit setting wins, as it does in choreographer; a wrong one means no charts.
-        setting = str(settings.browser_path)
+        setting = str(config.path)
         return setting if _executable(setting) else None
     # kaleido prefers Chrome to the system's Chromium and never downloads.
     found = ["/usr/bin/chromium", *map(shutil.which, ("chromium", "google-chrome", "chrome"))]
@@ -232,16 +234,14 @@ def find_browser(
         _log.debug("choreographer's browser search failed: %s", exc)
     if path := next(filter(_executable, found), None):
         return path
-    if allow_download is None:
-        allow_download = settings.charts_allow_browser_download
-    return _download_chrome(download_timeout) if allow_download else None
+    return _download_chrome(download_timeout) if config.allow_download else None
 
 
-def _no_browser_reason(path: str | None) -> str:
+def _no_browser_reason(path: str | None, config: ChartBrowserConfig) -> str:
     if path is not None:
         return f"{path!r} is not an executable browser"
-    if (setting := get_settings().browser_path) is not None:
-        return f"BROWSER_PATH={str(setting)!r} is not an executable browser"
+    if config.path is not None:
+        return f"BROWSER_PATH={str(config.path)!r} is not an executable browser"
     return "no headless Chrome/Chromium found (install chromium or set BROWSER_PATH)"
 
 
@@ -320,9 +320,16 @@ class ChartBrowser:
     so that at most one is left for the exit hook to close.
     """
 
-    def __init__(self, browser: str | None, timeout: float, idle: float | None = None) -> None:
+    def __init__(
+        self,
+        browser: str | None,
+        timeout: float,
+        idle: float | None = None,
+        config: ChartBrowserConfig | None = None,
+    ) -> None:
         global _current
         self.browser, self.timeout, self.taken = browser, timeout, False
+        self.config = config or ChartBrowserConfig()  # how to find one when `browser` is None
         self.path: str | None = None
         self.temp_dir: Path | None = None  # the profile's and the page's folder, removed at close
         self.kaleido: Any = None  # the kaleido.Kaleido, from before it opens
@@ -340,7 +347,7 @@ class ChartBrowser:
     def _run(self, idle: float | None) -> None:
         try:
             # Finding the browser (even downloading it) happens here too, off the caller's path.
-            self.path = self.browser if self.browser is not None else find_browser()
+            self.path = self.browser if self.browser is not None else find_browser(self.config)
             previous, self.previous = self.previous, None  # not a chain of every one ever made
             if previous is not None:
                 previous.close()
@@ -471,6 +478,7 @@ def _close_at_exit() -> None:
 
 
 def prestart(
+    config: ChartBrowserConfig | None = None,
     *,
     browser: str | None = None,
     timeout: float = RENDER_TIMEOUT_SECONDS,
@@ -478,9 +486,10 @@ def prestart(
 ) -> ChartBrowser:
     """Start the chart browser in the background for the next `render_pngs`; never raises.
 
-    Returns at once; close it in a `finally` or use it as a context manager.
+    Returns at once; close it in a `finally` or use it as a context manager. `config` says how
+    to find the browser when `browser` is None (default: searched, never downloaded).
     """
-    return ChartBrowser(browser, timeout, idle_timeout)
+    return ChartBrowser(browser, timeout, idle_timeout, config)
 
 
 def render_pngs(
@@ -491,12 +500,14 @@ def render_pngs(
     *,
     browser: str | None = None,
     timeout: float = RENDER_TIMEOUT_SECONDS,
+    config: ChartBrowserConfig | None = None,
 ) -> dict[str, bytes | None]:
     """PNG bytes per figure name, all from one browser; None where it can't render. Never raises.
 
     Uses (and stops, in the background) the browser `prestart()` started if it answers,
-    otherwise starts one now and stops it before returning.
+    otherwise starts one now (found as `config` says) and stops it before returning.
     """
+    config = config or ChartBrowserConfig()
     out: dict[str, bytes | None] = dict.fromkeys(figures)
     if not figures:
         return out
@@ -508,9 +519,10 @@ def render_pngs(
         and chart_browser.wait_ready(timeout)
     )
     if chart_browser is None or not prestarted:  # none, or it failed: a new one stops it
-        path = browser if browser is not None else find_browser()
+        path = browser if browser is not None else find_browser(config)
         if not _executable(path):
-            run_logger(__name__).warning("Charts not rendered: %s.", _no_browser_reason(path))
+            reason = _no_browser_reason(path, config)
+            run_logger(__name__).warning("Charts not rendered: %s.", reason)
             return out
         chart_browser = ChartBrowser(path, timeout)
     opts = {"format": "png", "width": width, "height": height, "scale": scale}

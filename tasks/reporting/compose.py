@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import duckdb
 
 from tasks.common.reports import TOP_GMAIL_COUNTRIES
+from tasks.common.run_config import ChartBrowserConfig
 from tasks.common.tasks import as_task
 from tasks.privacy.suppression import small_cell_note
 from tasks.reporting.artifacts import Artifact, answers, compose_reports
@@ -37,14 +38,18 @@ class Composed:
 
 
 def compose_user_metrics(
-    con: duckdb.DuckDBPyConnection, run_date: dt.date, records: int, k: int
+    con: duckdb.DuckDBPyConnection,
+    run_date: dt.date,
+    records: int,
+    k: int,
+    charts: ChartBrowserConfig | None = None,
 ) -> Composed:
     """The report tables and the markdown report with charts, small counts hidden (not created)."""
     shown = shown_report(con, run_date, k)
     reports = shown.reports
     figures = build_charts(reports[TOP_GMAIL_COUNTRIES.key], shown.by_age, shown.history)
     started = time.perf_counter()
-    images = render_pngs(figures)  # one browser session for every chart; never raises
+    images = render_pngs(figures, config=charts)  # one browser for every chart; never raises
     seconds_charts = time.perf_counter() - started
     artifacts = compose_reports(run_date, records, reports, images, note=small_cell_note(k))
     return Composed(answers=answers(reports), artifacts=artifacts, seconds_charts=seconds_charts)

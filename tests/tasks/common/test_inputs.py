@@ -13,7 +13,7 @@ from tasks.common.inputs import (
     default_run_date,
     parse_run_date,
 )
-from tasks.common.run_config import resolve_run_config
+from tasks.common.run_config import ChartBrowserConfig, resolve_run_config
 from tasks.common.settings import Settings
 
 TODAY = dt.date(2026, 11, 25)
@@ -110,6 +110,17 @@ def test_the_gx_folder_sits_beside_the_lake_unless_set(tmp_path):
     assert resolve_run_config(settings, RunOptions()).gx_dir == tmp_path / "gx"
     settings = Settings(_env_file=None, data_lake_dir=tmp_path / "lake", gx_dir=tmp_path / "docs")
     assert resolve_run_config(settings, RunOptions()).gx_dir == tmp_path / "docs"
+
+
+def test_the_chart_browser_settings_reach_the_run_config(monkeypatch, tmp_path):
+    monkeypatch.delenv("BROWSER_PATH", raising=False)
+    monkeypatch.delenv("CHARTS_ALLOW_BROWSER_DOWNLOAD", raising=False)
+    unset = resolve_run_config(Settings(_env_file=None), RunOptions()).charts
+    assert unset == ChartBrowserConfig(path=None, allow_download=False)
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "my-chrome"))
+    monkeypatch.setenv("CHARTS_ALLOW_BROWSER_DOWNLOAD", "true")
+    cfg = resolve_run_config(Settings(_env_file=None), RunOptions())
+    assert cfg.charts == ChartBrowserConfig(path=tmp_path / "my-chrome", allow_download=True)
 
 
 def test_settings_read_from_environment(monkeypatch):

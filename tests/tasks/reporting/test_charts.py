@@ -20,6 +20,7 @@ import plotly.graph_objects as go
 import psutil
 import pytest
 
+from tasks.common.run_config import ChartBrowserConfig
 from tasks.common.schemas import AGE_GROUPS
 from tasks.common.settings import Settings, get_settings
 from tasks.reporting import charts
@@ -141,13 +142,19 @@ def test_find_browser_prefers_the_setting(set_env: Callable[..., None], tmp_path
     fake = tmp_path / "my-chrome"
     fake.write_text("#!/bin/sh\n")
     fake.chmod(0o755)
-    set_env(BROWSER_PATH=str(fake))
-    assert charts.find_browser() == str(fake)
-
-
-def test_find_browser_wrong_setting_means_none(set_env: Callable[..., None]) -> None:
+    assert charts.find_browser(ChartBrowserConfig(path=fake)) == str(fake)
+    # The run's configuration decides, never the environment the run happens to see.
     set_env(BROWSER_PATH="/nonexistent/chrome")
-    assert charts.find_browser(allow_download=True) is None
+    assert charts.find_browser(ChartBrowserConfig(path=fake)) == str(fake)
+
+
+def test_find_browser_wrong_setting_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kaleido
+
+    # Not even a download that would succeed replaces a wrong explicit setting.
+    monkeypatch.setattr(kaleido, "get_chrome_sync", lambda: sys.executable)
+    wrong = ChartBrowserConfig(path=Path("/nonexistent/chrome"), allow_download=True)
+    assert charts.find_browser(wrong) is None
 
 
 def test_browser_settings_are_typed(set_env: Callable[..., None]) -> None:
@@ -161,7 +168,7 @@ def test_browser_settings_are_typed(set_env: Callable[..., None]) -> None:
         Settings(_env_file=None)
 
 
-def test_the_download_opt_in_is_read_from_the_settings(
+def test_the_download_opt_in_is_read_from_the_config(
     set_env: Callable[..., None], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import kaleido
@@ -172,10 +179,12 @@ def test_the_download_opt_in_is_read_from_the_settings(
     monkeypatch.setattr(
         kaleido, "get_chrome_sync", lambda: downloads.append(True) or sys.executable
     )
-    set_env(BROWSER_PATH=None, CHARTS_ALLOW_BROWSER_DOWNLOAD=None)
+    # An opt-in in the environment alone is not the run's configuration.
+    set_env(BROWSER_PATH=None, CHARTS_ALLOW_BROWSER_DOWNLOAD="1")
     assert charts.find_browser() is None and downloads == []
-    set_env(CHARTS_ALLOW_BROWSER_DOWNLOAD="1")
-    assert charts.find_browser() == sys.executable and downloads == [True]
+    assert charts.find_browser(ChartBrowserConfig()) is None and downloads == []
+    allowed = ChartBrowserConfig(allow_download=True)
+    assert charts.find_browser(allowed) == sys.executable and downloads == [True]
 
 
 def test_find_browser_download_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -198,7 +207,7 @@ def test_find_browser_download_is_bounded(monkeypatch: pytest.MonkeyPatch) -> No
 @pytest.fixture
 def chromium() -> str:
     """The browser the rendering tests need; they fail, never skip, without it."""
-    path = charts.find_browser(allow_download=False)
+    path = charts.find_browser(ChartBrowserConfig(path=get_settings().browser_path))
     if path is None:
         pytest.fail(
             "these tests render in a real Chromium and none was found: install Debian's "
@@ -275,30 +284,30 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 def test_render_pngs_with_chromium_one_session(
     chromium: str, opened: list[object], figures: dict[str, go.Figure]
 ) -> None:
-    pngs = charts.render_pngs(figures, width=600, height=300)
+    pngs = charts.render_pngs(figures, width=600, height=300, browser=chromium)
     assert_pngs(pngs, figures, 600, 300)
     assert len(opened) == 1, "every chart from one browser session"
     assert not _still_running(_processes("chrom")), "render_pngs stops the browser it started"
 
 
 @pytest.fixture
-def no_browser(set_env: Callable[..., None]) -> None:
+def no_browser() -> ChartBrowserConfig:
     """A browser setting that points nowhere, and no download to fall back on."""
-    set_env(BROWSER_PATH="/nonexistent/chrome", CHARTS_ALLOW_BROWSER_DOWNLOAD=None)
+    return ChartBrowserConfig(path=Path("/nonexistent/chrome"))
 
 
 def test_render_pngs_without_browser_returns_none(
-    no_browser: None,
+    no_browser: ChartBrowserConfig,
     caplog: pytest.LogCaptureFixture,
     top_countries: pd.DataFrame,
     age_groups: pd.DataFrame,
 ) -> None:
     figures = charts.build_charts(top_countries, age_groups, pd.DataFrame())
     with caplog.at_level("WARNING"):
-        pngs = charts.render_pngs(figures)
+        pngs = charts.render_pngs(figures, config=no_browser)
     assert pngs == dict.fromkeys(figures)
     (warning,) = _warnings(caplog)
-    assert "not rendered" in warning and "BROWSER_PATH" in warning
+    assert "not rendered" in warning and "BROWSER_PATH='/nonexistent/chrome'" in warning
 
 
 def test_render_pngs_with_broken_browser_returns_none(
@@ -369,7 +378,7 @@ def test_prestart_then_render_from_another_thread(
     # prestart() returns while the browser is still being found, which happens on another thread.
     release, searched_on = threading.Event(), []
 
-    def slow_find_browser(**_: object) -> str:
+    def slow_find_browser(*_: object, **__: object) -> str:
         searched_on.append(threading.current_thread())
         release.wait(60)
         return chromium
@@ -437,7 +446,7 @@ def test_chromium_runs_offline_and_never_holds_the_key(
     # Both this and the offline flags reach Chromium through the pinned choreographer hooks.
     monkeypatch.setenv("PII_HASH_KEY", "a-key-chromium-must-never-hold-0123")
     monkeypatch.setenv("CHART_TEST_MARKER", "inherited")
-    with charts.prestart() as session:
+    with charts.prestart(browser=chromium) as session:
         assert session.wait_ready(60)
         environs, cmdlines = [], []
         for pid, _ in _processes("chrom"):
@@ -493,12 +502,12 @@ def test_prestarted_browser_closed_unused_leaves_nothing(
     chromium: str, opened: list[object], top_countries: pd.DataFrame
 ) -> None:
     # A run that fails before its report closes the pre-started browser in its `finally`.
-    with charts.prestart() as session:
+    with charts.prestart(browser=chromium) as session:
         assert session.wait_ready(60)
         running = _processes("chrom")
     assert running and not _still_running(running)
     # A render after that starts (and stops) a browser of its own.
-    pngs = charts.render_pngs({"top": charts.top_countries_chart(top_countries)})
+    pngs = charts.render_pngs({"top": charts.top_countries_chart(top_countries)}, browser=chromium)
     assert pngs["top"] is not None and pngs["top"].startswith(PNG_MAGIC)
     assert len(opened) == 2
     assert not _still_running(_processes("chrom"))
@@ -506,7 +515,7 @@ def test_prestarted_browser_closed_unused_leaves_nothing(
 
 @pytest.mark.slow
 def test_prestarted_browser_nobody_uses_closes_when_idle(chromium: str) -> None:
-    session = charts.prestart(idle_timeout=8)
+    session = charts.prestart(browser=chromium, idle_timeout=8)
     try:
         assert session.wait_ready(60)
         running = _processes("chrom")
@@ -522,8 +531,10 @@ def test_prestarted_browser_nobody_uses_closes_when_idle(chromium: str) -> None:
 def test_exit_hook_closes_a_forgotten_browser(chromium: str) -> None:
     code = (
         "import json, psutil\n"
+        "from tasks.common.run_config import chart_browser_config\n"
+        "from tasks.common.settings import get_settings\n"
         "from tasks.reporting import charts\n"
-        "session = charts.prestart()\n"
+        "session = charts.prestart(chart_browser_config(get_settings()))\n"
         "assert session.wait_ready(60)\n"
         "procs = [p for p in psutil.Process().children(recursive=True)\n"
         "         if 'chrom' in ' '.join(p.cmdline()).lower()]\n"
@@ -549,13 +560,14 @@ def test_exit_hook_closes_a_forgotten_browser(chromium: str) -> None:
 
 
 def test_prestart_without_browser_never_raises(
-    no_browser: None, caplog: pytest.LogCaptureFixture, top_countries: pd.DataFrame
+    no_browser: ChartBrowserConfig, caplog: pytest.LogCaptureFixture, top_countries: pd.DataFrame
 ) -> None:
-    session = charts.prestart()
+    session = charts.prestart(no_browser)
     try:
         assert not session.wait_ready(10)
         with caplog.at_level("WARNING"):
-            pngs = charts.render_pngs({"top": charts.top_countries_chart(top_countries)})
+            top = {"top": charts.top_countries_chart(top_countries)}
+            pngs = charts.render_pngs(top, config=no_browser)
         assert pngs == {"top": None}
         (warning,) = _warnings(caplog)
         assert "BROWSER_PATH" in warning
