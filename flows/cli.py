@@ -211,7 +211,7 @@ def run_flow(args: argparse.Namespace, params: dict[str, Any]) -> int:
     deadline = args.deadline_seconds or (
         settings.backfill_timeout_seconds if args.backfill else settings.flow_timeout_seconds
     )
-    budget = get_settings().prefect_server_ephemeral_startup_timeout_seconds
+    budget = settings.prefect_server_ephemeral_startup_timeout_seconds
     try:
         with prefect_api() as budget:
             flow = user_metrics_backfill if args.backfill else user_metrics_pipeline

@@ -112,22 +112,23 @@ def run_name(run_date: dt.date) -> str:
 def run_files(gx_dir: Path, run_date: dt.date) -> dict[str, str]:
     """The text of the site's index and of every result and page filed under the run date, by
     path: what the run's leak scan reads before anything is committed."""
-    index, name = data_docs_index(gx_dir), run_name(run_date)
-    paths = [p for p in sorted(gx_dir.rglob("*")) if p.is_file() and name in p.parts]
+    root, name, index = gx_dir.resolve(), run_name(run_date), data_docs_index(gx_dir)
+    paths = [index] if index.is_file() else []
+    paths += [
+        p for p in sorted(root.rglob("*")) if p.is_file() and name in p.relative_to(root).parts
+    ]
     return {
-        f"{FILES_LABEL}{p.relative_to(gx_dir.resolve())}": p.read_text(
-            encoding="utf-8", errors="replace"
-        )
-        for p in ([index] if index.is_file() else []) + [p.resolve() for p in paths]
+        f"{FILES_LABEL}{p.relative_to(root)}": p.read_text(encoding="utf-8", errors="replace")
+        for p in paths
     }
 
 
 def remove_files(gx_dir: Path, labels: list[str]) -> int:
     """Delete the files `run_files` named by these labels (a leak found in them); returns how
     many. The index is rebuilt from the results left by the next validation."""
-    removed = 0
+    root, removed = gx_dir.resolve(), 0
     for label in labels:
-        path = gx_dir.resolve() / label.removeprefix(FILES_LABEL)
+        path = root / label.removeprefix(FILES_LABEL)
         if label.startswith(FILES_LABEL) and path.is_file():
             path.unlink()
             removed += 1
